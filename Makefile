@@ -1,0 +1,52 @@
+# Set-up, checks and runs. Only Python 3.10+ and make are needed: everything else goes in .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+.PHONY: demo test lint fmt typecheck unit chaos bench wheel-check clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+## demo: install and run the statements sample pipeline into an SQLite database
+demo: $(VENV)/.installed
+	cd sample_pipelines/statements && ../../$(BIN)/choreo run pipeline.yaml --input records.jsonl --output results.jsonl; \
+	  status=$$?; echo "results in sample_pipelines/statements/results.jsonl (exit $$status)"; \
+	  test $$status -le 1
+
+## test: lint, type-check and run the whole test suite (what CI runs)
+test: $(VENV)/.installed-dev lint typecheck unit
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check choreo_cli tests bench
+	$(BIN)/ruff format --check choreo_cli tests bench
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed-dev
+	$(BIN)/pytest -q -p no:cacheprovider
+
+fmt: $(VENV)/.installed-dev
+	$(BIN)/ruff format choreo_cli tests bench
+	$(BIN)/ruff check --fix choreo_cli tests bench
+
+## chaos: the long randomized and fault-injection runs (not part of `make test`)
+chaos: $(VENV)/.installed-dev
+	CHOREO_CHAOS=1 $(BIN)/pytest -q -p no:cacheprovider -m slow
+
+## bench: speed and memory figures, as ratios against baselines measured in the same run
+bench: $(VENV)/.installed-dev
+	$(PY) bench/bench_coordinator.py
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
