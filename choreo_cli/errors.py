@@ -9,7 +9,7 @@ class ChoreoError(Exception):
     """Base class of the errors choreo itself raises."""
 
 
-class Skip(Exception):  # noqa: N818 - the name is the verb a precheck uses
+class Skip(Exception):
     """Raised by a precheck to skip its job; ``data`` is kept as the step's precheck data.
 
     >>> def statement_exists(ctx, record):
@@ -21,7 +21,7 @@ class Skip(Exception):  # noqa: N818 - the name is the verb a precheck uses
         self.data = data
 
 
-class Cancel(Exception):  # noqa: N818 - parity with choreograph's ErrExecutionCanceled
+class Cancel(Exception):
     """Raised by a precheck or a job to cancel the record: no later step runs."""
 
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
-if sys.version_info >= (3, 10):
-    from importlib.metadata import PackageNotFoundError, version
-else:  # pragma: no cover - the stdlib module lacks the API before 3.10
-    from importlib_metadata import PackageNotFoundError, version
+# Python 3.10+ only: the stdlib importlib.metadata offers the API importlib-metadata would.
+from importlib.metadata import PackageNotFoundError, version
 
 DISTRIBUTION = "choreo-cli"
 

@@ -1,0 +1,166 @@
+"""What a step callable sees: the Context (``ctx``) and the record's DataBag."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from choreo_cli.resources import Resources
+
+
+class DataBag:
+    """What prechecks and jobs returned for one record, by step name (case-insensitive).
+
+    >>> bag = DataBag()
+    >>> bag.set_job("Create Statement", 7)
+    >>> bag.job("create statement"), bag.has_job("CREATE STATEMENT")
+    (7, True)
+    """
+
+    __slots__ = ("_job", "_names", "_pre")
+
+    def __init__(self, names: dict[str, str] | None = None) -> None:
+        # Both maps are created on first store: most bags of a fast run hold one or two values.
+        self._job: dict[str, Any] | None = None
+        self._pre: dict[str, Any] | None = None
+        # Folded key -> the step's own spelling; shared with the coordinator until a
+        # name it does not know is stored (copy on write).
+        self._names: dict[str, str] | None = names
+
+    def job(self, name: str, default: Any = None) -> Any:
+        """What the job of step ``name`` returned, or ``default``."""
+        store = self._job
+        return default if store is None else store.get(name.casefold(), default)
+
+    def precheck(self, name: str, default: Any = None) -> Any:
+        """What the precheck of step ``name`` returned (or its Skip data), or ``default``."""
+        store = self._pre
+        return default if store is None else store.get(name.casefold(), default)
+
+    def has_job(self, name: str) -> bool:
+        """True when the job of step ``name`` stored a value (a ``None`` return stores nothing)."""
+        return self._job is not None and name.casefold() in self._job
+
+    def has_precheck(self, name: str) -> bool:
+        """True when the precheck of step ``name`` stored a value."""
+        return self._pre is not None and name.casefold() in self._pre
+
+    def set_job(self, name: str, value: Any) -> None:
+        """Store ``value`` as step ``name``'s job data."""
+        key = self._remember(name)
+        if self._job is None:
+            self._job = {}
+        self._job[key] = value
+
+    def set_precheck(self, name: str, value: Any) -> None:
+        """Store ``value`` as step ``name``'s precheck data."""
+        key = self._remember(name)
+        if self._pre is None:
+            self._pre = {}
+        self._pre[key] = value
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """``{"precheck": {step: value}, "job": {step: value}}`` with the steps' own names."""
+        names = self._names or {}
+        return {
+            "precheck": {names.get(k, k): v for k, v in (self._pre or {}).items()},
+            "job": {names.get(k, k): v for k, v in (self._job or {}).items()},
+        }
+
+    def _remember(self, name: str) -> str:
+        key = name.casefold()
+        names = self._names
+        if names is None:
+            self._names = {key: name}
+        elif key not in names:
+            self._names = {**names, key: name}
+        return key
+
+    def __repr__(self) -> str:
+        return f"DataBag({self.as_dict()!r})"
+
+
+class _Frame:
+    """Per-step facts a Context exposes: set once per step, never rebuilt per record."""
+
+    __slots__ = ("log", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.log = logging.getLogger(f"choreo.step.{name}")
+
+
+class _RunFlags:
+    """Shared by all records of a coordinator: set when the run is interrupted."""
+
+    __slots__ = ("dry_run", "interrupted", "reason")
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.reason: str | None = None
+        self.dry_run = False
+
+
+class Context:
+    """The ``ctx`` every step callable receives.
+
+    >>> def create_line(ctx, record):
+    ...     statement_id = ctx.bag.job("create statement") or ctx.bag.precheck("create statement")
+    ...     ctx.log.info("line %s of %s", ctx.line, statement_id)
+    """
+
+    __slots__ = (
+        "_conv",
+        "_flags",
+        "_frame",
+        "bag",
+        "index",
+        "line",
+        "record",
+        "resources",
+        "timed_out",
+        "values",
+    )
+
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        resources: Resources | Mapping[str, Any],
+        bag: DataBag,
+        record: Any,
+        index: int,
+        line: int | None,
+        flags: _RunFlags,
+    ) -> None:
+        self.values = values
+        self.resources = resources
+        self.bag = bag
+        self.record = record
+        self.index = index
+        self.line = line
+        self._flags = flags
+        self._frame: _Frame | None = None
+        self._conv: dict[Any, Any] | None = None  # record converted per declared type
+        self.timed_out = False
+
+    @property
+    def step(self) -> str | None:
+        """The name of the step being run."""
+        frame = self._frame
+        return None if frame is None else frame.name
+
+    @property
+    def log(self) -> logging.Logger:
+        """A logger named ``choreo.step.<step>``."""
+        frame = self._frame
+        return logging.getLogger("choreo.step") if frame is None else frame.log
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was interrupted or this record's step ran past its timeout."""
+        return self._flags.interrupted or self.timed_out
+
+    def __repr__(self) -> str:
+        return f"Context(index={self.index}, line={self.line}, step={self.step!r})"

@@ -1,0 +1,563 @@
+"""The Coordinator: runs every step of a record in order, with choreograph's semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import queue
+import threading
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from time import perf_counter
+from typing import Any
+
+from choreo_cli.context import Context, DataBag, _Frame, _RunFlags
+from choreo_cli.errors import Cancel, Interrupted, Skip, StepDefinitionError, UnassignableInput
+from choreo_cli.items import InvalidLine, Record
+from choreo_cli.resources import ResourcePool, Resources
+from choreo_cli.result import (
+    CANCELLED,
+    FAILED,
+    INVALID,
+    SUCCEEDED,
+    ExecutionError,
+    Outcome,
+    Result,
+    Status,
+)
+from choreo_cli.signatures import CallSpec, Mismatch, inspect_callable, json_type_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step: an optional precheck and a job, with ``with:`` keywords for each.
+
+    >>> def create(ctx, record): return record["id"]
+    >>> Step(name="create", job=create).name
+    'create'
+    """
+
+    name: str
+    job: Callable[..., Any]
+    precheck: Callable[..., Any] | None = None
+    _: dataclasses.KW_ONLY
+    job_with: Mapping[str, Any] | None = None
+    precheck_with: Mapping[str, Any] | None = None
+    job_name: str | None = None
+    precheck_name: str | None = None
+    retry: Any = None
+    timeout: float | None = None
+    description: str | None = None
+
+
+class _InputMismatch(Exception):
+    def __init__(self, error: UnassignableInput) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Planned:
+    """A step compiled at add_step: everything the hot loop needs, looked up once."""
+
+    __slots__ = (
+        "frame",
+        "job",
+        "job_fn",
+        "job_plain",
+        "job_rec",
+        "key",
+        "name",
+        "pre",
+        "pre_fn",
+        "pre_plain",
+        "pre_rec",
+        "step",
+    )
+
+    def __init__(self, step: Step, pre: CallSpec | None, job: CallSpec) -> None:
+        self.step = step
+        self.name = step.name
+        self.key = step.name.casefold()
+        self.frame = _Frame(step.name)
+        self.pre = pre
+        self.pre_fn = None if pre is None else pre.fn
+        self.pre_rec = pre is not None and pre.takes_record
+        self.pre_plain = pre is not None and pre.plain
+        self.job = job
+        self.job_fn = job.fn
+        self.job_rec = job.takes_record
+        self.job_plain = job.plain
+
+
+class _Worker:
+    """What one worker (thread) owns: its resources view and, lazily, an event loop."""
+
+    __slots__ = ("loop", "resources")
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def run_coroutine(self, coro: Any) -> Any:
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(coro)
+
+    def close(self, pool: ResourcePool) -> list[BaseException]:
+        if self.loop is not None:
+            self.loop.close()
+            self.loop = None
+        return pool.close_worker(self.resources._local)
+
+
+class Coordinator:
+    """Runs steps over records: ``run(record)`` for one, ``run_many(records)`` for a stream.
+
+    >>> coordinator = Coordinator()
+    >>> coordinator.add_step(Step(name="double", job=lambda ctx, record: record * 2))
+    >>> coordinator.run(21).bag.job("double")
+    42
+    """
+
+    def __init__(
+        self,
+        workers: int = 1,
+        values: Mapping[str, Any] | None = None,
+        resources: Mapping[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        self.workers = workers
+        self.values: Mapping[str, Any] = types.MappingProxyType(dict(values or {}))
+        self._pool = ResourcePool(resources)
+        self._plan: list[_Planned] = []
+        self._names: dict[str, str] = {}
+        self._step_names: tuple[str, ...] = ()
+        self._flags = _RunFlags()
+        self._flags.dry_run = dry_run
+        self._local: _Worker | None = None
+        self._threads: _ThreadPool | None = None
+        self._lock = threading.Lock()
+
+    # -- building -------------------------------------------------------------------------
+
+    def add_step(self, step: Step) -> None:
+        """Check a step's callables and append it; raises StepDefinitionError."""
+        key = step.name.casefold()
+        if not step.name.strip():
+            raise StepDefinitionError("a step needs a non-empty name", step=step.name)
+        if key in self._names:
+            raise StepDefinitionError(
+                f"a step named {self._names[key]!r} already exists (names are case-insensitive)",
+                step=step.name,
+            )
+        pre = None
+        if step.precheck is not None:
+            pre = inspect_callable(
+                step.precheck,
+                step=step.name,
+                phase="precheck",
+                name=step.precheck_name,
+                kwargs=step.precheck_with or {},
+            )
+        job = inspect_callable(
+            step.job, step=step.name, phase="job", name=step.job_name, kwargs=step.job_with or {}
+        )
+        self._plan.append(_Planned(step, pre, job))
+        self._names = {**self._names, key: step.name}
+        self._step_names = (*self._step_names, step.name)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The steps, in order."""
+        return tuple(p.step for p in self._plan)
+
+    @property
+    def interrupted(self) -> bool:
+        """True once ``interrupt()`` was called."""
+        return self._flags.interrupted
+
+    @property
+    def dry_run(self) -> bool:
+        """True when prechecks run but no job is called."""
+        return self._flags.dry_run
+
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """Stop the run: no new record starts, records in flight stop before their next step."""
+        self._flags.reason = reason
+        self._flags.interrupted = True
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def open(self) -> Coordinator:
+        """Build the pipeline-scoped resources (and the calling worker's, when workers is 1)."""
+        self._pool.open()
+        return self
+
+    def close(self) -> None:
+        """Stop the worker threads and close every resource, in reverse order of building."""
+        errors: list[BaseException] = []
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            errors.extend(threads.shutdown())
+        local, self._local = self._local, None
+        if local is not None:
+            errors.extend(local.close(self._pool))
+        try:
+            self._pool.close()
+        except Exception as exc:
+            errors.append(exc)
+        if errors:
+            from choreo_cli.errors import ResourceError
+
+            if len(errors) == 1 and isinstance(errors[0], ResourceError):
+                raise errors[0]
+            messages = "; ".join(f"{type(e).__name__}: {e}" for e in errors)
+            raise ResourceError(f"resource teardown failed: {messages}") from errors[0]
+
+    def __enter__(self) -> Coordinator:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _worker(self) -> _Worker:
+        worker = self._local
+        if worker is None:
+            worker = self._local = _Worker(self._pool.view())
+        return worker
+
+    def new_worker(self) -> _Worker:
+        """A worker state for another thread (used by executors)."""
+        return _Worker(self._pool.view())
+
+    def close_worker(self, worker: _Worker) -> list[BaseException]:
+        """Tear down a worker state made by ``new_worker``, from the thread that used it."""
+        return worker.close(self._pool)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self, record: Any, *, index: int = 0, line: int | None = None) -> Result:
+        """Run every step over one record and return its Result."""
+        if type(record) in (Record, InvalidLine):
+            return self.run_item(record, index, self._worker())
+        return self._execute(record, index, line, None, self._worker())
+
+    def run_many(self, records: Iterable[Any], ordered: bool = True) -> Iterator[Result]:
+        """Yield exactly one Result per item of ``records``, streaming, at most ``workers`` at once.
+
+        Items may be plain values, ``items.Record`` or ``items.InvalidLine``.
+        """
+        if self.workers == 1:
+            return self._run_serial(records)
+        return self._run_threaded(records, ordered)
+
+    def _run_serial(self, records: Iterable[Any]) -> Iterator[Result]:
+        worker = self._worker()
+        flags = self._flags
+        execute = self._execute
+        for index, item in enumerate(records):
+            cls = type(item)
+            if cls is Record:
+                yield execute(item.value, index, item.line, item.raw, worker)
+            elif cls is InvalidLine:
+                yield self._invalid(item, index)
+            else:
+                yield execute(item, index, None, None, worker)
+            if flags.interrupted:
+                return
+
+    def _run_threaded(self, records: Iterable[Any], ordered: bool) -> Iterator[Result]:
+        with self._lock:
+            if self._threads is None:
+                self._threads = _ThreadPool(self, self.workers)
+            pool = self._threads
+        flags = self._flags
+        outq: queue.SimpleQueue[tuple[int, Result]] = queue.SimpleQueue()
+        window = self.workers * 2
+        iterator = iter(records)
+        submitted = received = yielded = 0
+        pending: dict[int, Result] = {}
+        exhausted = False
+        while True:
+            while not exhausted and not flags.interrupted:
+                owed = submitted - yielded if ordered else submitted - received
+                if owed >= window:
+                    break
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pool.submit(submitted, item, outq)
+                submitted += 1
+            if received == submitted:
+                return
+            seq, result = outq.get()
+            received += 1
+            if not ordered:
+                yielded += 1
+                yield result
+                continue
+            pending[seq] = result
+            while yielded in pending:
+                yield pending.pop(yielded)
+                yielded += 1
+
+    def run_item(self, item: Any, index: int, worker: _Worker) -> Result:
+        """Run one input item (a value, Record or InvalidLine) on the given worker."""
+        cls = type(item)
+        if cls is Record:
+            return self._execute(item.value, index, item.line, item.raw, worker)
+        if cls is InvalidLine:
+            return self._invalid(item, index)
+        return self._execute(item, index, None, None, worker)
+
+    def crashed(self, item: Any, index: int, exc: BaseException) -> Result:
+        """A failed Result for an item whose run raised inside choreo itself."""
+        error = ExecutionError(None, None, exc)
+        line = getattr(item, "line", None)
+        value = item.value if type(item) is Record else item
+        return Result(
+            index,
+            line,
+            value,
+            FAILED,
+            error,
+            [error],
+            DataBag(self._names),
+            0.0,
+            self._step_names,
+            0,
+            "failed",
+            None,
+            None,
+            getattr(item, "raw", None),
+        )
+
+    def _invalid(self, item: InvalidLine, index: int) -> Result:
+        error = ExecutionError(None, "input", item.exception)
+        return Result(
+            index,
+            item.line,
+            None,
+            INVALID,
+            error,
+            [error],
+            DataBag(self._names),
+            0.0,
+            self._step_names,
+            0,
+            None,
+            None,
+            None,
+            item.raw,
+        )
+
+    def _execute(
+        self, value: Any, index: int, line: int | None, raw: bytes | None, worker: _Worker
+    ) -> Result:
+        # The hot loop. Everything that does not depend on the record was worked out in
+        # add_step; nothing here raises on the success path, takes a lock or builds a dict.
+        started = perf_counter()
+        flags = self._flags
+        bag = DataBag(self._names)
+        ctx = Context(self.values, worker.resources, bag, value, index, line, flags)
+        errors: list[ExecutionError] | None = None
+        skipped: list[int] | None = None
+        status: Status = SUCCEEDED
+        error: ExecutionError | None = None
+        outcome: Outcome | None = None
+        stop = len(self._plan)
+        dry = flags.dry_run
+        i = 0
+        for st in self._plan:
+            if flags.interrupted:
+                error = ExecutionError(
+                    st.name, None, Interrupted(f"interrupted before step {st.name!r}")
+                )
+                status, stop, outcome = CANCELLED, i, "not_run"
+                break
+            ctx._frame = st.frame
+            fn = st.pre_fn
+            if fn is not None:
+                try:
+                    if st.pre_plain:
+                        v = fn(ctx, value) if st.pre_rec else fn(ctx)
+                    else:
+                        v = self._invoke(st.pre, ctx, value, worker)  # type: ignore[arg-type]
+                except Skip as exc:
+                    entry = ExecutionError(st.name, "precheck", exc)
+                    if errors is None:
+                        errors = [entry]
+                    else:
+                        errors.append(entry)
+                    if exc.data is not None:
+                        if bag._pre is None:
+                            bag._pre = {}
+                        bag._pre[st.key] = exc.data
+                    if skipped is None:
+                        skipped = [i]
+                    else:
+                        skipped.append(i)
+                    i += 1
+                    continue
+                except Cancel as exc:
+                    error = ExecutionError(st.name, "precheck", exc)
+                    errors = [*(errors or ()), error]
+                    status, stop, outcome = CANCELLED, i, "cancelled"
+                    break
+                except _InputMismatch as exc:
+                    error = ExecutionError(st.name, "precheck", exc.error)
+                    errors = [*(errors or ()), error]
+                    status, stop, outcome = INVALID, i, "not_run"
+                    break
+                except KeyboardInterrupt:
+                    self.interrupt("KeyboardInterrupt")
+                    error = ExecutionError(
+                        st.name, None, Interrupted(f"interrupted during step {st.name!r}")
+                    )
+                    status, stop, outcome = CANCELLED, i, "cancelled"
+                    break
+                except BaseException as exc:  # choreograph parity: any other error skips the job
+                    entry = ExecutionError(st.name, "precheck", exc)
+                    if errors is None:
+                        errors = [entry]
+                    else:
+                        errors.append(entry)
+                    if skipped is None:
+                        skipped = [i]
+                    else:
+                        skipped.append(i)
+                    i += 1
+                    continue
+                if v is not None:
+                    if bag._pre is None:
+                        bag._pre = {}
+                    bag._pre[st.key] = v
+            if dry:
+                i += 1
+                continue
+            fn = st.job_fn
+            try:
+                if st.job_plain:
+                    v = fn(ctx, value) if st.job_rec else fn(ctx)
+                else:
+                    v = self._invoke(st.job, ctx, value, worker)
+            except Cancel as exc:
+                error = ExecutionError(st.name, "job", exc)
+                errors = [*(errors or ()), error]
+                status, stop, outcome = CANCELLED, i, "cancelled"
+                break
+            except _InputMismatch as exc:
+                error = ExecutionError(st.name, "job", exc.error)
+                errors = [*(errors or ()), error]
+                status, stop, outcome = INVALID, i, "not_run"
+                break
+            except KeyboardInterrupt:
+                self.interrupt("KeyboardInterrupt")
+                error = ExecutionError(
+                    st.name, None, Interrupted(f"interrupted during step {st.name!r}")
+                )
+                status, stop, outcome = CANCELLED, i, "cancelled"
+                break
+            except BaseException as exc:
+                error = ExecutionError(st.name, "job", exc)
+                errors = [*(errors or ()), error]
+                status, stop, outcome = FAILED, i, "failed"
+                break
+            if v is not None:
+                if bag._job is None:
+                    bag._job = {}
+                bag._job[st.key] = v
+            i += 1
+        return Result(
+            index,
+            line,
+            value,
+            status,
+            error,
+            errors,
+            bag,
+            perf_counter() - started,
+            self._step_names,
+            stop,
+            outcome,
+            skipped,
+            None,
+            raw,
+            dry,
+        )
+
+    def _invoke(self, spec: CallSpec, ctx: Context, value: Any, worker: _Worker) -> Any:
+        """The general call path: record conversion and async callables."""
+        adapter = spec.adapter
+        if adapter is not None and spec.takes_record and value is not None:
+            conv = ctx._conv
+            if conv is None:
+                conv = ctx._conv = {}
+            try:
+                arg = conv[adapter]
+            except KeyError:
+                try:
+                    arg = conv[adapter] = adapter(value)
+                except Mismatch as exc:
+                    raise _InputMismatch(
+                        UnassignableInput(
+                            f"step {ctx.step!r}: {spec.name} declares its record as "
+                            f"{spec.annotation}, but got a JSON {json_type_name(value)} ({exc})"
+                        )
+                    ) from None
+        else:
+            arg = value
+        result = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
+        if spec.is_async:
+            return worker.run_coroutine(result)
+        return result
+
+
+class _ThreadPool:
+    """Worker threads that live as long as the coordinator (so worker resources stay put)."""
+
+    def __init__(self, coordinator: Coordinator, size: int) -> None:
+        self._coordinator = coordinator
+        self._tasks: queue.SimpleQueue[tuple[int, Any, queue.SimpleQueue[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._errors: list[BaseException] = []
+        self._threads = [
+            threading.Thread(target=self._main, name=f"choreo-worker-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, seq: int, item: Any, outq: queue.SimpleQueue[Any]) -> None:
+        self._tasks.put((seq, item, outq))
+
+    def _main(self) -> None:
+        coordinator = self._coordinator
+        worker = coordinator.new_worker()
+        try:
+            while True:
+                task = self._tasks.get()
+                if task is None:
+                    return
+                seq, item, outq = task
+                try:
+                    result = coordinator.run_item(item, seq, worker)
+                except BaseException as exc:  # a defect must not hang the reader waiting for it
+                    result = coordinator.crashed(item, seq, exc)
+                outq.put((seq, result))
+        finally:
+            self._errors.extend(coordinator.close_worker(worker))
+
+    def shutdown(self) -> list[BaseException]:
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join()
+        return self._errors

@@ -1,0 +1,156 @@
+"""What running one record produced: its status, errors, step outcomes and data bag."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from choreo_cli.context import DataBag
+from choreo_cli.errors import Cancel, Interrupted, JobFailed, UnassignableInput
+
+Status = Literal["succeeded", "failed", "cancelled", "invalid"]
+Phase = Literal["precheck", "job", "input"]
+Outcome = Literal["succeeded", "skipped", "failed", "cancelled", "not_run", "would_run"]
+
+SUCCEEDED: Status = "succeeded"
+FAILED: Status = "failed"
+CANCELLED: Status = "cancelled"
+INVALID: Status = "invalid"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecutionError:
+    """One error raised while running a record: which step, which phase, what exception.
+
+    >>> ExecutionError("create", "job", ValueError("bad amount")).to_json()
+    {'step': 'create', 'phase': 'job', 'type': 'ValueError', 'message': 'bad amount'}
+    """
+
+    step: str | None
+    phase: Phase | None
+    exception: BaseException
+
+    @property
+    def type(self) -> str:
+        """The exception's class name."""
+        return type(self.exception).__name__
+
+    @property
+    def message(self) -> str:
+        """The exception's message."""
+        return str(self.exception)
+
+    def to_json(self) -> dict[str, Any]:
+        """The error as it appears in a result line."""
+        return {"step": self.step, "phase": self.phase, "type": self.type, "message": self.message}
+
+
+class Result:
+    """The outcome of one record.
+
+    ``steps`` is computed on first access from a compact record of where the run stopped,
+    so the hot loop never builds a dict per record.
+    """
+
+    __slots__ = (
+        "_errors",
+        "_names",
+        "_outcome",
+        "_skipped",
+        "_steps",
+        "_stop",
+        "_would",
+        "attempts",
+        "bag",
+        "duration",
+        "error",
+        "index",
+        "input",
+        "line",
+        "raw",
+        "status",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        line: int | None,
+        value: Any,
+        status: Status,
+        error: ExecutionError | None,
+        errors: list[ExecutionError] | None,
+        bag: DataBag,
+        duration: float,
+        names: tuple[str, ...],
+        stop: int,
+        outcome: Outcome | None,
+        skipped: list[int] | None,
+        attempts: dict[str, int] | None = None,
+        raw: bytes | None = None,
+        would_run: bool = False,
+    ) -> None:
+        self.index = index
+        self.line = line
+        self.input = value
+        self.status = status
+        self.error = error
+        self._errors = errors
+        self.bag = bag
+        self.duration = duration
+        self._names = names
+        self._stop = stop
+        self._outcome = outcome
+        self._skipped = skipped
+        self._steps: dict[str, Outcome] | None = None
+        self.attempts: dict[str, int] = attempts if attempts is not None else {}
+        self.raw = raw
+        self._would = would_run
+
+    @property
+    def errors(self) -> list[ExecutionError]:
+        """Every execution error of the record, in the order they were raised."""
+        errors = self._errors
+        if errors is None:
+            errors = self._errors = []
+        return errors
+
+    @property
+    def steps(self) -> dict[str, Outcome]:
+        """Step name -> outcome (succeeded/skipped/failed/cancelled/not_run/would_run)."""
+        steps = self._steps
+        if steps is None:
+            steps = self._steps = self._build_steps()
+        return steps
+
+    @property
+    def ok(self) -> bool:
+        """True when the record succeeded."""
+        return self.status == SUCCEEDED
+
+    def raise_for_status(self) -> None:
+        """Raise the error that stopped the record (JobFailed for a failed job), if any."""
+        error = self.error
+        if error is None:
+            return
+        exc = error.exception
+        if isinstance(exc, (Cancel, Interrupted, UnassignableInput)) or error.phase == "input":
+            raise exc
+        raise JobFailed(f"step {error.step!r}: {error.type}: {error.message}") from exc
+
+    def _build_steps(self) -> dict[str, Outcome]:
+        names = self._names
+        stop = self._stop
+        skipped = self._skipped or ()
+        ran: Outcome = "would_run" if self._would else "succeeded"
+        steps: dict[str, Outcome] = {}
+        for i, name in enumerate(names):
+            if i < stop:
+                steps[name] = "skipped" if i in skipped else ran
+            elif i == stop and self._outcome is not None:
+                steps[name] = self._outcome
+            else:
+                steps[name] = "not_run"
+        return steps
+
+    def __repr__(self) -> str:
+        return f"Result(index={self.index}, status={self.status!r}, error={self.error!r})"
