@@ -1,0 +1,268 @@
+"""Pipeline files: `load_pipeline()` for running, `check_pipeline()` for `choreo validate`."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import sysconfig
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from choreo_cli.errors import PipelineError, StepDefinitionError
+from choreo_cli.problems import Problem
+
+if TYPE_CHECKING:
+    from choreo_cli.coordinator import Coordinator, Step
+    from choreo_cli.resources import ResourceSpec
+    from choreo_cli.retry_policy import RetryPolicy
+
+
+@dataclass(frozen=True)
+class CallDefinition:
+    """A callable named in the file: its reference text, ``with:`` keywords and position.
+
+    ``target`` is the imported object, or None when the file was read without importing.
+    """
+
+    reference: str
+    with_: Mapping[str, Any]
+    target: Any
+    file: str
+    line: int
+    column: int
+
+    def problem(self, message: str) -> Problem:
+        """A problem positioned at this reference."""
+        return Problem(self.file, self.line, self.column, message)
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    """One step as written in the file (after interpolation and ``defaults:``)."""
+
+    name: str
+    job: CallDefinition
+    precheck: CallDefinition | None = None
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    description: str | None = None
+
+    def to_step(self) -> Step:
+        """The coordinator's Step; its callables are named by their reference text."""
+        from choreo_cli.coordinator import Step
+
+        precheck = self.precheck
+        return Step(
+            name=self.name,
+            job=_target(self.job),
+            precheck=None if precheck is None else _target(precheck),
+            job_with=self.job.with_,
+            precheck_with=None if precheck is None else precheck.with_,
+            job_name=self.job.reference,
+            precheck_name=None if precheck is None else precheck.reference,
+            retry=self.retry,
+            timeout=self.timeout,
+            description=self.description,
+        )
+
+
+@dataclass(frozen=True)
+class ResourceDefinition:
+    """A resource as written in the file: ``factory(**with)``, built per pipeline or per worker."""
+
+    name: str
+    factory: CallDefinition
+    scope: Literal["pipeline", "worker"] = "pipeline"
+
+    def to_spec(self) -> ResourceSpec:
+        """The coordinator's ResourceSpec (the factory is not called here)."""
+        from choreo_cli.resources import ResourceSpec
+
+        return ResourceSpec(
+            name=self.name,
+            factory=_target(self.factory),
+            kwargs=self.factory.with_,
+            scope=self.scope,
+            factory_name=self.factory.reference,
+        )
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A loaded pipeline file; ``coordinator()`` turns it into a ready Coordinator.
+
+    >>> pipeline = load_pipeline("pipeline.yaml")  # doctest: +SKIP
+    >>> with pipeline.coordinator(workers=4) as coordinator:  # doctest: +SKIP
+    ...     results = list(coordinator.run_many(records))
+    """
+
+    path: Path
+    name: str | None
+    description: str | None
+    workers: int
+    python_path: tuple[Path, ...]
+    values: Mapping[str, Any]
+    steps: tuple[StepDefinition, ...]
+    resources: tuple[ResourceDefinition, ...] = ()
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
+
+    def coordinator(self, workers: int | None = None, *, dry_run: bool = False) -> Coordinator:
+        """A Coordinator with this pipeline's values, resources and steps (nothing built yet).
+
+        Raises PipelineError, positioned at the reference, when a step cannot be added.
+        """
+        from choreo_cli.coordinator import Coordinator
+
+        coordinator = Coordinator(
+            workers=self.workers if workers is None else workers,
+            values=self.values,
+            resources={r.name: r.to_spec() for r in self.resources},
+            dry_run=dry_run,
+        )
+        for step in self.steps:
+            try:
+                coordinator.add_step(step.to_step())
+            except StepDefinitionError as exc:
+                call = step.precheck if exc.phase == "precheck" and step.precheck else step.job
+                raise PipelineError([call.problem(str(exc))]) from exc
+        return coordinator
+
+
+def load_pipeline(
+    path: str | os.PathLike[str],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Pipeline:
+    """Load a pipeline file and import its callables; raises PipelineError listing every problem.
+
+    ``overrides`` replace or add context values after interpolation (``--set KEY=VALUE``).
+    An unset ``${VAR}`` without a default is an error here. The file's ``python_path``
+    directories stay at the front of ``sys.path``.
+
+    >>> pipeline = load_pipeline("pipeline.yaml", overrides={"currency": "USD"})  # doctest: +SKIP
+    >>> pipeline.values["currency"]  # doctest: +SKIP
+    'USD'
+    """
+    from choreo_cli.pipeline_reader import PipelineReader
+
+    reader = PipelineReader(
+        path, import_code=True, strict=True, overrides=overrides, environ=environ
+    )
+    pipeline = reader.read()
+    errors = [p for p in reader.problems if p.is_error]
+    if errors or pipeline is None:
+        raise PipelineError(_in_order(errors))
+    return pipeline
+
+
+def check_pipeline(
+    path: str | os.PathLike[str],
+    *,
+    import_code: bool = True,
+    strict: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> list[Problem]:
+    """Every problem in a pipeline file (errors and warnings), in file order.
+
+    The file is checked as if alone: modules it imported are forgotten afterwards and
+    ``sys.path`` is restored. With ``import_code=False`` no user code is imported.
+
+    >>> check_pipeline("pipeline.yaml", import_code=False)  # doctest: +SKIP
+    []
+    """
+    from choreo_cli.pipeline_reader import PipelineReader
+
+    reader = PipelineReader(path, import_code=import_code, strict=strict, environ=environ)
+    with isolated_imports():
+        reader.read()
+    return _in_order(reader.problems)
+
+
+def read_pipeline_structure(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> tuple[Pipeline | None, list[Problem]]:
+    """Read a pipeline without importing any user code (for ``choreo show``)."""
+    from choreo_cli.pipeline_reader import PipelineReader
+
+    reader = PipelineReader(path, import_code=False, strict=False, environ=environ)
+    pipeline = reader.read()
+    return pipeline, _in_order(reader.problems)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``--set KEY=VALUE``; VALUE is read as a YAML scalar (``3`` is an int, ``x`` a str).
+
+    >>> parse_override("limit=3")
+    ('limit', 3)
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set needs KEY=VALUE, got {text!r}")
+    import yaml
+
+    loader = yaml.SafeLoader("")
+    try:
+        tag = loader.resolve(yaml.ScalarNode, raw, (True, False))  # type: ignore[no-untyped-call]
+        node = yaml.ScalarNode(tag, raw)
+        return key, loader.construct_object(node)
+    except (yaml.YAMLError, ValueError):
+        return key, raw
+    finally:
+        loader.dispose()
+
+
+@contextlib.contextmanager
+def isolated_imports() -> Iterator[None]:
+    """Run the block as if no user module had been imported; forget what it imported after.
+
+    ``sys.path`` is restored too. Modules of the standard library, of installed packages
+    and of choreo itself are kept: they are the same for every pipeline, and some cannot
+    be imported twice.
+    """
+    saved_path = list(sys.path)
+    hidden = {n: m for n, m in list(sys.modules.items()) if _is_user_module(n, m)}
+    for name in hidden:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved_path
+        for name, module in list(sys.modules.items()):
+            if _is_user_module(name, module):
+                del sys.modules[name]
+        sys.modules.update(hidden)
+        importlib.invalidate_caches()
+
+
+def _is_user_module(name: str, module: Any) -> bool:
+    if name in ("__main__", "choreo_cli") or name.startswith("choreo_cli."):
+        return False
+    files = [getattr(module, "__file__", None), *list(getattr(module, "__path__", None) or [])]
+    files = [f for f in files if isinstance(f, str)]
+    if not files:
+        return False  # a builtin module
+    library = _library_dirs()
+    return not all(os.path.abspath(f).startswith(library) for f in files)
+
+
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    keys = ("stdlib", "platstdlib", "purelib", "platlib")
+    return tuple(os.path.join(os.path.abspath(paths[k]), "") for k in keys if k in paths)
+
+
+def _in_order(problems: list[Problem]) -> list[Problem]:
+    return sorted(dict.fromkeys(problems), key=lambda p: (p.line, p.column))
+
+
+def _target(call: CallDefinition) -> Callable[..., Any]:
+    if call.target is None:
+        raise PipelineError([call.problem(f"{call.reference!r} was not imported")])
+    target: Callable[..., Any] = call.target
+    return target

@@ -1,0 +1,198 @@
+"""The packaged pipeline JSON Schema, and its errors turned into positioned problems."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from choreo_cli.problems import Problem
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+
+    from choreo_cli.yaml_loader import YamlDocument, YamlPath
+
+SCHEMA_RESOURCE = "schemas/pipeline.schema.json"
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "object": "a mapping",
+    "array": "a list",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+_REFERENCE_HINT = "write 'module:function', 'module.function' or an entry-point name"
+
+
+def read_schema_text() -> str:
+    """The pipeline schema exactly as shipped inside the package.
+
+    >>> '"$schema"' in read_schema_text()
+    True
+    """
+    return resources.files("choreo_cli").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    """The pipeline schema as a dict (parsed once)."""
+    schema: dict[str, Any] = json.loads(read_schema_text())
+    return schema
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(load_schema())
+
+
+def check_structure(document: YamlDocument, *, file: str) -> list[Problem]:
+    """Validate loaded YAML against the schema; one problem per thing wrong, in file order.
+
+    >>> from choreo_cli.yaml_loader import load_yaml
+    >>> [p.message for p in check_structure(load_yaml("version: 1\\nsteps: []"), file="p.yaml")]
+    ["'steps' is empty — add at least one step"]
+    """
+    problems: list[Problem] = []
+    for error in _validator().iter_errors(document.data):
+        for key_path, message, at_key in _describe_error(error, document.data):
+            mark = document.key_mark(key_path) if at_key else document.value_mark(key_path)
+            problems.append(Problem(file, mark.line, mark.column, message))
+    unique = dict.fromkeys(problems)
+    return sorted(unique, key=lambda p: (p.line, p.column))
+
+
+def type_name(value: Any) -> str:
+    """How a value's type is named in messages: 'a string', 'a mapping', 'a list'..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    for python_type, name in (
+        (str, "a string"),
+        (dict, "a mapping"),
+        (list, "a list"),
+        (int, "an integer"),
+        (float, "a number"),
+    ):
+        if isinstance(value, python_type):
+            return name
+    return f"a {type(value).__name__}"
+
+
+def did_you_mean(word: str, choices: list[str]) -> str | None:
+    """The closest of ``choices`` to ``word``, when one is close enough to suggest."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _subject(path: YamlPath) -> str:
+    if not path:
+        return "the pipeline file"
+    last = path[-1]
+    if isinstance(last, int):
+        parent = next((p for p in reversed(path) if isinstance(p, str)), None)
+        return f"item {last + 1} of '{parent}'" if parent else f"item {last + 1}"
+    return f"'{last}'"
+
+
+def _owner(path: YamlPath, data: Any) -> str:
+    """Names the mapping at ``path`` for messages: the pipeline, step 'x', resource 'db'..."""
+    if not path:
+        return "the pipeline"
+    if len(path) == 2 and path[0] == "steps" and isinstance(path[1], int):
+        step = data["steps"][path[1]] if isinstance(data, dict) else None
+        name = step.get("name") if isinstance(step, dict) else None
+        return f"step '{name}'" if isinstance(name, str) else f"step {path[1] + 1}"
+    if len(path) == 2 and path[0] == "resources":
+        return f"resource '{path[1]}'"
+    return _subject(path)
+
+
+def _describe_error(error: ValidationError, data: Any) -> list[tuple[YamlPath, str, bool]]:
+    """(path, message, point at the key?) for one schema error."""
+    path: YamlPath = tuple(error.absolute_path)
+    kind, schema = error.validator, error.schema
+    instance: Any = error.instance
+    expected: Any = error.validator_value
+    assert isinstance(schema, dict)
+    subject = _subject(path)
+    if kind == "additionalProperties":
+        return [((*path, key), message, True) for key, message in _unknown_keys(schema, instance)]
+    if kind == "required":
+        missing = [key for key in expected if key not in instance]
+        hint = {"version": " (add 'version: 1')", "call": " (the callable to run)"}
+        return [
+            (
+                path,
+                f"{_owner(path, data)} is missing required key '{key}'{hint.get(key, '')}",
+                False,
+            )
+            for key in missing
+        ]
+    if kind == "type":
+        if expected == ["string", "object"]:
+            wanted = "a reference like 'module:function' or a mapping {call: ..., with: ...}"
+        else:
+            names = [expected] if isinstance(expected, str) else list(expected)
+            wanted = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
+        return [(path, f"{subject} must be {wanted}, not {type_name(instance)}", False)]
+    if kind == "const" and path == ("version",):
+        return [
+            (
+                path,
+                f"unsupported version {instance!r} — this choreo reads pipeline files of version 1",
+                False,
+            )
+        ]
+    if kind == "enum":
+        choices = [str(c) for c in expected]
+        listed = ", ".join(f"'{c}'" for c in choices)
+        message = f"{subject} must be one of {listed}, not {instance!r}"
+        close = did_you_mean(str(instance), choices)
+        return [(path, f"{message} — did you mean '{close}'?" if close else message, False)]
+    if kind in ("minimum", "exclusiveMinimum"):
+        bound = "at least" if kind == "minimum" else "more than"
+        return [(path, f"{subject} must be {bound} {expected}, not {instance!r}", False)]
+    if kind == "minItems" and path == ("steps",):
+        return [(path, "'steps' is empty — add at least one step", False)]
+    if kind in ("minItems", "minLength"):
+        return [(path, f"{subject} must not be empty", False)]
+    if kind == "pattern" and "propertyNames" in error.schema_path:
+        return [
+            (
+                (*path, str(instance)),
+                f"resource name {instance!r} is not a Python identifier — use letters, "
+                "digits and _ so that ctx.resources.NAME works",
+                True,
+            )
+        ]
+    if kind == "pattern":
+        return [
+            (path, f"{subject} is not a valid reference: {instance!r} — {_REFERENCE_HINT}", False)
+        ]
+    return [(path, f"{subject}: {error.message}", False)]
+
+
+def _unknown_keys(schema: dict[str, Any], instance: Any) -> list[tuple[str, str]]:
+    known = list(schema.get("properties", {}))
+    patterns = list(schema.get("patternProperties", {}))
+    extension = any(p == "^x-" for p in patterns)
+    found = []
+    for key in instance:
+        if key in known or (extension and key.startswith("x-")):
+            continue
+        close = did_you_mean(key, known)
+        if close:
+            found.append((key, f"unknown key '{key}' — did you mean '{close}'?"))
+        else:
+            allowed = ", ".join(known) + (", or x-... for your own anchors" if extension else "")
+            found.append((key, f"unknown key '{key}' — allowed here: {allowed}"))
+    return found

@@ -1,0 +1,318 @@
+"""Safe YAML loading that keeps the line and column of every value and refuses alias bombs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from choreo_cli.errors import ChoreoError
+
+MAX_BYTES = 4 * 1024 * 1024
+MAX_NODES = 200_000
+MAX_DEPTH = 200
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+_SEQ_TAGS = (None, "!", "tag:yaml.org,2002:seq")
+_MAP_TAGS = (None, "!", "tag:yaml.org,2002:map")
+
+YamlPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A 1-based line and column in a YAML file."""
+
+    line: int
+    column: int
+
+
+class Position:
+    """Where a value was written, and where each of its keys or items was written."""
+
+    __slots__ = ("children", "mark")
+
+    def __init__(
+        self,
+        mark: Mark,
+        children: dict[str, tuple[Mark, Position]] | list[Position] | None = None,
+    ) -> None:
+        self.mark = mark
+        self.children = children
+
+
+class YamlLoadError(ChoreoError):
+    """The text is not YAML choreo can read; ``mark`` says where it went wrong."""
+
+    def __init__(self, message: str, mark: Mark) -> None:
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+
+
+@dataclass
+class YamlDocument:
+    """Plain Python data (dicts, lists, scalars) with the position of every value.
+
+    >>> doc = load_yaml("steps:\\n  - name: a\\n")
+    >>> doc.value_mark(("steps", 0, "name"))
+    Mark(line=2, column=11)
+    """
+
+    data: Any
+    root: Position
+    issues: list[tuple[Mark, str]] = field(default_factory=list)
+
+    def _walk(self, path: YamlPath) -> tuple[Position, Mark | None, int]:
+        """The deepest known position on ``path``, the mark of its key, and how deep it is."""
+        pos, key_mark, depth = self.root, None, 0
+        for part in path:
+            children = pos.children
+            if isinstance(children, dict) and isinstance(part, str) and part in children:
+                key_mark, pos = children[part]
+            elif isinstance(children, list) and isinstance(part, int) and part < len(children):
+                key_mark, pos = None, children[part]
+            else:
+                break
+            depth += 1
+        return pos, key_mark, depth
+
+    def value_mark(self, path: YamlPath) -> Mark:
+        """Where the value at ``path`` (or its deepest known parent) was written."""
+        return self._walk(path)[0].mark
+
+    def key_mark(self, path: YamlPath) -> Mark:
+        """Where the last key of ``path`` was written (the value's mark for list items)."""
+        pos, key_mark, depth = self._walk(path)
+        if depth == len(path) and key_mark is not None:
+            return key_mark
+        return pos.mark
+
+
+def read_yaml_file(path: str | Path, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
+    """Read and load a YAML file; raises OSError or YamlLoadError.
+
+    >>> read_yaml_file("pipeline.yaml").data["version"]  # doctest: +SKIP
+    1
+    """
+    with open(path, "rb") as stream:
+        raw = stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise YamlLoadError(
+            f"file is larger than {max_bytes // (1024 * 1024)} MiB — refused; "
+            "a pipeline file should be small",
+            Mark(1, 1),
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise YamlLoadError(
+            f"file is not valid UTF-8 (byte 0x{raw[exc.start]:02x}) — save it as UTF-8",
+            Mark(line, column),
+        ) from None
+    return load_yaml(text)
+
+
+def load_yaml(text: str, *, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> YamlDocument:
+    """Load one YAML document safely (no tags executed), keeping positions.
+
+    Mapping keys are always strings, as in JSON (``on:`` is the key 'on', not true).
+    Aliases count with their full expanded size, so a document that would expand past
+    ``max_nodes`` values is refused before it is expanded.
+    """
+    import yaml
+
+    loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    loader = loader_class(text)
+    try:
+        return _Builder(loader, max_nodes=max_nodes, max_depth=max_depth).build_document()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = Mark(mark.line + 1, mark.column + 1) if mark is not None else Mark(1, 1)
+        message = exc.problem or "invalid YAML"
+        if exc.context:
+            message = f"{exc.context}: {message}"
+        raise YamlLoadError(f"YAML syntax error: {message}", where) from None
+    except yaml.YAMLError as exc:
+        raise YamlLoadError(f"YAML syntax error: {exc}", Mark(1, 1)) from None
+    finally:
+        loader.dispose()
+
+
+class _Builder:
+    """Builds values straight from parser events, counting what aliases expand to."""
+
+    def __init__(self, loader: Any, *, max_nodes: int, max_depth: int) -> None:
+        import yaml
+
+        self.yaml = yaml
+        self.loader = loader
+        self.max_nodes = max_nodes
+        self.max_depth = max_depth
+        self.count = 0
+        self.via_alias = False
+        self.anchors: dict[str, tuple[Any, Position, int]] = {}
+        self.issues: list[tuple[Mark, str]] = []
+
+    def build_document(self) -> YamlDocument:
+        yaml = self.yaml
+        event = self.loader.get_event()  # StreamStart
+        event = self.loader.get_event()
+        if isinstance(event, yaml.StreamEndEvent):
+            return YamlDocument(None, Position(Mark(1, 1)), self.issues)
+        data, pos = self._build(self.loader.get_event(), 0)
+        self.loader.get_event()  # DocumentEnd
+        event = self.loader.get_event()
+        if not isinstance(event, yaml.StreamEndEvent):
+            raise YamlLoadError(
+                "a pipeline file holds one YAML document; a second one starts here — "
+                "remove it or put it in its own file",
+                _mark(event.start_mark),
+            )
+        return YamlDocument(data, pos, self.issues)
+
+    def _add(self, size: int, mark: Mark) -> None:
+        self.count += size
+        if self.count > self.max_nodes:
+            what = "aliases expand" if self.via_alias else "the document holds"
+            raise YamlLoadError(
+                f"{what} to more than {self.max_nodes} values — refused "
+                "(an alias bomb, or far too much data for a pipeline file)",
+                mark,
+            )
+
+    def _build(self, event: Any, depth: int) -> tuple[Any, Position]:
+        yaml = self.yaml
+        mark = _mark(event.start_mark)
+        if depth > self.max_depth:
+            raise YamlLoadError(
+                f"values are nested more than {self.max_depth} deep — refused", mark
+            )
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor not in self.anchors:
+                raise YamlLoadError(
+                    f"alias '*{event.anchor}' has no anchor '&{event.anchor}' before it", mark
+                )
+            value, pos, size = self.anchors[event.anchor]
+            self.via_alias = True
+            self._add(size, mark)
+            return value, pos
+        start = self.count
+        if isinstance(event, yaml.ScalarEvent):
+            self._add(1, mark)
+            value, pos = self._scalar(event, mark), Position(mark)
+        elif isinstance(event, yaml.SequenceStartEvent):
+            self._check_tag(event.tag, _SEQ_TAGS, "sequence", mark)
+            self._add(1, mark)
+            value, pos = self._sequence(depth, mark)
+        elif isinstance(event, yaml.MappingStartEvent):
+            self._check_tag(event.tag, _MAP_TAGS, "mapping", mark)
+            self._add(1, mark)
+            value, pos = self._mapping(depth, mark)
+        else:  # pragma: no cover - the parser only emits the events above here
+            raise YamlLoadError(f"unexpected YAML event {type(event).__name__}", mark)
+        if event.anchor is not None:
+            self.anchors[event.anchor] = (value, pos, self.count - start)
+        return value, pos
+
+    def _scalar(self, event: Any, mark: Mark) -> Any:
+        yaml = self.yaml
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        if tag == _STR_TAG:
+            return event.value
+        constructor = self.loader.yaml_constructors.get(tag)
+        if constructor is None or tag == _MERGE_TAG:
+            raise YamlLoadError(
+                f"tag '{_short(event.tag)}' is not supported — choreo reads plain YAML only "
+                "and never runs tags",
+                mark,
+            )
+        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+        try:
+            return constructor(self.loader, node)
+        except ValueError as exc:
+            raise YamlLoadError(f"cannot read {event.value!r}: {exc} — quote it", mark) from None
+
+    def _check_tag(
+        self, tag: str | None, allowed: tuple[str | None, ...], kind: str, mark: Mark
+    ) -> None:
+        if tag not in allowed:
+            raise YamlLoadError(
+                f"tag '{_short(tag)}' on a {kind} is not supported — choreo reads plain YAML only "
+                "and never runs tags",
+                mark,
+            )
+
+    def _sequence(self, depth: int, mark: Mark) -> tuple[list[Any], Position]:
+        items: list[Any] = []
+        positions: list[Position] = []
+        end = self.yaml.SequenceEndEvent
+        while not isinstance(event := self.loader.get_event(), end):
+            value, pos = self._build(event, depth + 1)
+            items.append(value)
+            positions.append(pos)
+        return items, Position(mark, positions)
+
+    def _mapping(self, depth: int, mark: Mark) -> tuple[dict[str, Any], Position]:
+        yaml = self.yaml
+        data: dict[str, Any] = {}
+        children: dict[str, tuple[Mark, Position]] = {}
+        merged: list[tuple[dict[str, Any], dict[str, tuple[Mark, Position]]]] = []
+        while not isinstance(event := self.loader.get_event(), yaml.MappingEndEvent):
+            key_mark = _mark(event.start_mark)
+            if not isinstance(event, yaml.ScalarEvent):
+                raise YamlLoadError("mapping keys must be plain strings", key_mark)
+            key = event.value
+            is_merge = event.tag is None and event.style in (None, "") and key == "<<"
+            value, pos = self._build(self.loader.get_event(), depth + 1)
+            if is_merge:
+                merged.extend(self._merge_sources(value, pos, key_mark))
+                continue
+            if key in children:
+                first = children[key][0]
+                self.issues.append(
+                    (
+                        key_mark,
+                        f"duplicate key '{key}' (first at line {first.line}) — "
+                        "write each key once in a mapping",
+                    )
+                )
+            data[key] = value
+            children[key] = (key_mark, pos)
+        # Explicit keys win over merged ones; earlier merge sources win over later ones.
+        for source, source_children in merged:
+            for key, value in source.items():
+                if key not in data:
+                    data[key] = value
+                    children[key] = source_children[key]
+        return data, Position(mark, children)
+
+    def _merge_sources(
+        self, value: Any, pos: Position, mark: Mark
+    ) -> list[tuple[dict[str, Any], dict[str, tuple[Mark, Position]]]]:
+        if isinstance(value, dict) and isinstance(pos.children, dict):
+            return [(value, pos.children)]
+        if isinstance(value, list) and isinstance(pos.children, list):
+            sources = []
+            for item, item_pos in zip(value, pos.children, strict=True):
+                if not (isinstance(item, dict) and isinstance(item_pos.children, dict)):
+                    break
+                sources.append((item, item_pos.children))
+            else:
+                return sources
+        raise YamlLoadError(
+            "a merge key '<<' needs a mapping or a list of mappings (e.g. '<<: *defaults')", mark
+        )
+
+
+def _short(tag: str | None) -> str:
+    return str(tag).replace("tag:yaml.org,2002:", "!!")
+
+
+def _mark(mark: Any) -> Mark:
+    return Mark(mark.line + 1, mark.column + 1)
