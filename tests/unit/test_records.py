@@ -1,0 +1,166 @@
+"""The JSON Lines reader: line numbers, blank lines, BOM, CRLF, bad lines, raw bytes."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from choreo_cli.items import InvalidLine, Record
+from choreo_cli.records import JsonlReader, iter_items
+
+
+def read(data: bytes, **kwargs: object) -> list[Record | InvalidLine]:
+    return list(iter_items(io.BytesIO(data), **kwargs))  # type: ignore[arg-type]
+
+
+def test_any_json_value_is_a_record_with_its_line_number() -> None:
+    items = read(b'{"id": 1}\n[1, 2]\n"text"\n3.5\nnull\ntrue\n')
+    assert all(isinstance(item, Record) for item in items)
+    assert [(item.line, item.value) for item in items] == [  # type: ignore[union-attr]
+        (1, {"id": 1}),
+        (2, [1, 2]),
+        (3, "text"),
+        (4, 3.5),
+        (5, None),
+        (6, True),
+    ]
+
+
+def test_blank_lines_yield_nothing_but_count() -> None:
+    items = read(b"\n1\n   \n\t\r\n2\n\n")
+    assert [(item.line, item.value) for item in items] == [(2, 1), (5, 2)]  # type: ignore[union-attr]
+
+
+def test_empty_input_yields_nothing() -> None:
+    assert read(b"") == []
+    assert read(b"\xef\xbb\xbf") == []
+    assert read(b"\n\n") == []
+
+
+def test_bom_at_start_and_crlf_endings_are_accepted() -> None:
+    items = read(b'\xef\xbb\xbf{"a": 1}\r\n{"a": 2}\r\n')
+    assert [(item.line, item.value) for item in items] == [(1, {"a": 1}), (2, {"a": 2})]  # type: ignore[union-attr]
+
+
+def test_bom_in_the_middle_is_an_invalid_line() -> None:
+    (first, second) = read(b"1\n\xef\xbb\xbf2\n")
+    assert isinstance(first, Record)
+    assert isinstance(second, InvalidLine)
+    assert second.line == 2
+
+
+def test_bad_json_is_an_invalid_line_with_the_parsers_message() -> None:
+    items = read(b'{"id": 1}\n{"id": \n{"id": 3}\n')
+    assert [type(item) for item in items] == [Record, InvalidLine, Record]
+    bad = items[1]
+    assert isinstance(bad, InvalidLine)
+    assert bad.line == 2
+    assert isinstance(bad.exception, orjson.JSONDecodeError)
+    assert str(bad.exception).startswith("unexpected end of data")
+
+
+def test_bad_utf8_is_a_unicode_decode_error() -> None:
+    (bad, good) = read(b'{"name": "caf\xe9"}\n{"name": "caf\xc3\xa9"}\n')
+    assert isinstance(bad, InvalidLine)
+    assert isinstance(bad.exception, UnicodeDecodeError)
+    assert str(bad.exception) == (
+        "'utf-8' codec can't decode byte 0xe9 in position 13: invalid continuation byte"
+    )
+    assert isinstance(good, Record)
+    assert good.value == {"name": "café"}
+
+
+def test_last_line_without_newline_is_read() -> None:
+    items = read(b"1\n2")
+    assert [item.value for item in items] == [1, 2]  # type: ignore[union-attr]
+
+
+def test_raw_is_the_line_as_read_with_its_ending() -> None:
+    data = b'\xef\xbb\xbf{"a": 1}\r\n\nnot json\n  2  \n3'
+    items = read(data, keep_raw=True)
+    assert [item.raw for item in items] == [
+        b'{"a": 1}\r\n',
+        b"not json\n",
+        b"  2  \n",
+        b"3\n",
+    ]
+    assert [item.line for item in items] == [1, 3, 4, 5]
+
+
+def test_raw_is_none_unless_asked() -> None:
+    assert [item.raw for item in read(b"1\nx\n")] == [None, None]
+
+
+def test_lines_longer_than_a_chunk_are_joined() -> None:
+    big = orjson.dumps({"text": "x" * 10_000})
+    data = big + b"\n" + b"1\n" + big
+    reader = JsonlReader(io.BytesIO(data), chunk_size=7)
+    items = list(reader)
+    assert [item.line for item in items] == [1, 2, 3]
+    assert items[0].value == {"text": "x" * 10_000}  # type: ignore[union-attr]
+    assert reader.bytes_read == len(data)
+
+
+def test_bytes_read_counts_everything_consumed() -> None:
+    data = b"\xef\xbb\xbf1\n\n2\r\n"
+    reader = JsonlReader(io.BytesIO(data))
+    list(reader)
+    assert reader.bytes_read == len(data)
+
+
+def test_lines_from_a_pipe_are_handed_over_as_they_arrive() -> None:
+    read_fd, write_fd = os.pipe()
+    with open(read_fd, "rb") as stream, open(write_fd, "wb", buffering=0) as sink:
+        items = iter_items(stream)
+        sink.write(b"1\n2")
+        assert next(items).value == 1  # type: ignore[union-attr]
+        done = threading.Event()
+
+        def finish() -> None:
+            sink.write(b"3\n")
+            sink.close()
+            done.set()
+
+        threading.Thread(target=finish).start()
+        assert next(items).value == 23  # type: ignore[union-attr]
+        assert list(items) == []
+        assert done.wait(5)
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=30),
+            st.sampled_from([b"", b" ", b"\r", b"{}", b"[1,", b'"\xff"', b"\xef\xbb\xbf"]),
+        ),
+        max_size=12,
+    ),
+    st.booleans(),
+    st.integers(min_value=1, max_value=9),
+)
+def test_any_bytes_give_one_item_per_non_blank_line(
+    parts: list[bytes], crlf: bool, chunk_size: int
+) -> None:
+    data = b"".join(parts)
+    if crlf:
+        data = data.replace(b"\n", b"\r\n")
+    reader = JsonlReader(io.BytesIO(data), keep_raw=True, chunk_size=chunk_size)
+    items = list(reader)  # never raises
+    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    lines = body.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    expected = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    assert [(item.line, item.raw) for item in items] == [(n, line + b"\n") for n, line in expected]
+    for item, (_, line) in zip(items, expected, strict=True):
+        if isinstance(item, Record):
+            assert item.value == orjson.loads(line)
+        else:
+            assert isinstance(item.exception, (orjson.JSONDecodeError, UnicodeDecodeError))
+    assert reader.bytes_read == len(data)
