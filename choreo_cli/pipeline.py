@@ -183,13 +183,14 @@ def check_pipeline(
     return _in_order(reader.problems)
 
 
-def read_pipeline_structure(
-    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
-) -> tuple[Pipeline | None, list[Problem]]:
-    """Read a pipeline without importing any user code (for ``choreo show``)."""
+def read_pipeline_structure(path: str | os.PathLike[str]) -> tuple[Pipeline | None, list[Problem]]:
+    """Read a pipeline as written, importing no user code and expanding no ``${VAR}``.
+
+    For ``choreo show``: values from the environment (secrets, often) are not shown.
+    """
     from choreo_cli.pipeline_reader import PipelineReader
 
-    reader = PipelineReader(path, import_code=False, strict=False, environ=environ)
+    reader = PipelineReader(path, import_code=False, strict=False, interpolate=False)
     pipeline = reader.read()
     return pipeline, _in_order(reader.problems)
 

@@ -39,8 +39,10 @@ class PipelineReader:
         strict: bool,
         overrides: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
+        interpolate: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.interpolate = interpolate
         self.file = os.fspath(path)
         self.import_code = import_code
         self.strict = strict
@@ -144,6 +146,8 @@ class PipelineReader:
     def _interpolate(self, value: Any, path: YamlPath) -> Any:
         from choreo_cli.interpolate import interpolate
 
+        if not self.interpolate:
+            return dict(value)
         result, issues = interpolate(value, self.environ)
         for issue in issues:
             warning = issue.kind == "unset" and not self.strict

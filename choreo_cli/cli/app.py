@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from choreo_cli.cli.schema_cmd import schema
+from choreo_cli.cli.show import show
+from choreo_cli.cli.validate import validate
+
 app = typer.Typer(
     name="choreo",
     help="Run an ordered list of precheck/job steps over every record of a JSON Lines stream.",
@@ -33,6 +37,11 @@ def _root(
     ),
 ) -> None:
     """Run an ordered list of precheck/job steps over every record of a JSON Lines stream."""
+
+
+app.command("validate")(validate)
+app.command("schema")(schema)
+app.command("show")(show)
 
 
 def main() -> None:

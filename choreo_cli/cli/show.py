@@ -1,0 +1,121 @@
+"""`choreo show PIPELINE`: print a pipeline's steps as a table, or as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from choreo_cli.pipeline import CallDefinition, Pipeline
+
+
+class ShowFormat(str, Enum):
+    """How `choreo show` prints the pipeline."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
+def show(
+    pipeline_file: Annotated[str, typer.Argument(metavar="PIPELINE", help="The pipeline file.")],
+    show_format: Annotated[
+        ShowFormat,
+        typer.Option("--format", "-f", help="table (for people) or json.", case_sensitive=False),
+    ] = ShowFormat.TABLE,
+) -> None:
+    """Print the steps of a pipeline: name, precheck, job and their with: arguments.
+
+    Imports no user code, and shows ${VAR}s as written.
+    """
+    from choreo_cli.exit_codes import ExitCode
+    from choreo_cli.pipeline import read_pipeline_structure
+
+    pipeline, problems = read_pipeline_structure(pipeline_file)
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+    if pipeline is None or any(p.is_error for p in problems):
+        typer.echo(f"{pipeline_file}: not a usable pipeline file — see choreo validate", err=True)
+        raise typer.Exit(int(ExitCode.USAGE))
+    if show_format is ShowFormat.JSON:
+        sys.stdout.write(json.dumps(describe(pipeline), ensure_ascii=False, default=str) + "\n")
+    else:
+        _print_table(pipeline)
+
+
+def describe(pipeline: Pipeline) -> dict[str, Any]:
+    """A pipeline as JSON-ready data (what `choreo show --format json` prints)."""
+
+    def call(definition: CallDefinition | None) -> dict[str, Any] | None:
+        if definition is None:
+            return None
+        return {"call": definition.reference, "with": dict(definition.with_)}
+
+    return {
+        "file": str(pipeline.path),
+        "name": pipeline.name,
+        "description": pipeline.description,
+        "workers": pipeline.workers,
+        "context": dict(pipeline.values),
+        "resources": [
+            {
+                "name": r.name,
+                "factory": r.factory.reference,
+                "with": dict(r.factory.with_),
+                "scope": r.scope,
+            }
+            for r in pipeline.resources
+        ],
+        "steps": [
+            {
+                "name": s.name,
+                "description": s.description,
+                "precheck": call(s.precheck),
+                "job": call(s.job),
+                "retry": None
+                if s.retry is None
+                else {
+                    "attempts": s.retry.attempts,
+                    "delay": s.retry.delay,
+                    "backoff": s.retry.backoff,
+                    "max_delay": s.retry.max_delay,
+                },
+                "timeout": s.timeout,
+            }
+            for s in pipeline.steps
+        ],
+    }
+
+
+def _print_table(pipeline: Pipeline) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    title = pipeline.name or str(pipeline.path)
+    caption = Text(pipeline.description) if pipeline.description else None
+    table = Table(title=Text(title), caption=caption, title_justify="left", caption_justify="left")
+    for column in ("step", "precheck", "job", "with"):
+        table.add_column(column, overflow="fold")
+    for step in pipeline.steps:
+        arguments = []
+        if step.precheck is not None and step.precheck.with_:
+            arguments.append(f"precheck: {_inline(step.precheck.with_)}")
+        if step.job.with_:
+            arguments.append(f"job: {_inline(step.job.with_)}")
+        precheck = "" if step.precheck is None else step.precheck.reference
+        cells = (step.name, precheck, step.job.reference, "\n".join(arguments))
+        table.add_row(*(Text(cell) for cell in cells))
+    # Off a terminal rich assumes 80 columns; a wider page keeps references unbroken.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+
+
+def _inline(values: Mapping[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={json.dumps(v, ensure_ascii=False, default=str)}" for k, v in values.items()
+    )
