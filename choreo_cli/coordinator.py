@@ -22,10 +22,16 @@ from choreo_cli.result import (
     SUCCEEDED,
     ExecutionError,
     Outcome,
+    Phase,
     Result,
     Status,
+    clean_result_type,
 )
 from choreo_cli.signatures import CallSpec, Mismatch, inspect_callable, json_type_name
+
+_new = object.__new__
+# How a step stopped a record: (step outcome, record status, runtime error, also recorded?)
+_Stop = tuple[Outcome, Status, ExecutionError, bool]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +94,42 @@ class _Planned:
         self.job_rec = job.takes_record
         self.job_plain = job.plain
 
+    def as_tuple(self) -> tuple[Any, ...]:
+        """(name, key, frame, precheck, mode, type, job, mode, type) for the hot loop.
+
+        Mode 1 is f(ctx, record), 0 is f(ctx), 3 is f(ctx, record) after an isinstance
+        check against type, 2 the general path (record conversion, async), -1 no precheck.
+        """
+        pre: Any = None
+        pre_mode, pre_type = -1, None
+        if self.pre is not None:
+            pre, pre_mode, pre_type = _call_mode(self.pre)
+        job, job_mode, job_type = _call_mode(self.job)
+        return (self.name, self.key, self.frame, pre, pre_mode, pre_type, job, job_mode, job_type)
+
+
+def _call_mode(spec: CallSpec) -> tuple[Any, int, type | None]:
+    if spec.is_async:
+        return spec, 2, None
+    if spec.adapter is None:
+        return spec.fn, 1 if spec.takes_record else 0, None
+    if spec.check is not None:
+        return spec.fn, 3, spec.check
+    return spec, 2, None
+
 
 class _Worker:
-    """What one worker (thread) owns: its resources view and, lazily, an event loop."""
+    """What one worker (thread) owns: its resources view, its Context and, lazily, an event loop.
 
-    __slots__ = ("loop", "resources")
+    The Context is reused from record to record (its per-record fields are reset): a
+    callable must not keep ``ctx`` beyond the record it was given for.
+    """
 
-    def __init__(self, resources: Resources) -> None:
+    __slots__ = ("ctx", "loop", "resources")
+
+    def __init__(self, resources: Resources, values: Mapping[str, Any], flags: _RunFlags) -> None:
         self.resources = resources
+        self.ctx = Context(values, resources, DataBag(), None, 0, None, flags)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def run_coroutine(self, coro: Any) -> Any:
@@ -136,6 +170,8 @@ class Coordinator:
         self._plan: list[_Planned] = []
         self._names: dict[str, str] = {}
         self._step_names: tuple[str, ...] = ()
+        self._steps_plan: list[tuple[Any, ...]] = []
+        self._clean: type[Result] = clean_result_type((), would_run=dry_run)
         self._flags = _RunFlags()
         self._flags.dry_run = dry_run
         self._local: _Worker | None = None
@@ -169,6 +205,8 @@ class Coordinator:
         self._plan.append(_Planned(step, pre, job))
         self._names = {**self._names, key: step.name}
         self._step_names = (*self._step_names, step.name)
+        self._steps_plan = [p.as_tuple() for p in self._plan]
+        self._clean = clean_result_type(self._step_names, would_run=self._flags.dry_run)
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -227,12 +265,12 @@ class Coordinator:
     def _worker(self) -> _Worker:
         worker = self._local
         if worker is None:
-            worker = self._local = _Worker(self._pool.view())
+            worker = self._local = _Worker(self._pool.view(), self.values, self._flags)
         return worker
 
     def new_worker(self) -> _Worker:
         """A worker state for another thread (used by executors)."""
-        return _Worker(self._pool.view())
+        return _Worker(self._pool.view(), self.values, self._flags)
 
     def close_worker(self, worker: _Worker) -> list[BaseException]:
         """Tear down a worker state made by ``new_worker``, from the thread that used it."""
@@ -361,136 +399,153 @@ class Coordinator:
         self, value: Any, index: int, line: int | None, raw: bytes | None, worker: _Worker
     ) -> Result:
         # The hot loop. Everything that does not depend on the record was worked out in
-        # add_step; nothing here raises on the success path, takes a lock or builds a dict.
+        # add_step (the plan tuples); the worker's Context is reused, a clean record's Result
+        # comes from a class whose constant fields are class attributes, nothing raises on
+        # the success path and no lock is taken.
         started = perf_counter()
         flags = self._flags
-        bag = DataBag(self._names)
-        ctx = Context(self.values, worker.resources, bag, value, index, line, flags)
+        bag = _new(DataBag)
+        bag._job = bag._pre = None
+        bag._names = self._names
+        ctx = worker.ctx
+        ctx.bag = bag
+        ctx.record = value
+        ctx.index = index
+        ctx.line = line
+        ctx._conv = None
+        ctx.timed_out = False
         errors: list[ExecutionError] | None = None
         skipped: list[int] | None = None
-        status: Status = SUCCEEDED
-        error: ExecutionError | None = None
-        outcome: Outcome | None = None
-        stop = len(self._plan)
         dry = flags.dry_run
         i = 0
-        for st in self._plan:
+        for name, key, frame, pre, pre_mode, pre_type, job, job_mode, job_type in self._steps_plan:
             if flags.interrupted:
-                error = ExecutionError(
-                    st.name, None, Interrupted(f"interrupted before step {st.name!r}")
-                )
-                status, stop, outcome = CANCELLED, i, "not_run"
-                break
-            ctx._frame = st.frame
-            fn = st.pre_fn
-            if fn is not None:
+                stopped = Interrupted(f"interrupted before step {name!r}")
+                kind: _Stop = ("not_run", CANCELLED, ExecutionError(name, None, stopped), False)
+                return self._stopped(ctx, raw, started, errors, skipped, i, kind)
+            ctx._frame = frame
+            if pre_mode >= 0:
                 try:
-                    if st.pre_plain:
-                        v = fn(ctx, value) if st.pre_rec else fn(ctx)
+                    if pre_mode == 1 or (
+                        pre_mode == 3 and (value is None or isinstance(value, pre_type))
+                    ):
+                        v = pre(ctx, value)
+                    elif pre_mode == 0:
+                        v = pre(ctx)
                     else:
-                        v = self._invoke(st.pre, ctx, value, worker)  # type: ignore[arg-type]
+                        v = self._invoke(self._plan[i].pre, ctx, value, worker)  # type: ignore[arg-type]
                 except Skip as exc:
-                    entry = ExecutionError(st.name, "precheck", exc)
+                    entry = ExecutionError(name, "precheck", exc)
                     if errors is None:
                         errors = [entry]
+                        skipped = [i]
                     else:
                         errors.append(entry)
+                        skipped = [i] if skipped is None else [*skipped, i]
                     if exc.data is not None:
                         if bag._pre is None:
                             bag._pre = {}
-                        bag._pre[st.key] = exc.data
-                    if skipped is None:
-                        skipped = [i]
-                    else:
-                        skipped.append(i)
+                        bag._pre[key] = exc.data
                     i += 1
                     continue
-                except Cancel as exc:
-                    error = ExecutionError(st.name, "precheck", exc)
-                    errors = [*(errors or ()), error]
-                    status, stop, outcome = CANCELLED, i, "cancelled"
-                    break
-                except _InputMismatch as exc:
-                    error = ExecutionError(st.name, "precheck", exc.error)
-                    errors = [*(errors or ()), error]
-                    status, stop, outcome = INVALID, i, "not_run"
-                    break
-                except KeyboardInterrupt:
-                    self.interrupt("KeyboardInterrupt")
-                    error = ExecutionError(
-                        st.name, None, Interrupted(f"interrupted during step {st.name!r}")
-                    )
-                    status, stop, outcome = CANCELLED, i, "cancelled"
-                    break
-                except BaseException as exc:  # choreograph parity: any other error skips the job
-                    entry = ExecutionError(st.name, "precheck", exc)
+                except BaseException as exc:
+                    stops = self._classify(exc, name)
+                    if stops is not None:
+                        return self._stopped(
+                            ctx, raw, started, errors, skipped, i, stops, "precheck"
+                        )
+                    # choreograph parity: any other precheck error skips the job like Skip
+                    entry = ExecutionError(name, "precheck", exc)
                     if errors is None:
                         errors = [entry]
-                    else:
-                        errors.append(entry)
-                    if skipped is None:
                         skipped = [i]
                     else:
-                        skipped.append(i)
+                        errors.append(entry)
+                        skipped = [i] if skipped is None else [*skipped, i]
                     i += 1
                     continue
                 if v is not None:
                     if bag._pre is None:
-                        bag._pre = {}
-                    bag._pre[st.key] = v
+                        bag._pre = {key: v}
+                    else:
+                        bag._pre[key] = v
             if dry:
                 i += 1
                 continue
-            fn = st.job_fn
             try:
-                if st.job_plain:
-                    v = fn(ctx, value) if st.job_rec else fn(ctx)
+                if job_mode == 1 or (
+                    job_mode == 3 and (value is None or isinstance(value, job_type))
+                ):
+                    v = job(ctx, value)
+                elif job_mode == 0:
+                    v = job(ctx)
                 else:
-                    v = self._invoke(st.job, ctx, value, worker)
-            except Cancel as exc:
-                error = ExecutionError(st.name, "job", exc)
-                errors = [*(errors or ()), error]
-                status, stop, outcome = CANCELLED, i, "cancelled"
-                break
-            except _InputMismatch as exc:
-                error = ExecutionError(st.name, "job", exc.error)
-                errors = [*(errors or ()), error]
-                status, stop, outcome = INVALID, i, "not_run"
-                break
-            except KeyboardInterrupt:
-                self.interrupt("KeyboardInterrupt")
-                error = ExecutionError(
-                    st.name, None, Interrupted(f"interrupted during step {st.name!r}")
-                )
-                status, stop, outcome = CANCELLED, i, "cancelled"
-                break
+                    v = self._invoke(self._plan[i].job, ctx, value, worker)
             except BaseException as exc:
-                error = ExecutionError(st.name, "job", exc)
-                errors = [*(errors or ()), error]
-                status, stop, outcome = FAILED, i, "failed"
-                break
+                kind = self._classify(exc, name) or (
+                    "failed",
+                    FAILED,
+                    ExecutionError(name, "job", exc),
+                    True,
+                )
+                return self._stopped(ctx, raw, started, errors, skipped, i, kind, "job")
             if v is not None:
                 if bag._job is None:
-                    bag._job = {}
-                bag._job[st.key] = v
+                    bag._job = {key: v}
+                else:
+                    bag._job[key] = v
             i += 1
+        if errors is None:
+            result = _new(self._clean)
+            result.index = index
+            result.line = line
+            result.input = value
+            result.raw = raw
+            result.bag = bag
+            result.duration = perf_counter() - started
+            return result
         return Result(
-            index,
-            line,
-            value,
-            status,
-            error,
-            errors,
-            bag,
-            perf_counter() - started,
-            self._step_names,
-            stop,
-            outcome,
-            skipped,
-            None,
-            raw,
-            dry,
-        )
+            index, line, value, SUCCEEDED, None, errors, bag, perf_counter() - started,
+            self._step_names, i, None, skipped, None, raw, dry,
+        )  # fmt: skip
+
+    def _classify(self, exc: BaseException, name: str) -> _Stop | None:
+        """How an exception from a callable stops the record, or None when it does not by itself.
+
+        Returns (step outcome, record status, the runtime error, whether it is also an
+        execution error); the phase is filled in by the caller.
+        """
+        if isinstance(exc, Cancel):
+            return ("cancelled", CANCELLED, ExecutionError(name, None, exc), True)
+        if isinstance(exc, _InputMismatch):
+            return ("not_run", INVALID, ExecutionError(name, None, exc.error), True)
+        if isinstance(exc, KeyboardInterrupt):
+            self.interrupt("KeyboardInterrupt")
+            stopped = Interrupted(f"interrupted during step {name!r}")
+            return ("cancelled", CANCELLED, ExecutionError(name, None, stopped), False)
+        return None
+
+    def _stopped(
+        self,
+        ctx: Context,
+        raw: bytes | None,
+        started: float,
+        errors: list[ExecutionError] | None,
+        skipped: list[int] | None,
+        stop: int,
+        kind: _Stop,
+        phase: Phase | None = None,
+    ) -> Result:
+        """The Result of a record that a step stopped (cancelled, failed, invalid, interrupted)."""
+        outcome, status, error, recorded = kind
+        if recorded:
+            error = ExecutionError(error.step, phase, error.exception)
+            errors = [*(errors or ()), error]
+        return Result(
+            ctx.index, ctx.line, ctx.record, status, error, errors, ctx.bag,
+            perf_counter() - started, self._step_names, stop, outcome, skipped, None, raw,
+            self._flags.dry_run,
+        )  # fmt: skip
 
     def _invoke(self, spec: CallSpec, ctx: Context, value: Any, worker: _Worker) -> Any:
         """The general call path: record conversion and async callables."""

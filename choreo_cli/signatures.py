@@ -47,6 +47,7 @@ class CallSpec:
     is_async: bool
     adapter: Adapter | None
     annotation: str
+    check: type | None = None  # set when the adapter is a plain isinstance check
 
     @property
     def plain(self) -> bool:
@@ -141,6 +142,7 @@ def inspect_callable(
         is_async=_is_async(fn),
         adapter=adapter,
         annotation=annotation,
+        check=_ISINSTANCE_ONLY.get(adapter) if adapter is not None else None,
     )
 
 
@@ -227,12 +229,17 @@ def build_adapter(tp: Any) -> Adapter | None:
     return None
 
 
+_ISINSTANCE_ONLY: dict[Adapter, type] = {}
+
+
 def _isinstance_adapter(cls: type) -> Adapter:
     def adapt(value: Any) -> Any:
         if value is None or isinstance(value, cls):
             return value
         raise Mismatch(f"a JSON {json_type_name(value)} is not a {cls.__name__}")
 
+    # The hot loop may run this check inline instead of calling the adapter.
+    _ISINSTANCE_ONLY[adapt] = cls
     return adapt
 
 
