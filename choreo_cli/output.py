@@ -1,0 +1,391 @@
+"""Result lines out: one JSON line per result, batched, flushed within 100 ms, pipe-safe."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import orjson
+
+# Results are written when this many bytes are pending: large writes, few system calls.
+BATCH_BYTES = 64 * 1024
+# A pending line waits at most this long for company before it is written and flushed.
+FLUSH_INTERVAL = 0.05
+
+_OPTIONS = orjson.OPT_APPEND_NEWLINE
+# Data bag values: a dict key that is not a string is written as a string; a datetime or
+# a dataclass instance is not JSON, so it goes through ``default`` (repr) like any other
+# object orjson cannot write.
+_VALUE_OPTIONS = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+)
+
+
+class WrittenResult(Protocol):
+    """The part of ``choreo_cli.result.Result`` the writer reads."""
+
+    index: int
+    line: int | None
+    input: Any
+    status: str
+    error: Any
+    bag: Any
+
+    @property
+    def errors(self) -> Sequence[Any]: ...
+
+    @property
+    def steps(self) -> dict[str, str]: ...
+
+    @property
+    def attempts(self) -> dict[str, int]: ...
+
+
+OnWritten = Callable[[list[Any]], None]
+
+
+class ResultWriter:
+    """Write results as JSON lines to a binary stream, from one producer thread.
+
+    ``write(result)`` encodes the line at once and queues it; lines go out in large
+    batches, and a background thread writes and flushes whatever has waited
+    ``flush_interval`` seconds, so a reader downstream sees each line within about
+    100 ms even while the producer is busy with a slow record. Memory is bounded: past
+    ``batch_bytes`` pending, ``write`` itself writes (and blocks while the sink is slow).
+
+    ``on_written(results)`` is called with each batch of results, in order, once their
+    lines are written and flushed (from the producer's or the flusher's thread, never
+    both at once). A closed pipe sets ``broken``; another ``OSError`` (disk full) sets
+    ``error`` and ``error_message``; either calls ``on_failure()`` once and later lines
+    are dropped: the caller stops the run and exits 141 or 1. Nothing raises out of
+    ``write`` or ``close`` for a failing sink.
+
+    >>> import io
+    >>> sink = io.BytesIO()
+    >>> with ResultWriter(sink) as writer:
+    ...     pass  # writer.write(result) for each result
+    >>> sink.getvalue()
+    b''
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        *,
+        include_input: bool = False,
+        include_data: bool = False,
+        on_written: OnWritten | None = None,
+        on_failure: Callable[[], None] | None = None,
+        batch_bytes: int = BATCH_BYTES,
+        flush_interval: float = FLUSH_INTERVAL,
+        owns_stream: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self._stream = stream
+        self._include_input = include_input
+        self._include_data = include_data
+        self._on_written = on_written
+        self._on_failure = on_failure
+        self._batch_bytes = batch_bytes
+        self._interval = flush_interval
+        self._owns_stream = owns_stream
+        self.name = name if name is not None else str(getattr(stream, "name", "output"))
+        self.broken = False
+        self.error: BaseException | None = None
+        self.error_message: str | None = None
+        self.lines_written = 0
+        self._failed = False
+        self._notified = False
+        self._closed = False
+        self._lines: list[bytes] = []
+        self._results: list[Any] = []
+        self._size = 0
+        self._lock = threading.Lock()  # guards the pending lines
+        self._write_lock = threading.Lock()  # one batch at a time, in order
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        # Lines of clean results, by whether they have a line number: (open, whole line).
+        self._templates: dict[bool, tuple[bytes, bytes]] = {}
+        self._flusher = threading.Thread(target=self._flush_loop, name="choreo-output", daemon=True)
+        self._flusher.start()
+
+    @property
+    def failed(self) -> bool:
+        """True once the sink failed (closed pipe or another write error)."""
+        return self._failed
+
+    def write(self, result: WrittenResult) -> None:
+        """Queue ``result``'s line; write the batch when it is large enough."""
+        if self._failed:
+            return
+        line = self.encode(result)
+        with self._lock:
+            was_empty = not self._lines
+            self._lines.append(line)
+            if self._on_written is not None:
+                self._results.append(result)
+            self._size += len(line)
+            full = self._size >= self._batch_bytes
+        if full:
+            self._drain()
+        elif was_empty:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Write and flush every pending line now."""
+        self._drain()
+
+    def close(self) -> None:
+        """Write and flush everything, stop the flusher; close the stream if it was opened here."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        self._flusher.join()
+        self._drain()
+        if self._owns_stream:
+            try:
+                self._stream.close()
+            except (OSError, ValueError) as exc:
+                self._fail(exc, sink=True)
+        self._notify_failure()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- encoding ---------------------------------------------------------------------
+
+    def encode(self, result: WrittenResult) -> bytes:
+        """The JSON line (newline included) for ``result``."""
+        if result.status == "succeeded" and not result.errors and not result.attempts:
+            # Such results differ only in index, line (and input, data): format bytes.
+            has_line = result.line is not None
+            template = self._templates.get(has_line)
+            if template is None:
+                template = self._templates[has_line] = _clean_template(result.steps, has_line)
+            args = (result.index, result.line) if has_line else result.index
+            if not self._include_input and not self._include_data:
+                return template[1] % args
+            return self._with_values(template[0] % args, result)
+        return self._encode_full(result)
+
+    def _encode_full(self, result: WrittenResult) -> bytes:
+        error = result.error
+        data: dict[str, Any] = {
+            "index": result.index,
+            "line": result.line,
+            "status": result.status,
+            "error": None if error is None else error.to_json(),
+            "errors": [e.to_json() for e in result.errors],
+            "steps": result.steps,
+        }
+        attempts = result.attempts
+        if attempts:
+            data["attempts"] = attempts
+        line = orjson.dumps(data, option=_OPTIONS)
+        if not self._include_input and not self._include_data:
+            return line
+        return self._with_values(line[:-2], result)
+
+    def _with_values(self, head: bytes, result: WrittenResult) -> bytes:
+        """``head`` (an object without its closing brace) plus ``input`` and ``data``."""
+        # User values are written on their own so that one that is not JSON falls back
+        # to repr without touching the fields before it.
+        parts = [head]
+        if self._include_input:
+            parts.append(b',"input":')
+            parts.append(dump_value(result.input))
+        if self._include_data:
+            parts.append(b',"data":')
+            parts.append(dump_value(result.bag.as_dict()))
+        parts.append(b"}\n")
+        return b"".join(parts)
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _flush_loop(self) -> None:
+        wake = self._wake
+        stop = self._stop
+        while True:
+            wake.wait()
+            if stop.is_set():
+                return
+            wake.clear()
+            # Let more lines join the batch, but no longer than the latency promised.
+            if stop.wait(self._interval):
+                return
+            self._drain()
+
+    def _drain(self) -> None:
+        with self._write_lock:
+            with self._lock:
+                lines = self._lines
+                results = self._results
+                if not lines:
+                    return
+                self._lines = []
+                self._results = []
+                self._size = 0
+            if self._failed:
+                return
+            try:
+                self._stream.write(b"".join(lines))
+                self._stream.flush()
+            except (OSError, ValueError) as exc:
+                self._fail(exc, sink=True)
+            else:
+                self.lines_written += len(lines)
+                if self._on_written is not None:
+                    try:
+                        self._on_written(results)
+                    except Exception as exc:
+                        self._fail(exc, sink=False)
+        self._notify_failure()
+
+    def _fail(self, exc: BaseException, *, sink: bool) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        if sink and isinstance(exc, OSError):
+            # Python flushes stdout once more at exit: on a closed pipe or a full disk
+            # that prints "Exception ignored ... BrokenPipeError" after our own message.
+            _silence(self._stream)
+        if sink and (
+            isinstance(exc, BrokenPipeError)
+            or (isinstance(exc, OSError) and exc.errno == errno.EPIPE)
+        ):
+            self.broken = True
+            self.error_message = f"cannot write results to {self.name}: the reader closed the pipe"
+            return
+        self.error = exc
+        if not sink:
+            self.error_message = (
+                f"results were written to {self.name} but on_written failed: "
+                f"{type(exc).__name__}: {exc}"
+            )
+        elif isinstance(exc, OSError) and exc.strerror:
+            self.error_message = f"cannot write results to {self.name}: {exc.strerror}"
+        else:
+            self.error_message = f"cannot write results to {self.name}: {exc}"
+
+    def _notify_failure(self) -> None:
+        # Called outside the locks, so the callback may use the writer (or stop the run).
+        if self._failed and not self._notified:
+            self._notified = True
+            if self._on_failure is not None:
+                self._on_failure()
+
+
+def _clean_template(steps: dict[str, str], has_line: bool) -> tuple[bytes, bytes]:
+    """%-format templates (object left open, whole line) for a result without errors."""
+    head = b'{"index":%d,"line":' + (b"%d" if has_line else b"null")
+    tail = b',"status":"succeeded","error":null,"errors":[],"steps":' + orjson.dumps(steps)
+    opened = head + tail.replace(b"%", b"%%")
+    return opened, opened + b"}\n"
+
+
+def dump_value(value: Any) -> bytes:
+    """JSON for a user value; what is not JSON (or not writable by orjson) becomes its repr.
+
+    >>> dump_value({1: {2}})
+    b'{"1":"{2}"}'
+    """
+    try:
+        return orjson.dumps(value, default=_repr, option=_VALUE_OPTIONS)
+    except TypeError:
+        # A key orjson cannot write, an int past 64 bits, a cycle: clean up in Python.
+        return orjson.dumps(_jsonable(value, 0), default=_repr, option=_VALUE_OPTIONS)
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception as exc:
+        return f"<{type(value).__qualname__} object: repr failed: {exc!r}>"
+
+
+_SCALARS = (str, bool, float, type(None))
+_INT64 = (-(2**63), 2**64 - 1)
+
+
+def _jsonable(value: Any, depth: int) -> Any:
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, int):
+        return value if _INT64[0] <= value <= _INT64[1] else _repr(value)
+    if depth > 200:
+        return _repr(value)
+    if isinstance(value, dict):
+        return {
+            (k if isinstance(k, str) else _key(k)): _jsonable(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in value]
+    return _repr(value)
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, (int, float, bool)) or key is None:
+        return orjson.dumps(key).decode()
+    return _repr(key)
+
+
+def _silence(stream: BinaryIO) -> None:
+    """Point a failed stream's file descriptor at /dev/null, so later flushes are silent."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
+
+
+def build_writer(
+    path: str | Path,
+    *,
+    include_input: bool = False,
+    include_data: bool = False,
+    on_written: OnWritten | None = None,
+    on_failure: Callable[[], None] | None = None,
+) -> ResultWriter:
+    """A writer to ``path`` (``"-"``: stdout's binary buffer); raises OSError if unopenable.
+
+    Example: ``with build_writer("-", include_input=True) as writer: writer.write(result)``.
+    """
+    if str(path) == "-":
+        return ResultWriter(
+            sys.stdout.buffer,
+            include_input=include_input,
+            include_data=include_data,
+            on_written=on_written,
+            on_failure=on_failure,
+            name="stdout",
+        )
+    stream = open(path, "wb")  # noqa: SIM115 - the writer closes it
+    return ResultWriter(
+        stream,
+        include_input=include_input,
+        include_data=include_data,
+        on_written=on_written,
+        on_failure=on_failure,
+        owns_stream=True,
+        name=str(path),
+    )
