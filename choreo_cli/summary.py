@@ -1,0 +1,198 @@
+"""The run's figures: records by status, per-step counts, timing, and the exit code."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from choreo_cli.exit_codes import ExitCode
+
+STATUSES = ("succeeded", "failed", "cancelled", "invalid")
+STEP_COUNTS = ("ran", "skipped", "failed", "cancelled", "would_run")
+_SIGNAL_CODES = {
+    int(signal.SIGINT): ExitCode.INTERRUPTED,
+    int(signal.SIGTERM): ExitCode.TERMINATED,
+}
+
+
+class SummarizedResult(Protocol):
+    """The part of ``choreo_cli.result.Result`` the summary reads."""
+
+    status: str
+    error: Any
+
+    @property
+    def errors(self) -> Any: ...
+
+    @property
+    def steps(self) -> dict[str, str]: ...
+
+
+class RunSummary:
+    """Counts of a run, fed one result at a time; the exit code is computed from them.
+
+    A record that succeeded without any error ran every step's job (or would have, in a
+    dry run): such records are only counted, and folded into the per-step figures when
+    they are read, so the hot loop never builds ``result.steps`` for them.
+
+    >>> summary = RunSummary(["create"])
+    >>> summary.finish()
+    >>> summary.counts["succeeded"], int(summary.exit_code)
+    (0, 0)
+    """
+
+    def __init__(
+        self,
+        step_names: Iterable[str] = (),
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._clock = clock
+        self.started = clock()
+        self.wall_time: float | None = None
+        self.resumed = 0
+        self.signal: int | None = None
+        self.broken_pipe = False
+        self.teardown_failed = False
+        self.output_failed = False
+        self._counts = dict.fromkeys(STATUSES, 0)
+        self._steps: dict[str, dict[str, int]] = {
+            name: dict.fromkeys(STEP_COUNTS, 0) for name in step_names
+        }
+        self._clean = 0
+        self._clean_steps: dict[str, str] | None = None
+
+    # -- feeding --------------------------------------------------------------------------
+
+    def add(self, result: SummarizedResult) -> None:
+        """Count one result."""
+        status = result.status
+        if status == "succeeded" and not result.errors:
+            self._clean += 1
+            if self._clean_steps is None:
+                # The same for every clean record of the run: "succeeded" (or "would_run").
+                self._clean_steps = dict(result.steps)
+                for name in self._clean_steps:
+                    self._step(name)
+            return
+        self._counts[status] += 1
+        error = result.error
+        for name, outcome in result.steps.items():
+            if outcome == "not_run":
+                continue
+            counts = self._step(name)
+            if outcome == "succeeded":
+                counts["ran"] += 1
+            elif outcome == "failed":
+                counts["ran"] += 1
+                counts["failed"] += 1
+            elif outcome == "skipped":
+                counts["skipped"] += 1
+            elif outcome == "cancelled":
+                counts["cancelled"] += 1
+                if error is not None and error.step == name and error.phase == "job":
+                    counts["ran"] += 1
+            elif outcome == "would_run":
+                counts["would_run"] += 1
+
+    def record_signal(self, signum: int) -> None:
+        """The run was interrupted by ``signum`` (SIGINT: exit 130, SIGTERM: 143)."""
+        if self.signal is None:
+            self.signal = int(signum)
+
+    def record_broken_pipe(self) -> None:
+        """The output's reader went away (exit 141)."""
+        self.broken_pipe = True
+
+    def record_teardown_failure(self) -> None:
+        """A resource's teardown failed: results may not be durable (exit 1)."""
+        self.teardown_failed = True
+
+    def record_output_failure(self) -> None:
+        """Result lines could not be written (disk full...): exit 1."""
+        self.output_failed = True
+
+    def finish(self) -> None:
+        """Stop the clock: ``wall_time`` is the time since the summary was created."""
+        self.wall_time = self._clock() - self.started
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Records by status (``succeeded``, ``failed``, ``cancelled``, ``invalid``)."""
+        counts = dict(self._counts)
+        counts["succeeded"] += self._clean
+        return counts
+
+    @property
+    def total(self) -> int:
+        """Records processed in this run (resumed ones are not)."""
+        return sum(self._counts.values()) + self._clean
+
+    @property
+    def steps(self) -> dict[str, dict[str, int]]:
+        """Step name -> {ran, skipped, failed, cancelled, would_run}, in pipeline order."""
+        steps = {name: dict(counts) for name, counts in self._steps.items()}
+        if self._clean and self._clean_steps is not None:
+            for name, outcome in self._clean_steps.items():
+                key = "would_run" if outcome == "would_run" else "ran"
+                steps[name][key] += self._clean
+        return steps
+
+    @property
+    def elapsed(self) -> float:
+        """Wall time so far, or the final one after ``finish()``."""
+        return self.wall_time if self.wall_time is not None else self._clock() - self.started
+
+    @property
+    def records_per_second(self) -> float:
+        """Records processed per second of wall time."""
+        elapsed = self.elapsed
+        return self.total / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """0 all succeeded; 1 some did not, or teardown/output failed; a signal's code wins."""
+        if self.signal is not None:
+            return _SIGNAL_CODES.get(self.signal, ExitCode.INTERRUPTED)
+        if self.broken_pipe:
+            return ExitCode.BROKEN_PIPE
+        counts = self._counts
+        if (
+            counts["failed"]
+            or counts["cancelled"]
+            or counts["invalid"]
+            or self.teardown_failed
+            or self.output_failed
+        ):
+            return ExitCode.FAILED
+        return ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        """The figures as ``--summary-json`` writes them."""
+        interrupted = None
+        if self.signal is not None:
+            try:
+                interrupted = signal.Signals(self.signal).name
+            except ValueError:
+                interrupted = str(self.signal)
+        return {
+            "records": {"total": self.total, **self.counts, "resumed": self.resumed},
+            "steps": self.steps,
+            "wall_time": round(self.elapsed, 6),
+            "records_per_second": round(self.records_per_second, 3),
+            "interrupted": interrupted,
+            "broken_pipe": self.broken_pipe,
+            "teardown_failed": self.teardown_failed,
+            "output_failed": self.output_failed,
+            "exit_code": int(self.exit_code),
+        }
+
+    def _step(self, name: str) -> dict[str, int]:
+        counts = self._steps.get(name)
+        if counts is None:
+            counts = self._steps[name] = dict.fromkeys(STEP_COUNTS, 0)
+        return counts
