@@ -1,0 +1,358 @@
+"""The one seam to the terminal: messages, summary table, progress bar and logging on stderr.
+
+Only this module imports rich, and only when stderr is a terminal, so commands that
+print nothing fancy (``choreo --version``, output piped to a file) start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console as RichConsole
+
+    from choreo_cli.summary import RunSummary
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def no_color() -> bool:
+    """True when ``NO_COLOR`` is set to a non-empty value (https://no-color.org)."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def is_terminal(stream: Any) -> bool:
+    """True when ``stream`` is an interactive terminal."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def fancy(stream: Any) -> bool:
+    """Whether colour and live displays may be used on ``stream``."""
+    return is_terminal(stream) and not no_color() and os.environ.get("TERM") != "dumb"
+
+
+_RICH_CONSOLES: dict[int, RichConsole] = {}
+
+
+def rich_console(stream: TextIO) -> RichConsole:
+    """The shared rich console for ``stream`` (imports rich), so logs and progress agree."""
+    console = _RICH_CONSOLES.get(id(stream))
+    if console is None or console.file is not stream:  # ids of dead streams are reused
+        from rich.console import Console as RichConsole
+
+        console = RichConsole(
+            file=stream, no_color=no_color(), highlight=False, soft_wrap=True, stderr=True
+        )
+        _RICH_CONSOLES[id(stream)] = console
+    return console
+
+
+class Console:
+    """People's messages on stderr: ``error``, ``warning``, ``info`` (silenced by ``quiet``).
+
+    >>> import io
+    >>> stream = io.StringIO()
+    >>> Console(stream).error("cannot read input.jsonl: no such file")
+    >>> stream.getvalue()
+    'error: cannot read input.jsonl: no such file\\n'
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        self._stream = stream
+        self.quiet = quiet
+
+    @property
+    def stream(self) -> TextIO:
+        """The stream messages go to (``sys.stderr`` when none was given, looked up late)."""
+        return self._stream if self._stream is not None else sys.stderr
+
+    @property
+    def fancy(self) -> bool:
+        """True when colour and live displays are used (a terminal, no ``NO_COLOR``)."""
+        return fancy(self.stream)
+
+    def error(self, message: str) -> None:
+        """Print an error (always, even when quiet)."""
+        self._say("error", "bold red", message)
+
+    def warning(self, message: str) -> None:
+        """Print a warning (not when quiet)."""
+        if not self.quiet:
+            self._say("warning", "yellow", message)
+
+    def info(self, message: str) -> None:
+        """Print an informational message (not when quiet)."""
+        if not self.quiet:
+            self._say(None, None, message)
+
+    def _say(self, label: str | None, style: str | None, message: str) -> None:
+        stream = self.stream
+        try:
+            if label is not None and self.fancy:
+                from rich.text import Text
+
+                text = Text(f"{label}:", style=style or "")
+                text.append(f" {message}", style="")
+                rich_console(stream).print(text)
+                return
+            stream.write(f"{label}: {message}\n" if label else f"{message}\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr is gone too: nothing sensible is left to do
+
+
+# -- summary --------------------------------------------------------------------------------
+
+
+def render_summary(summary: RunSummary, stream: TextIO | None = None) -> None:
+    """Print the run's figures on ``stream`` (stderr): a rich table on a terminal, else text."""
+    stream = stream if stream is not None else sys.stderr
+    try:
+        if fancy(stream):
+            _render_rich(summary, stream)
+        else:
+            stream.write(format_summary(summary))
+            stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def format_summary(summary: RunSummary) -> str:
+    """The summary as plain text.
+
+    >>> from choreo_cli.summary import RunSummary
+    >>> times = iter([0.0, 2.0])
+    >>> summary = RunSummary(["create"], clock=lambda: next(times))
+    >>> summary.finish()
+    >>> print(format_summary(summary), end="")
+    records: 0 (succeeded 0, failed 0, cancelled 0, invalid 0)
+    step    ran  skipped  failed  cancelled
+    create    0        0       0          0
+    wall time 2.00 s, 0 records/s
+    """
+    counts = summary.counts
+    parts = [f"{status} {count:,}" for status, count in counts.items()]
+    if summary.resumed:
+        parts.append(f"resumed {summary.resumed:,}")
+    lines = [f"records: {summary.total:,} ({', '.join(parts)})"]
+    steps = summary.steps
+    if steps:
+        columns = _step_columns(steps)
+        rows = [["step", *columns]]
+        rows += [[name, *(f"{counts[c]:,}" for c in columns)] for name, counts in steps.items()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            cells = [row[0].ljust(widths[0])]
+            cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+            lines.append("  ".join(cells).rstrip())
+    lines.append(f"wall time {summary.elapsed:.2f} s, {summary.records_per_second:,.0f} records/s")
+    return "\n".join(lines) + "\n"
+
+
+def _step_columns(steps: dict[str, dict[str, int]]) -> list[str]:
+    columns = ["ran", "skipped", "failed", "cancelled"]
+    if any(counts["would_run"] for counts in steps.values()):
+        columns.append("would_run")
+    return columns
+
+
+def _render_rich(summary: RunSummary, stream: TextIO) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console = rich_console(stream)
+    records = Table(title="records", title_justify="left", show_edge=False)
+    counts = summary.counts
+    styles = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "invalid": "magenta"}
+    for status in counts:
+        records.add_column(status, justify="right", style=styles.get(status))
+    if summary.resumed:
+        records.add_column("resumed", justify="right")
+    records.add_column("total", justify="right", style="bold")
+    cells = [f"{count:,}" for count in counts.values()]
+    if summary.resumed:
+        cells.append(f"{summary.resumed:,}")
+    records.add_row(*cells, f"{summary.total:,}")
+    console.print(records)
+    steps = summary.steps
+    if steps:
+        table = Table(title="steps", title_justify="left", show_edge=False)
+        table.add_column("step")
+        columns = _step_columns(steps)
+        for column in columns:
+            table.add_column(column, justify="right")
+        for name, step_counts in steps.items():
+            table.add_row(Text(name), *(f"{step_counts[c]:,}" for c in columns))
+        console.print(table)
+    console.print(f"wall time {summary.elapsed:.2f} s, {summary.records_per_second:,.0f} records/s")
+
+
+# -- progress -------------------------------------------------------------------------------
+
+
+class _HasStatus(Protocol):
+    status: str
+
+
+class Progress(Protocol):
+    """What the run loop calls on a progress display."""
+
+    enabled: bool
+
+    def advance(self, result: _HasStatus) -> None: ...
+
+    def update_bytes(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullProgress:
+    """A progress display that shows nothing and costs nothing."""
+
+    enabled = False
+
+    def advance(self, result: _HasStatus) -> None:
+        """Do nothing."""
+
+    def update_bytes(self, n: int) -> None:
+        """Do nothing."""
+
+    def close(self) -> None:
+        """Do nothing."""
+
+    def __enter__(self) -> NullProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class LiveProgress:
+    """A live line on stderr: records done, rate, counts by status, percentage by bytes.
+
+    ``advance`` only bumps counters; rich's own thread redraws a few times a second.
+    """
+
+    enabled = True
+
+    def __init__(self, stream: TextIO, total_bytes: int | None) -> None:
+        from rich.live import Live
+
+        self.total_bytes = total_bytes if total_bytes else None
+        self.bytes_read = 0
+        self.counts = {"succeeded": 0, "failed": 0, "cancelled": 0, "invalid": 0}
+        self.started = time.perf_counter()
+        self._live = Live(
+            self,
+            console=rich_console(stream),
+            refresh_per_second=8,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self._live.start()
+
+    def advance(self, result: _HasStatus) -> None:
+        """Count one finished record."""
+        self.counts[result.status] += 1
+
+    def update_bytes(self, n: int) -> None:
+        """Input bytes read so far (for the percentage)."""
+        self.bytes_read = n
+
+    def close(self) -> None:
+        """Remove the display."""
+        self._live.stop()
+
+    def __enter__(self) -> LiveProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __rich__(self) -> Any:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        done = sum(self.counts.values())
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        grid = Table.grid(padding=(0, 1))
+        row: list[Any] = []
+        if self.total_bytes:
+            fraction = min(self.bytes_read / self.total_bytes, 1.0)
+            row.append(ProgressBar(total=1.0, completed=fraction, width=30))
+            row.append(Text(f"{fraction:4.0%}"))
+        text = Text(f"{done:,} records  {done / elapsed:,.0f}/s ")
+        styles = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}
+        for status, count in self.counts.items():
+            if count:
+                text.append(f" {status} {count:,}", style=styles.get(status, "magenta"))
+        row.append(text)
+        grid.add_row(*row)
+        return grid
+
+
+def build_progress(
+    enabled: bool, total_bytes: int | None = None, stream: TextIO | None = None
+) -> Progress:
+    """A live progress display on stderr when enabled and stderr is a terminal, else a no-op.
+
+    >>> build_progress(False).enabled
+    False
+    """
+    stream = stream if stream is not None else sys.stderr
+    if not enabled or not fancy(stream):
+        return NullProgress()
+    return LiveProgress(stream, total_bytes)
+
+
+# -- logging --------------------------------------------------------------------------------
+
+_HANDLER_MARK = "_choreo_handler"
+
+
+def setup_logging(level: str | int = "WARNING", stream: TextIO | None = None) -> logging.Logger:
+    """Send the ``choreo`` loggers (step loggers are ``choreo.step.<step>``) to stderr.
+
+    A rich handler on a terminal, else a plain one showing level and logger name. Calling
+    it again replaces the handler it installed. Raises ValueError for an unknown level.
+
+    >>> setup_logging("info").level == logging.INFO
+    True
+    """
+    stream = stream if stream is not None else sys.stderr
+    if isinstance(level, str):
+        number = logging.getLevelName(level.upper())
+        if not isinstance(number, int):
+            raise ValueError(
+                f"unknown log level {level!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )
+        level = number
+    logger = logging.getLogger("choreo")
+    for old in list(logger.handlers):
+        if getattr(old, _HANDLER_MARK, False):
+            logger.removeHandler(old)
+    handler: logging.Handler
+    if fancy(stream):
+        from rich.logging import RichHandler
+
+        handler = RichHandler(
+            console=rich_console(stream), show_path=False, rich_tracebacks=False, markup=False
+        )
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    setattr(handler, _HANDLER_MARK, True)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return logger
