@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from choreo_cli.errors import StepDefinitionError
 from choreo_cli.problems import Problem, Severity
-from choreo_cli.refs import ReferenceResolutionError, resolve_reference
+from choreo_cli.refs import ReferenceResolutionError, parse_reference, resolve_reference
 from choreo_cli.retry_policy import RetryPolicy, build_retry_policy, resolve_exception
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ class PipelineReader:
         assert self.doc is not None
         mark = self.doc.value_mark(path)
         target: Any = None
-        if self.import_code:
+        if self.import_code and _well_formed(reference):
             self._evict_shadowing(reference)
             try:
                 target = resolve_reference(reference)
@@ -344,8 +344,8 @@ class PipelineReader:
         names = spec.get("on")
         classes: list[type[BaseException]] = []
         for index, name in enumerate(names if isinstance(names, list) else []):
-            if not isinstance(name, str):
-                continue
+            if not isinstance(name, str) or not _well_formed(name):
+                continue  # the schema check reported it
             try:
                 found = resolve_exception(name, import_code=self.import_code)
             except ValueError as exc:
@@ -357,6 +357,15 @@ class PipelineReader:
             return build_retry_policy(spec, tuple(classes))
         except (TypeError, ValueError):
             return None  # a wrong type, which the schema check reported
+
+
+def _well_formed(reference: str) -> bool:
+    """False for a reference the schema check has already reported as malformed."""
+    try:
+        parse_reference(reference)
+    except ReferenceResolutionError:
+        return False
+    return True
 
 
 def _number(value: Any) -> float | None:

@@ -1,0 +1,2 @@
+def check(ctx, record: dict):
+    return None
