@@ -110,8 +110,13 @@ def _print_table(pipeline: Pipeline) -> None:
         precheck = "" if step.precheck is None else step.precheck.reference
         cells = (step.name, precheck, step.job.reference, "\n".join(arguments))
         table.add_row(*(Text(cell) for cell in cells))
+    from choreo_cli.console import is_terminal, no_color
+
     # Off a terminal rich assumes 80 columns; a wider page keeps references unbroken.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    terminal = is_terminal(sys.stdout)
+    console = Console(
+        file=sys.stdout, highlight=False, no_color=no_color(), width=None if terminal else 200
+    )
     console.print(table)
 
 
