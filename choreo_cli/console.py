@@ -78,9 +78,12 @@ class Console:
         """True when colour and live displays are used (a terminal, no ``NO_COLOR``)."""
         return fancy(self.stream)
 
-    def error(self, message: str) -> None:
-        """Print an error (always, even when quiet)."""
-        self._say("error", "bold red", message)
+    def error(self, message: str, *, prefix: bool = True) -> None:
+        """Print an error (always, even when quiet); ``prefix=False`` omits "error: "."""
+        if prefix:
+            self._say("error", "bold red", message)
+        else:
+            self._say(None, None, message)
 
     def warning(self, message: str) -> None:
         """Print a warning (not when quiet)."""
@@ -91,6 +94,18 @@ class Console:
         """Print an informational message (not when quiet)."""
         if not self.quiet:
             self._say(None, None, message)
+
+    def build_progress(self, *, enabled: bool | None, total_bytes: int | None = None) -> Progress:
+        """A progress display on this console's stream (a no-op when quiet)."""
+        return build_progress(enabled is not False and not self.quiet, total_bytes, self.stream)
+
+    def render_summary(self, summary: RunSummary) -> None:
+        """Print the run's summary on this console's stream."""
+        render_summary(summary, self.stream)
+
+    def setup_logging(self, level: str | int = "WARNING") -> logging.Logger:
+        """Send the ``choreo`` loggers to this console's stream."""
+        return setup_logging(level, self.stream)
 
     def _say(self, label: str | None, style: str | None, message: str) -> None:
         stream = self.stream
@@ -106,6 +121,15 @@ class Console:
             stream.flush()
         except (OSError, ValueError):
             pass  # stderr is gone too: nothing sensible is left to do
+
+
+def build_console(*, quiet: bool = False, stream: TextIO | None = None) -> Console:
+    """The console of a command: stderr unless ``stream`` is given.
+
+    >>> build_console(quiet=True).quiet
+    True
+    """
+    return Console(stream, quiet=quiet)
 
 
 # -- summary --------------------------------------------------------------------------------
@@ -206,7 +230,7 @@ class Progress(Protocol):
 
     enabled: bool
 
-    def advance(self, result: _HasStatus) -> None: ...
+    def advance(self, result: _HasStatus, bytes_read: int | None = None) -> None: ...
 
     def update_bytes(self, n: int) -> None: ...
 
@@ -218,7 +242,7 @@ class NullProgress:
 
     enabled = False
 
-    def advance(self, result: _HasStatus) -> None:
+    def advance(self, result: _HasStatus, bytes_read: int | None = None) -> None:
         """Do nothing."""
 
     def update_bytes(self, n: int) -> None:
@@ -259,9 +283,11 @@ class LiveProgress:
         )
         self._live.start()
 
-    def advance(self, result: _HasStatus) -> None:
-        """Count one finished record."""
+    def advance(self, result: _HasStatus, bytes_read: int | None = None) -> None:
+        """Count one finished record; ``bytes_read``: input bytes read so far, when known."""
         self.counts[result.status] += 1
+        if bytes_read is not None:
+            self.bytes_read = bytes_read
 
     def update_bytes(self, n: int) -> None:
         """Input bytes read so far (for the percentage)."""
@@ -301,15 +327,18 @@ class LiveProgress:
 
 
 def build_progress(
-    enabled: bool, total_bytes: int | None = None, stream: TextIO | None = None
+    enabled: bool | None, total_bytes: int | None = None, stream: TextIO | None = None
 ) -> Progress:
     """A live progress display on stderr when enabled and stderr is a terminal, else a no-op.
+
+    ``enabled=None`` (neither ``--progress`` nor ``--no-progress``) means the same as True:
+    a progress bar never goes anywhere but a terminal, and never with ``NO_COLOR``.
 
     >>> build_progress(False).enabled
     False
     """
     stream = stream if stream is not None else sys.stderr
-    if not enabled or not fancy(stream):
+    if enabled is False or not fancy(stream):
         return NullProgress()
     return LiveProgress(stream, total_bytes)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from choreo_cli.exit_codes import ExitCode
@@ -190,6 +192,11 @@ class RunSummary:
             "output_failed": self.output_failed,
             "exit_code": int(self.exit_code),
         }
+
+    def write_json(self, path: str | Path) -> None:
+        """Write ``to_json()`` to ``path`` (``--summary-json``); raises OSError."""
+        text = json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
+        Path(path).write_text(text, encoding="utf-8")
 
     def _step(self, name: str) -> dict[str, int]:
         counts = self._steps.get(name)

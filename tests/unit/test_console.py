@@ -17,6 +17,7 @@ from choreo_cli.console import (
     Console,
     LiveProgress,
     NullProgress,
+    build_console,
     build_progress,
     format_summary,
     render_summary,
@@ -176,3 +177,28 @@ def test_plain_logging_shows_the_logger_name() -> None:
 def test_unknown_log_level_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         setup_logging("loud", io.StringIO())
+
+
+def test_build_console_offers_the_run_helpers(terminal: TextIO) -> None:
+    stream = io.StringIO()
+    console = build_console(stream=stream)
+    console.error("line 3: unknown key", prefix=False)
+    assert stream.getvalue() == "line 3: unknown key\n"
+    assert isinstance(console.build_progress(enabled=None, total_bytes=None), NullProgress)
+    assert isinstance(
+        build_console(quiet=True, stream=terminal).build_progress(enabled=True), NullProgress
+    )
+    summary = RunSummary(clock=clock(0.0, 1.0))
+    summary.finish()
+    console.render_summary(summary)
+    assert "records: 0" in stream.getvalue()
+    console.setup_logging("warning")
+    logging.getLogger("choreo.step.a").warning("careful")
+    assert stream.getvalue().endswith("WARNING choreo.step.a: careful\n")
+
+
+def test_null_progress_takes_bytes_read_too() -> None:
+    progress = build_progress(None, 10, io.StringIO())
+    progress.advance(type("R", (), {"status": "failed"})(), 5)
+    progress.update_bytes(7)
+    progress.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,3 +196,13 @@ def test_interrupted_records_are_cancelled() -> None:
         "cancelled": 0,
         "would_run": 0,
     }
+
+
+def test_write_json(tmp_path: Path) -> None:
+    summary = run(b'{"id": 1}\nnope\n')
+    path = tmp_path / "summary.json"
+    summary.write_json(path)
+    figures = json.loads(path.read_text(encoding="utf-8"))
+    assert figures["records"]["invalid"] == 1
+    assert figures["exit_code"] == 1
+    assert figures == summary.to_json()
