@@ -48,5 +48,16 @@ chaos: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(PY) bench/bench_coordinator.py
 
+## wheel-check: build the wheel, install it in a fresh venv and run `choreo schema` from it
+wheel-check: $(PY)
+	rm -f dist/choreo_cli-*.whl
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(PYTHON) -m venv "$$tmp/venv" && \
+	  "$$tmp/venv/bin/python" -m pip install --quiet --disable-pip-version-check dist/choreo_cli-*.whl && \
+	  cd "$$tmp" && "$$tmp/venv/bin/choreo" schema > schema.json && \
+	  cmp schema.json "$(CURDIR)/schemas/pipeline.schema.json" && \
+	  echo "wheel-check: the installed wheel's choreo schema matches schemas/pipeline.schema.json"
+
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
