@@ -7,6 +7,7 @@ import dataclasses
 import queue
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from time import perf_counter
 from typing import Any
@@ -125,7 +126,7 @@ class _Worker:
     callable must not keep ``ctx`` beyond the record it was given for.
     """
 
-    __slots__ = ("ctx", "loop", "resources")
+    __slots__ = ("__weakref__", "ctx", "loop", "resources")
 
     def __init__(self, resources: Resources, values: Mapping[str, Any], flags: _RunFlags) -> None:
         self.resources = resources
@@ -136,6 +137,8 @@ class _Worker:
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.new_event_loop()
+            # A coordinator used without ``with`` or close() must not leak the loop.
+            weakref.finalize(self, loop.close)
         return loop.run_until_complete(coro)
 
     def close(self, pool: ResourcePool) -> list[BaseException]:
@@ -231,9 +234,22 @@ class Coordinator:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def open(self) -> Coordinator:
-        """Build the pipeline-scoped resources (and the calling worker's, when workers is 1)."""
+        """Build the resources now: pipeline-scoped ones, and every worker's worker-scoped ones.
+
+        Raises ResourceError naming the resource whose factory failed.
+        """
         self._pool.open()
+        if self.workers == 1:
+            self._pool.build_worker(self._worker().resources._local)
+        else:
+            self._thread_pool()
         return self
+
+    def _thread_pool(self) -> _ThreadPool:
+        with self._lock:
+            if self._threads is None:
+                self._threads = _ThreadPool(self, self.workers)
+            return self._threads
 
     def close(self) -> None:
         """Stop the worker threads and close every resource, in reverse order of building."""
@@ -309,10 +325,7 @@ class Coordinator:
                 return
 
     def _run_threaded(self, records: Iterable[Any], ordered: bool) -> Iterator[Result]:
-        with self._lock:
-            if self._threads is None:
-                self._threads = _ThreadPool(self, self.workers)
-            pool = self._threads
+        pool = self._thread_pool()
         flags = self._flags
         outq: queue.SimpleQueue[tuple[int, Result]] = queue.SimpleQueue()
         window = self.workers * 2
@@ -583,12 +596,19 @@ class _ThreadPool:
             queue.SimpleQueue()
         )
         self._errors: list[BaseException] = []
+        self._started: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._main, name=f"choreo-worker-{n}", daemon=True)
             for n in range(size)
         ]
         for thread in self._threads:
             thread.start()
+        # Each worker builds its worker-scoped resources first: a failing factory is
+        # reported here, before any record runs.
+        failures = [e for e in (self._started.get() for _ in self._threads) if e is not None]
+        if failures:
+            self.shutdown()
+            raise failures[0]
 
     def submit(self, seq: int, item: Any, outq: queue.SimpleQueue[Any]) -> None:
         self._tasks.put((seq, item, outq))
@@ -597,6 +617,12 @@ class _ThreadPool:
         coordinator = self._coordinator
         worker = coordinator.new_worker()
         try:
+            try:
+                coordinator._pool.build_worker(worker.resources._local)
+            except Exception as exc:
+                self._started.put(exc)
+            else:
+                self._started.put(None)
             while True:
                 task = self._tasks.get()
                 if task is None:

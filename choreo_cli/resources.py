@@ -34,29 +34,39 @@ class _Built:
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
-        self.stack = contextlib.ExitStack()
+        # One exit stack per resource, so a failing teardown can say which resource it was.
+        self.stacks: list[tuple[str, contextlib.ExitStack]] = []
 
     def build(self, spec: ResourceSpec) -> Any:
         label = spec.factory_name or getattr(spec.factory, "__qualname__", repr(spec.factory))
+        stack = contextlib.ExitStack()
         try:
             obj = spec.factory(**spec.kwargs)
             if inspect.isgenerator(obj):
-                obj = self.stack.enter_context(_generator_cm(obj))
+                obj = stack.enter_context(_generator_cm(obj))
             elif hasattr(obj, "__enter__") and hasattr(obj, "__exit__"):
-                obj = self.stack.enter_context(obj)
+                obj = stack.enter_context(obj)
         except Exception as exc:
             raise ResourceError(
                 f"resource {spec.name!r}: factory {label} raised {type(exc).__name__}: {exc}"
             ) from exc
+        self.stacks.append((spec.name, stack))
         self.values[spec.name] = obj
         return obj
 
     def close(self) -> list[BaseException]:
-        try:
-            self.stack.close()
-        except Exception as exc:
-            return [exc]
-        return []
+        errors: list[BaseException] = []
+        stacks, self.stacks = self.stacks, []
+        for name, stack in reversed(stacks):
+            try:
+                stack.close()
+            except Exception as exc:
+                error = ResourceError(
+                    f"resource {name!r}: teardown raised {type(exc).__name__}: {exc}"
+                )
+                error.__cause__ = exc
+                errors.append(error)
+        return errors
 
 
 @contextlib.contextmanager
@@ -96,9 +106,15 @@ class ResourcePool:
             if self._opened:
                 return
             self._opened = True
-            for spec in self._specs.values():
-                if spec.scope == "pipeline":
-                    self._shared.build(spec)
+            try:
+                for spec in self._specs.values():
+                    if spec.scope == "pipeline":
+                        self._shared.build(spec)
+            except BaseException:
+                # Nobody will call close() after a failed ``with`` entry: undo what was built.
+                built, self._shared, self._opened = self._shared, _Built(), False
+                built.close()
+                raise
 
     def view(self) -> Resources:
         """A worker's view: worker-scoped resources are built on first use in that worker."""
@@ -106,6 +122,13 @@ class ResourcePool:
         with self._lock:
             self._workers.append(built)
         return Resources(self, built)
+
+    def build_worker(self, local: _Built) -> None:
+        """Build every worker-scoped resource of one worker now (so a failing factory is
+        reported before the first record, not inside it)."""
+        for spec in self._specs.values():
+            if spec.scope == "worker" and spec.name not in local.values:
+                local.build(spec)
 
     def get(self, name: str, local: _Built) -> Any:
         if name in self._given:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from choreo_cli.cli.run import run
 from choreo_cli.cli.schema_cmd import schema
 from choreo_cli.cli.show import show
 from choreo_cli.cli.validate import validate
@@ -39,6 +40,7 @@ def _root(
     """Run an ordered list of precheck/job steps over every record of a JSON Lines stream."""
 
 
+app.command("run")(run)
 app.command("validate")(validate)
 app.command("schema")(schema)
 app.command("show")(show)

@@ -1,0 +1,133 @@
+"""`choreo run PIPELINE`: options in, a RunOptions object, the run, an exit code out."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from choreo_cli.exit_codes import ExitCode
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Everything `choreo run` was asked to do, parsed from the command line."""
+
+    pipeline: Path
+    input: str = "-"
+    output: str = "-"
+    workers: int | None = None
+    ordered: bool = True
+    fail_fast: bool = False
+    set_values: tuple[str, ...] = ()
+    include_input: bool = False
+    include_data: bool = False
+    progress: bool | None = None
+    quiet: bool = False
+    summary_json: Path | None = None
+    log_level: str = "WARNING"
+    rejects: Path | None = None
+    checkpoint: Path | None = None
+    dry_run: bool = False
+
+
+def run(
+    pipeline: Annotated[
+        Path, typer.Argument(metavar="PIPELINE", help="The pipeline file.", show_default=False)
+    ],
+    input: Annotated[
+        str, typer.Option("--input", "-i", metavar="PATH", help="JSON Lines input; - is stdin.")
+    ] = "-",
+    output: Annotated[
+        str,
+        typer.Option("--output", "-o", metavar="PATH", help="Result lines go here; - is stdout."),
+    ] = "-",
+    workers: Annotated[
+        Optional[int],  # noqa: UP045 - typer reads the annotation at run time on 3.10
+        typer.Option(
+            "--workers", "-w", min=1, help="Records run at once (default: the pipeline's workers)."
+        ),
+    ] = None,
+    ordered: Annotated[
+        bool,
+        typer.Option("--ordered/--unordered", help="Write results in input order, or as they end."),
+    ] = True,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="Start no new record after one did not succeed.")
+    ] = False,
+    set_values: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Set a context value (VALUE read as a YAML scalar); repeatable.",
+        ),
+    ] = None,
+    include_input: Annotated[
+        bool, typer.Option("--include-input", help='Add each record as "input" to its line.')
+    ] = False,
+    include_data: Annotated[
+        bool, typer.Option("--include-data", help='Add the data bag as "data" to each line.')
+    ] = False,
+    progress: Annotated[
+        Optional[bool],  # noqa: UP045
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar on stderr (default: only when stderr is a terminal).",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing on stderr but errors.")
+    ] = False,
+    summary_json: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--summary-json", metavar="PATH", help="Also write the summary as JSON."),
+    ] = None,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level", metavar="LEVEL", help="Level of ctx.log messages shown: DEBUG, INFO..."
+        ),
+    ] = "WARNING",
+    rejects: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--rejects",
+            metavar="PATH",
+            help="Write the input line of every record that did not succeed (re-runnable).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Build resources and run prechecks; call no job."),
+    ] = False,
+) -> None:
+    """Run the pipeline over every record of a JSON Lines input; one result line per record.
+
+    Exit 0 when every record succeeded, 1 when one did not, 2 when the command line, the
+    pipeline or the input is unusable, 130/143 when interrupted, 141 when stdout closed.
+    """
+    from choreo_cli.cli.run_session import execute
+
+    options = RunOptions(
+        pipeline=pipeline,
+        input=input,
+        output=output,
+        workers=workers,
+        ordered=ordered,
+        fail_fast=fail_fast,
+        set_values=tuple(set_values or ()),
+        include_input=include_input,
+        include_data=include_data,
+        progress=progress,
+        quiet=quiet,
+        summary_json=summary_json,
+        log_level=log_level,
+        rejects=rejects,
+        dry_run=dry_run,
+    )
+    code: ExitCode = execute(options)
+    raise typer.Exit(int(code))

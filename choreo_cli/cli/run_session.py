@@ -1,0 +1,258 @@
+"""The composition root of `choreo run`: build the reader, writer and coordinator, run, exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from choreo_cli.errors import PipelineError, ResourceError
+from choreo_cli.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from choreo_cli.cli.run import RunOptions
+    from choreo_cli.console import Console
+    from choreo_cli.coordinator import Coordinator
+    from choreo_cli.result import Result
+
+
+class UsageError(Exception):
+    """The command line, the pipeline or the input is unusable: exit 2 before any record ran."""
+
+
+class _StopReading(BaseException):
+    pass
+
+
+class RunState:
+    """What the signal handlers and the writer tell the run loop, and the input feed they stop."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.signal: int | None = None
+        self.broken_pipe = False
+        self.stop = False
+        self.reading = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal is not None:
+            # A second signal: exit at once (design §6).
+            os._exit(128 + signum)
+        self.signal = signum
+        self.halt(f"interrupted by {signal.Signals(signum).name}")
+
+    def on_output_failure(self) -> None:
+        self.broken_pipe = True
+        self.halt("the output was closed")
+
+    def halt(self, reason: str) -> None:
+        self.stop = True
+        self.coordinator.interrupt(reason)
+        if self.reading:
+            # The main thread is blocked reading input (an idle pipe): unblock it.
+            raise _StopReading
+
+    def feed(self, items: Iterable[Any]) -> Iterator[Any]:
+        """The input items, until the run is told to stop (signal, closed output, fail-fast)."""
+        iterator = iter(items)
+        while not self.stop:
+            self.reading = True
+            try:
+                item = next(iterator)
+            except (StopIteration, _StopReading):
+                return
+            finally:
+                self.reading = False
+            yield item
+
+
+@contextlib.contextmanager
+def _signals(state: RunState) -> Iterator[None]:
+    previous = {sig: signal.signal(sig, state.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _open_input(path: str) -> tuple[BinaryIO, int | None]:
+    if path == "-":
+        if sys.stdin is None:
+            raise UsageError("no input: standard input is closed; give --input FILE")
+        return sys.stdin.buffer, None
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed by the caller's exit stack
+    except OSError as exc:
+        raise UsageError(f"cannot read input {path}: {exc.strerror or exc}") from None
+    try:
+        size = os.fstat(stream.fileno()).st_size
+    except OSError:
+        size = None
+    return stream, size
+
+
+def _build_coordinator(options: RunOptions) -> Coordinator:
+    from choreo_cli.pipeline import load_pipeline, parse_override
+
+    overrides: dict[str, Any] = {}
+    for text in options.set_values:
+        try:
+            key, value = parse_override(text)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        overrides[key] = value
+    if not options.pipeline.is_file():
+        what = "is not a file" if options.pipeline.exists() else "does not exist"
+        raise UsageError(f"pipeline file {options.pipeline} {what}")
+    pipeline = load_pipeline(options.pipeline, overrides=overrides)
+    return pipeline.coordinator(workers=options.workers, dry_run=options.dry_run)
+
+
+def execute(options: RunOptions) -> ExitCode:
+    """Run `choreo run` as ``options`` say; the one place its exit code is decided."""
+    from choreo_cli.console import build_console
+
+    console = build_console(quiet=options.quiet)
+    console.setup_logging(options.log_level)
+    with contextlib.ExitStack() as stack:
+        try:
+            coordinator = _build_coordinator(options)
+            stream, size = _open_input(options.input)
+            if options.input != "-":
+                stack.callback(stream.close)
+            coordinator.open()
+        except UsageError as exc:
+            console.error(str(exc))
+            return ExitCode.USAGE
+        except PipelineError as exc:
+            for problem in exc.problems:
+                console.error(str(problem), prefix=False)
+            return ExitCode.USAGE
+        except ResourceError as exc:
+            console.error(str(exc))
+            with contextlib.suppress(ResourceError):
+                coordinator.close()
+            return ExitCode.USAGE
+        return _run(options, console, coordinator, stream, size, stack)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run(
+    options: RunOptions,
+    console: Console,
+    coordinator: Coordinator,
+    stream: BinaryIO,
+    size: int | None,
+    stack: contextlib.ExitStack,
+) -> ExitCode:
+    from choreo_cli.output import build_writer
+    from choreo_cli.records import JsonlReader
+    from choreo_cli.summary import RunSummary
+
+    state = RunState(coordinator)
+    summary = RunSummary([step.name for step in coordinator.steps])
+    rejects: _Rejects | None = None
+    try:
+        try:
+            if options.rejects is not None:
+                rejects = _Rejects(options.rejects, ordered=options.ordered)
+            writer = build_writer(
+                options.output,
+                include_input=options.include_input,
+                include_data=options.include_data,
+                on_failure=state.on_output_failure,
+            )
+        except OSError as exc:
+            console.error(f"cannot write {exc.filename or options.output}: {exc.strerror or exc}")
+            if rejects is not None:
+                rejects.close()
+            return ExitCode.USAGE
+        reader = JsonlReader(stream, keep_raw=rejects is not None)
+        progress = console.build_progress(enabled=options.progress, total_bytes=size)
+        with _signals(state):
+            try:
+                _consume(options, coordinator, state, reader, writer, summary, progress, rejects)
+            finally:
+                progress.close()
+                writer.close()
+                if rejects is not None:
+                    rejects.close()
+    finally:
+        try:
+            coordinator.close()
+        except ResourceError as exc:
+            summary.record_teardown_failure()
+            console.error(f"{exc} (results may not be durable)")
+    summary.finish()
+    if state.signal is not None:
+        summary.record_signal(state.signal)
+    if writer.broken or state.broken_pipe:
+        summary.record_broken_pipe()
+    elif writer.error is not None:
+        summary.record_output_failure()
+        console.error(writer.error_message or f"cannot write {writer.name}: {writer.error}")
+    if not options.quiet and not summary.broken_pipe:
+        console.render_summary(summary)
+    if options.summary_json is not None:
+        try:
+            summary.write_json(options.summary_json)
+        except OSError as exc:
+            console.error(f"cannot write the summary to {options.summary_json}: {exc.strerror}")
+            summary.record_output_failure()
+    return summary.exit_code
+
+
+def _consume(
+    options: RunOptions,
+    coordinator: Coordinator,
+    state: RunState,
+    reader: Any,
+    writer: Any,
+    summary: Any,
+    progress: Any,
+    rejects: _Rejects | None,
+) -> None:
+    write = writer.write
+    add = summary.add
+    fail_fast = options.fail_fast
+    advance = progress.advance if progress.enabled else None
+    for result in coordinator.run_many(state.feed(reader), ordered=options.ordered):
+        write(result)
+        add(result)
+        if advance is not None:
+            advance(result, reader.bytes_read)
+        if result.status != "succeeded":
+            if rejects is not None:
+                rejects.add(result)
+            if fail_fast:
+                state.stop = True
+
+
+class _Rejects:
+    """The input lines of records that did not succeed, in input order (re-runnable)."""
+
+    def __init__(self, path: Path, *, ordered: bool) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._ordered = ordered
+        self._held: list[tuple[int, bytes]] = []
+
+    def add(self, result: Result) -> None:
+        raw = result.raw
+        if raw is None:
+            return
+        if self._ordered:
+            self._file.write(raw)
+        else:
+            self._held.append((result.index, raw))
+
+    def close(self) -> None:
+        for _, raw in sorted(self._held):
+            self._file.write(raw)
+        self._held.clear()
+        self._file.close()
