@@ -123,6 +123,8 @@ class ResultWriter:
         """Queue ``result``'s line; write the batch when it is large enough."""
         if self._failed:
             return
+        if self._closed:
+            raise ValueError(f"write to a closed ResultWriter ({self.name})")
         line = self.encode(result)
         with self._lock:
             was_empty = not self._lines

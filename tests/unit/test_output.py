@@ -234,14 +234,14 @@ def test_lines_are_batched_and_on_written_sees_them_in_order() -> None:
     flushed: list[int] = []
 
     def on_written(results: list[Any]) -> None:
-        flushed.append(len(sink.getvalue().splitlines()))
+        flushed.append(sink.getbuffer().nbytes)
         seen.extend(r.index for r in results)
 
     with ResultWriter(sink, on_written=on_written, flush_interval=10) as writer:
         for i in range(10_000):
             writer.write(FakeResult(index=i, line=i + 1))
     assert seen == list(range(10_000))
-    assert flushed[-1] == 10_000
+    assert flushed[-1] == len(sink.getvalue())
     assert CountingSink.writes < 20
     assert [r["index"] for r in check_lines(sink.getvalue())] == list(range(10_000))
 
@@ -312,6 +312,9 @@ def test_build_writer_to_a_file(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     with build_writer(path, include_input=True) as writer:
         writer.write(FakeResult(index=0, input=[1, 2]))
+    with pytest.raises(ValueError, match="closed ResultWriter"):
+        writer.write(FakeResult(index=1))
+    assert writer.lines_written == 1
     assert check_lines(path.read_bytes())[0]["input"] == [1, 2]
 
 
@@ -368,6 +371,29 @@ def test_stdout_on_a_full_disk_exits_with_a_message() -> None:
 def test_writer_is_thread_safe_for_the_flusher() -> None:
     sink = io.BytesIO()
     with ResultWriter(sink, flush_interval=0.001, batch_bytes=1 << 30) as writer:
-        for i in range(20_000):
+        for i in range(5_000):
             writer.write(FakeResult(index=i))
-    assert [r["index"] for r in check_lines(sink.getvalue())] == list(range(20_000))
+    assert [r["index"] for r in check_lines(sink.getvalue())] == list(range(5_000))
+
+
+def test_packaged_result_schema_equals_the_repository_copy() -> None:
+    from importlib import resources
+
+    packaged = resources.files("choreo_cli").joinpath("schemas/result.schema.json")
+    assert json.loads(packaged.read_text(encoding="utf-8")) == SCHEMA
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+def test_every_schema_property_has_a_title_and_description() -> None:
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for name, sub in node.get("properties", {}).items():
+                assert sub.get("title"), f"{where}.{name} has no title"
+                assert sub.get("description"), f"{where}.{name} has no description"
+            for key, sub in node.items():
+                walk(sub, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, sub in enumerate(node):
+                walk(sub, f"{where}[{i}]")
+
+    walk(SCHEMA, "$")
