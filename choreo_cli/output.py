@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -63,7 +64,9 @@ class ResultWriter:
     both at once). A closed pipe sets ``broken``; another ``OSError`` (disk full) sets
     ``error`` and ``error_message``; either calls ``on_failure()`` once and later lines
     are dropped: the caller stops the run and exits 141 or 1. Nothing raises out of
-    ``write`` or ``close`` for a failing sink.
+    ``write`` or ``close`` for a failing sink. Both callbacks may run on the background
+    thread: they should only record and signal (set a flag, interrupt the coordinator),
+    and ``on_failure`` should not raise (on that thread its exception is dropped).
 
     >>> import io
     >>> sink = io.BytesIO()
@@ -225,7 +228,9 @@ class ResultWriter:
             # Let more lines join the batch, but no longer than the latency promised.
             if stop.wait(self._interval):
                 return
-            self._drain()
+            # An exception from on_failure has nobody to go to on this thread.
+            with contextlib.suppress(BaseException):
+                self._drain()
 
     def _drain(self) -> None:
         with self._write_lock:

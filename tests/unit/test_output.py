@@ -397,3 +397,20 @@ def test_every_schema_property_has_a_title_and_description() -> None:
                 walk(sub, f"{where}[{i}]")
 
     walk(SCHEMA, "$")
+
+
+def test_on_failure_raising_on_the_flusher_thread_is_contained() -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+
+    def on_failure() -> None:
+        raise KeyboardInterrupt  # anything: the background thread must survive quietly
+
+    with open(write_fd, "wb") as stream:
+        writer = ResultWriter(stream, on_failure=on_failure, flush_interval=0.01)
+        writer.write(FakeResult(index=0))
+        deadline = time.monotonic() + 5
+        while not writer.broken and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writer.broken
+        writer.close()
