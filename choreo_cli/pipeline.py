@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import sys
@@ -249,9 +250,10 @@ def _is_user_module(name: str, module: Any) -> bool:
     if not files:
         return False  # a builtin module
     library = _library_dirs()
-    return not all(os.path.abspath(f).startswith(library) for f in files)
+    return not all(f.startswith(library) or os.path.abspath(f).startswith(library) for f in files)
 
 
+@functools.lru_cache(maxsize=1)
 def _library_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     keys = ("stdlib", "platstdlib", "purelib", "platlib")

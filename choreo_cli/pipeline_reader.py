@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import sys
@@ -142,6 +143,7 @@ class PipelineReader:
         if self.import_code:
             for directory in reversed(self.python_path):
                 sys.path.insert(0, str(directory))
+            importlib.invalidate_caches()  # files written since the last import are seen
 
     def _interpolate(self, value: Any, path: YamlPath) -> Any:
         from choreo_cli.interpolate import interpolate

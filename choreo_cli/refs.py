@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import os
 import re
-import sysconfig
-import traceback
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -89,7 +88,6 @@ def resolve_reference(text: str) -> Any:
 
 def import_module(name: str, *, text: str) -> ModuleType:
     """Import a module, saying whether it is missing or raised while being imported."""
-    importlib.invalidate_caches()
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -203,6 +201,8 @@ def _load_entry_point(name: str) -> Any:
 
 def user_location(exc: BaseException) -> tuple[str, int] | None:
     """The user's file and line where an exception came from (not importlib's or a library's)."""
+    import traceback
+
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
         return display_path(exc.filename), exc.lineno
     frames = [
@@ -227,7 +227,10 @@ def display_path(filename: str) -> str:
     return filename if relative.startswith("..") else relative
 
 
+@functools.lru_cache(maxsize=1)
 def _library_dirs() -> tuple[str, ...]:
+    import sysconfig
+
     paths = sysconfig.get_paths()
     dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
     return tuple(os.path.join(d, "") for d in dirs)

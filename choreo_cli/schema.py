@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,8 @@ def check_structure(document: YamlDocument, *, file: str) -> list[Problem]:
     >>> [p.message for p in check_structure(load_yaml("version: 1\\nsteps: []"), file="p.yaml")]
     ["'steps' is empty — add at least one step"]
     """
+    if quick_valid(document.data):
+        return []
     problems: list[Problem] = []
     for error in _validator().iter_errors(document.data):
         for key_path, message, at_key in _describe_error(error, document.data):
@@ -67,6 +70,109 @@ def check_structure(document: YamlDocument, *, file: str) -> list[Problem]:
             problems.append(Problem(file, mark.line, mark.column, message))
     unique = dict.fromkeys(problems)
     return sorted(unique, key=lambda p: (p.line, p.column))
+
+
+def quick_valid(instance: Any) -> bool:
+    """True when ``instance`` surely fits the pipeline schema, without importing jsonschema.
+
+    A small, conservative reading of the keywords the pipeline schema uses: any doubt
+    (another keyword, a number type jsonschema might read differently) answers False,
+    and jsonschema then decides and explains. It saves jsonschema's import on valid files.
+    """
+    schema = load_schema()
+    return _fits(instance, schema, schema)
+
+
+_OBJECT_KEYWORDS = frozenset({"properties", "patternProperties", "additionalProperties"})
+_ANNOTATIONS = frozenset({"$schema", "title", "description", "examples", "default"})
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "object": (dict,),
+    "array": (list,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return name == "boolean"
+    if name == "null":
+        return value is None
+    return isinstance(value, _JSON_TYPES.get(name, ()))
+
+
+def _fits(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> bool:
+    for keyword, rule in schema.items():
+        if keyword in _ANNOTATIONS or keyword in ("$defs", "then", "else"):
+            continue
+        if keyword == "$ref":
+            if not rule.startswith("#/$defs/"):
+                return False
+            if not _fits(value, root["$defs"][rule[len("#/$defs/") :]], root):
+                return False
+        elif keyword == "type":
+            names = [rule] if isinstance(rule, str) else rule
+            if not any(_is_type(value, name) for name in names):
+                return False
+        elif keyword == "if":
+            branch = schema.get("then") if _fits(value, rule, root) else schema.get("else")
+            if branch is not None and not _fits(value, branch, root):
+                return False
+        elif keyword in ("const", "enum"):
+            allowed = [rule] if keyword == "const" else rule
+            if not any(type(value) is type(a) and value == a for a in allowed):
+                return False
+        elif keyword == "pattern":
+            if isinstance(value, str) and re.search(rule, value) is None:
+                return False
+        elif keyword in ("minimum", "exclusiveMinimum"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if value < rule or (keyword == "exclusiveMinimum" and value == rule):
+                return False
+        elif keyword in ("minItems", "minLength"):
+            if isinstance(value, (list, str)) and len(value) < rule:
+                return False
+        elif keyword == "items":
+            if isinstance(value, list) and not all(_fits(item, rule, root) for item in value):
+                return False
+        elif keyword == "required":
+            if isinstance(value, dict) and any(key not in value for key in rule):
+                return False
+        elif keyword == "propertyNames":
+            if isinstance(value, dict) and not all(_fits(key, rule, root) for key in value):
+                return False
+        elif keyword in _OBJECT_KEYWORDS:
+            continue  # checked together, once, below
+        else:
+            return False  # a keyword this reading does not know: let jsonschema decide
+    if isinstance(value, dict) and not _OBJECT_KEYWORDS.isdisjoint(schema):
+        return _object_fits(value, schema, root)
+    return True
+
+
+def _object_fits(value: dict[str, Any], schema: dict[str, Any], root: dict[str, Any]) -> bool:
+    properties = schema.get("properties", {})
+    patterns = schema.get("patternProperties", {})
+    extra = schema.get("additionalProperties", True)
+    for key, item in value.items():
+        matched = False
+        if key in properties:
+            matched = True
+            if not _fits(item, properties[key], root):
+                return False
+        for pattern, sub in patterns.items():
+            if re.search(pattern, key):
+                matched = True
+                if not _fits(item, sub, root):
+                    return False
+        if not matched and (
+            extra is False or (isinstance(extra, dict) and not _fits(item, extra, root))
+        ):
+            return False
+    return True
 
 
 def type_name(value: Any) -> str:

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from choreo_cli.schema import check_structure, load_schema, read_schema_text
-from choreo_cli.yaml_loader import load_yaml
+from choreo_cli.schema import check_structure, load_schema, quick_valid, read_schema_text
+from choreo_cli.yaml_loader import YamlLoadError, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,3 +162,62 @@ def test_the_sample_pipelines_are_valid_against_the_schema() -> None:
     for sample in samples:
         errors = list(validator.iter_errors(load_yaml(sample.read_text()).data))
         assert errors == [], sample
+
+
+def _case_documents() -> list[Any]:
+    documents = []
+    for path in sorted((ROOT / "tests" / "cases" / "validate").glob("*/*/pipeline.yaml")):
+        try:
+            documents.append(load_yaml(path.read_text()).data)
+        except YamlLoadError:  # not YAML: nothing to compare
+            continue
+    return documents
+
+
+def test_the_quick_check_passes_valid_files_and_never_passes_an_invalid_one() -> None:
+    validator = Draft202012Validator(load_schema())
+    documents = _case_documents()
+    assert len(documents) > 15
+    for data in documents:
+        valid = not list(validator.iter_errors(data))
+        if quick_valid(data):
+            assert valid, data
+        elif valid:
+            pytest.fail(f"the quick check refused a valid document: {data}")
+
+
+_ANY = st.none() | st.booleans() | st.integers(-2, 3) | st.floats(-1, 2) | st.text(max_size=3)
+_ANY = _ANY | st.sampled_from(["steps:f", "a.b", "bad ref", "pipeline", "worker", "x-y", ""])
+_VALUES = st.recursive(
+    _ANY,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["name", "job", "call", "with", "on", "attempts", "x-a", "zzz", "scope"]
+            ),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=8,
+)
+_KEYS = ["version", "name", "workers", "python_path", "context", "resources", "steps", "defaults"]
+
+
+@settings(derandomize=True, max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(_KEYS), _VALUES), max_size=4),
+    st.lists(
+        st.dictionaries(st.sampled_from(["name", "job", "precheck", "retry", "timeout"]), _VALUES)
+    ),
+)
+def test_the_quick_check_agrees_with_jsonschema(
+    changes: list[tuple[str, Any]], steps: list[Any]
+) -> None:
+    data: dict[str, Any] = {"version": 1, "steps": [{"name": "a", "job": "steps:f"}, *steps]}
+    data.update(changes)
+    valid = not list(Draft202012Validator(load_schema()).iter_errors(data))
+    # Sound: never passes what jsonschema refuses (it may refuse more, e.g. version: 1.0).
+    if quick_valid(data):
+        assert valid
