@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import queue
 import threading
@@ -239,10 +240,17 @@ class Coordinator:
         Raises ResourceError naming the resource whose factory failed.
         """
         self._pool.open()
-        if self.workers == 1:
-            self._pool.build_worker(self._worker().resources._local)
-        else:
-            self._thread_pool()
+        try:
+            if self.workers == 1:
+                self._pool.build_worker(self._worker().resources._local)
+            else:
+                self._thread_pool()
+        except BaseException:
+            # A failed ``with`` entry gets no __exit__: close what was built; the factory's
+            # error is the one to report.
+            with contextlib.suppress(Exception):
+                self.close()
+            raise
         return self
 
     def _thread_pool(self) -> _ThreadPool:
@@ -313,6 +321,8 @@ class Coordinator:
         worker = self._worker()
         flags = self._flags
         execute = self._execute
+        if flags.interrupted:  # as in _run_threaded: no input is read once interrupted
+            return
         for index, item in enumerate(records):
             cls = type(item)
             if cls is Record:

@@ -164,11 +164,13 @@ def _declared_type(fn: Any, param: inspect.Parameter) -> Any:
             if inspect.isfunction(target) or inspect.ismethod(target)
             else type(target).__call__
         )
+        # Evaluate the record's annotation alone: get_type_hints(target) would fail on
+        # another parameter's name imported under TYPE_CHECKING (``ctx: Context``).
+        namespace = getattr(inspect.unwrap(target), "__globals__", {})
         try:
-            hints = typing.get_type_hints(target)
+            return eval(annotation, namespace)  # what get_type_hints does for one name
         except Exception:  # an unresolvable string annotation is passed the raw value
             return annotation
-        return hints.get(param.name, annotation)
     return annotation
 
 
@@ -209,10 +211,13 @@ def build_adapter(tp: Any) -> Adapter | None:
     if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
         members = [m for m in typing.get_args(tp) if m is not type(None)]
         if len(members) == 1:
-            return build_adapter(members[0])
+            # Shared with the bare type, so X and Optional[X] convert a record once.
+            return _shared_adapter(members[0])
         return _union_adapter(members)
-    if origin is not None and isinstance(origin, type):
-        return _isinstance_adapter(origin)
+    if origin is dict or origin is list:  # dict[...] / list[...]: the outer type only
+        return _shared_adapter(origin)
+    if origin is not None:  # tuple[...], Sequence[...], Literal[...]...: raw, unchecked
+        return None
     if tp in (dict, list, str):
         return _isinstance_adapter(tp)
     if tp is bool:
@@ -272,8 +277,10 @@ def _dataclass_adapter(cls: type) -> Adapter:
             raise Mismatch(f"a JSON {json_type_name(value)} cannot build a {cls.__qualname__}")
         try:
             return cls(**value)
-        except TypeError as exc:
+        except TypeError as exc:  # missing or unknown fields
             raise Mismatch(str(exc)) from None
+        except Exception as exc:  # __post_init__ refused the record: still a mismatch
+            raise Mismatch(f"{type(exc).__name__}: {exc}") from None
 
     return adapt
 
