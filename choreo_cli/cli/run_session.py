@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -35,7 +36,6 @@ class RunState:
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self.signal: int | None = None
-        self.broken_pipe = False
         self.stop = False
         self.reading = False
 
@@ -47,10 +47,21 @@ class RunState:
         self.halt(f"interrupted by {signal.Signals(signum).name}")
 
     def on_output_failure(self) -> None:
-        self.broken_pipe = True
-        self.halt("the output was closed")
+        # Called from the writer's thread: set flags only, then wake the main thread with
+        # a signal if it is blocked reading an idle input (only a signal handler may raise
+        # into it).
+        self.stop = True
+        self.coordinator.interrupt("the output failed")
+        if self.reading:
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    def on_wake(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop and self.reading:
+            raise _StopReading
 
     def halt(self, reason: str) -> None:
+        """Stop the run from a signal handler (main thread)."""
         self.stop = True
         self.coordinator.interrupt(reason)
         if self.reading:
@@ -74,6 +85,7 @@ class RunState:
 @contextlib.contextmanager
 def _signals(state: RunState) -> Iterator[None]:
     previous = {sig: signal.signal(sig, state.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, state.on_wake)
     try:
         yield
     finally:
@@ -192,7 +204,7 @@ def _run(
     summary.finish()
     if state.signal is not None:
         summary.record_signal(state.signal)
-    if writer.broken or state.broken_pipe:
+    if writer.broken:
         summary.record_broken_pipe()
     elif writer.error is not None:
         summary.record_output_failure()
