@@ -157,7 +157,11 @@ class PipelineReader:
         return result
 
     def _context(self, context: Any) -> dict[str, Any]:
-        values = self._interpolate(context, ("context",)) if isinstance(context, dict) else {}
+        """Context values after interpolation; an overridden value is not interpolated at all."""
+        context = context if isinstance(context, dict) else {}
+        kept = {key: value for key, value in context.items() if key not in self.overrides}
+        expanded = self._interpolate(kept, ("context",))
+        values = {key: self.overrides.get(key, expanded.get(key)) for key in context}
         values.update(self.overrides)
         return values
 

@@ -308,3 +308,10 @@ def test_parse_override_reads_a_yaml_scalar(text: str, expected: tuple[str, obje
 def test_parse_override_needs_key_equals_value(text: str) -> None:
     with pytest.raises(ValueError, match="--set needs KEY=VALUE"):
         parse_override(text)
+
+
+def test_an_override_replaces_a_value_whose_variable_is_unset(tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path)
+    pipeline = load_pipeline(path, {"nested": "given"}, environ={})
+    assert list(pipeline.values) == ["currency", "literal", "nested"]
+    assert pipeline.values["nested"] == "given"
