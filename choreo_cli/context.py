@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -95,12 +96,22 @@ class _Frame:
 class _RunFlags:
     """Shared by all records of a coordinator: set when the run is interrupted."""
 
-    __slots__ = ("dry_run", "interrupted", "reason")
+    __slots__ = ("_event", "dry_run", "interrupted", "reason")
 
     def __init__(self) -> None:
         self.interrupted = False
         self.reason: str | None = None
         self.dry_run = False
+        self._event = threading.Event()
+
+    def interrupt(self, reason: str) -> None:
+        self.reason = reason
+        self.interrupted = True
+        self._event.set()
+
+    def wait_interrupted(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True (at once) if the run is interrupted meanwhile."""
+        return self._event.wait(seconds) if seconds > 0 else self.interrupted
 
 
 class Context:
@@ -112,6 +123,7 @@ class Context:
     """
 
     __slots__ = (
+        "_attempts",
         "_conv",
         "_flags",
         "_frame",
@@ -143,6 +155,7 @@ class Context:
         self._flags = flags
         self._frame: _Frame | None = None
         self._conv: dict[Any, Any] | None = None  # record converted per declared type
+        self._attempts: dict[str, int] | None = None  # attempts of jobs that have retry:
         self.timed_out = False
 
     @property

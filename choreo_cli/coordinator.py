@@ -14,7 +14,14 @@ from time import perf_counter
 from typing import Any
 
 from choreo_cli.context import Context, DataBag, _Frame, _RunFlags
-from choreo_cli.errors import Cancel, Interrupted, Skip, StepDefinitionError, UnassignableInput
+from choreo_cli.errors import (
+    Cancel,
+    Interrupted,
+    Skip,
+    StepDefinitionError,
+    StepTimeout,
+    UnassignableInput,
+)
 from choreo_cli.items import InvalidLine, Record
 from choreo_cli.resources import ResourcePool, Resources
 from choreo_cli.result import (
@@ -79,7 +86,9 @@ class _Planned:
         "pre_fn",
         "pre_plain",
         "pre_rec",
+        "retry",
         "step",
+        "timeout",
     )
 
     def __init__(self, step: Step, pre: CallSpec | None, job: CallSpec) -> None:
@@ -95,6 +104,8 @@ class _Planned:
         self.job_fn = job.fn
         self.job_rec = job.takes_record
         self.job_plain = job.plain
+        self.retry = step.retry
+        self.timeout = step.timeout
 
     def as_tuple(self) -> tuple[Any, ...]:
         """(name, key, frame, precheck, mode, type, job, mode, type) for the hot loop.
@@ -104,14 +115,15 @@ class _Planned:
         """
         pre: Any = None
         pre_mode, pre_type = -1, None
+        general = self.timeout is not None
         if self.pre is not None:
-            pre, pre_mode, pre_type = _call_mode(self.pre)
-        job, job_mode, job_type = _call_mode(self.job)
+            pre, pre_mode, pre_type = _call_mode(self.pre, general)
+        job, job_mode, job_type = _call_mode(self.job, general or self.retry is not None)
         return (self.name, self.key, self.frame, pre, pre_mode, pre_type, job, job_mode, job_type)
 
 
-def _call_mode(spec: CallSpec) -> tuple[Any, int, type | None]:
-    if spec.is_async:
+def _call_mode(spec: CallSpec, general: bool) -> tuple[Any, int, type | None]:
+    if spec.is_async or general:
         return spec, 2, None
     if spec.adapter is None:
         return spec.fn, 1 if spec.takes_record else 0, None
@@ -133,6 +145,21 @@ class _Worker:
         self.resources = resources
         self.ctx = Context(values, resources, DataBag(), None, 0, None, flags)
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    def renew_context(self, old: Context) -> Context:
+        """Give the worker a fresh Context for the rest of ``old``'s record.
+
+        A callable that ran past its timeout keeps ``old`` (its ``cancelled`` stays true);
+        the worker's next steps and records must not share it.
+        """
+        ctx = Context(
+            old.values, old.resources, old.bag, old.record, old.index, old.line, old._flags
+        )
+        ctx._frame = old._frame
+        ctx._conv = old._conv
+        ctx._attempts = old._attempts
+        self.ctx = ctx
+        return ctx
 
     def run_coroutine(self, coro: Any) -> Any:
         loop = self.loop
@@ -175,6 +202,7 @@ class Coordinator:
         self._names: dict[str, str] = {}
         self._step_names: tuple[str, ...] = ()
         self._steps_plan: list[tuple[Any, ...]] = []
+        self._by_spec: dict[int, _Planned] = {}
         self._clean: type[Result] = clean_result_type((), would_run=dry_run)
         self._flags = _RunFlags()
         self._flags.dry_run = dry_run
@@ -206,7 +234,12 @@ class Coordinator:
         job = inspect_callable(
             step.job, step=step.name, phase="job", name=step.job_name, kwargs=step.job_with or {}
         )
-        self._plan.append(_Planned(step, pre, job))
+        _check_options(step, job.name)
+        planned = _Planned(step, pre, job)
+        self._plan.append(planned)
+        self._by_spec = {**self._by_spec, id(job): planned}
+        if pre is not None:
+            self._by_spec[id(pre)] = planned
         self._names = {**self._names, key: step.name}
         self._step_names = (*self._step_names, step.name)
         self._steps_plan = [p.as_tuple() for p in self._plan]
@@ -229,8 +262,7 @@ class Coordinator:
 
     def interrupt(self, reason: str = "interrupted") -> None:
         """Stop the run: no new record starts, records in flight stop before their next step."""
-        self._flags.reason = reason
-        self._flags.interrupted = True
+        self._flags.interrupt(reason)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -457,6 +489,7 @@ class Coordinator:
                         v = pre(ctx)
                     else:
                         v = self._invoke(self._plan[i].pre, ctx, value, worker)  # type: ignore[arg-type]
+                        ctx = worker.ctx
                 except Skip as exc:
                     entry = ExecutionError(name, "precheck", exc)
                     if errors is None:
@@ -504,6 +537,7 @@ class Coordinator:
                     v = job(ctx)
                 else:
                     v = self._invoke(self._plan[i].job, ctx, value, worker)
+                    ctx = worker.ctx
             except BaseException as exc:
                 kind = self._classify(exc, name) or (
                     "failed",
@@ -518,7 +552,10 @@ class Coordinator:
                 else:
                     bag._job[key] = v
             i += 1
-        if errors is None:
+        attempts = ctx._attempts
+        if attempts is not None:
+            ctx._attempts = None
+        elif errors is None:
             result = _new(self._clean)
             result.index = index
             result.line = line
@@ -529,7 +566,7 @@ class Coordinator:
             return result
         return Result(
             index, line, value, SUCCEEDED, None, errors, bag, perf_counter() - started,
-            self._step_names, i, None, skipped, None, raw, dry,
+            self._step_names, i, None, skipped, attempts, raw, dry,
         )  # fmt: skip
 
     def _classify(self, exc: BaseException, name: str) -> _Stop | None:
@@ -542,6 +579,11 @@ class Coordinator:
             return ("cancelled", CANCELLED, ExecutionError(name, None, exc), True)
         if isinstance(exc, _InputMismatch):
             return ("not_run", INVALID, ExecutionError(name, None, exc.error), True)
+        if isinstance(exc, StepTimeout):  # a precheck's timeout fails the step, too
+            return ("failed", FAILED, ExecutionError(name, None, exc), True)
+        if isinstance(exc, _Abandoned):
+            stopped = Interrupted(str(exc))
+            return ("cancelled", CANCELLED, ExecutionError(name, None, stopped), False)
         if isinstance(exc, KeyboardInterrupt):
             self.interrupt("KeyboardInterrupt")
             stopped = Interrupted(f"interrupted during step {name!r}")
@@ -561,17 +603,19 @@ class Coordinator:
     ) -> Result:
         """The Result of a record that a step stopped (cancelled, failed, invalid, interrupted)."""
         outcome, status, error, recorded = kind
+        attempts = ctx._attempts
+        ctx._attempts = None
         if recorded:
             error = ExecutionError(error.step, phase, error.exception)
             errors = [*(errors or ()), error]
         return Result(
             ctx.index, ctx.line, ctx.record, status, error, errors, ctx.bag,
-            perf_counter() - started, self._step_names, stop, outcome, skipped, None, raw,
+            perf_counter() - started, self._step_names, stop, outcome, skipped, attempts, raw,
             self._flags.dry_run,
         )  # fmt: skip
 
     def _invoke(self, spec: CallSpec, ctx: Context, value: Any, worker: _Worker) -> Any:
-        """The general call path: record conversion and async callables."""
+        """The general call path: record conversion, async callables, timeout and retry."""
         adapter = spec.adapter
         if adapter is not None and spec.takes_record and value is not None:
             conv = ctx._conv
@@ -591,10 +635,127 @@ class Coordinator:
                     ) from None
         else:
             arg = value
-        result = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
+        planned = self._by_spec.get(id(spec))
+        if planned is None or (
+            planned.timeout is None and (planned.retry is None or spec is not planned.job)
+        ):
+            return self._call(spec, ctx, arg, worker, None)
+        if planned.retry is None or spec is not planned.job:
+            return self._call(spec, ctx, arg, worker, planned.timeout)
+        return self._retry(planned, ctx, arg, worker)
+
+    def _call(
+        self, spec: CallSpec, ctx: Context, arg: Any, worker: _Worker, timeout: float | None
+    ) -> Any:
+        """One attempt of a callable, bounded by ``timeout`` seconds when given."""
+        if timeout is None:
+            result = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
+            return worker.run_coroutine(result) if spec.is_async else result
         if spec.is_async:
-            return worker.run_coroutine(result)
-        return result
+            coro = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
+            try:
+                return worker.run_coroutine(asyncio.wait_for(coro, timeout))
+            except asyncio.TimeoutError:
+                ctx.timed_out = True
+                raise _timeout(ctx, spec, timeout) from None
+        return _call_with_deadline(spec, ctx, arg, worker, timeout)
+
+    def _retry(self, planned: _Planned, ctx: Context, arg: Any, worker: _Worker) -> Any:
+        """Call a job up to ``retry.attempts`` times; only the last failure counts."""
+        policy = planned.retry
+        spec = planned.job
+        log = ctx.log
+        attempt = 0
+        while True:
+            attempt += 1
+            if ctx._attempts is None:
+                ctx._attempts = {}
+            ctx._attempts[planned.name] = attempt
+            try:
+                return self._call(spec, ctx, arg, worker, planned.timeout)
+            except Cancel:
+                raise
+            except Exception as exc:
+                if attempt >= policy.attempts or not isinstance(exc, policy.on):
+                    raise
+                wait = policy.wait(attempt)
+                log.warning(
+                    "attempt %d of %d failed (%s: %s); retrying in %.3g s",
+                    attempt,
+                    policy.attempts,
+                    type(exc).__name__,
+                    exc,
+                    wait,
+                )
+                if self._flags.wait_interrupted(wait):
+                    raise _Abandoned(
+                        f"interrupted while waiting to retry step {planned.name!r}"
+                    ) from exc
+                if ctx.timed_out:  # a timed-out attempt left ctx behind: use a fresh one
+                    ctx = worker.renew_context(ctx)
+
+
+def _check_options(step: Step, job_name: str) -> None:
+    """Refuse retry/timeout settings that could never take effect (never silently nothing)."""
+
+    def fail(reason: str) -> StepDefinitionError:
+        return StepDefinitionError(reason, step=step.name, phase="job", callable_name=job_name)
+
+    if step.timeout is not None and not step.timeout > 0:
+        raise fail(f"timeout must be a positive number of seconds, not {step.timeout!r}")
+    retry = step.retry
+    if retry is None:
+        return
+    if retry.attempts < 2:
+        raise fail(
+            f"retry.attempts is {retry.attempts}: the job would never be retried; "
+            "set it to 2 or more, or remove retry"
+        )
+    for cls in retry.on:
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            raise fail(f"retry.on: {getattr(cls, '__name__', cls)} is not an Exception class")
+        if issubclass(cls, Cancel):
+            raise fail(f"retry.on: {cls.__name__} cancels the record; it is never retried")
+
+
+class _Abandoned(Exception):
+    pass
+
+
+def _timeout(ctx: Context, spec: CallSpec, timeout: float) -> StepTimeout:
+    return StepTimeout(f"{spec.name} ran past the step's timeout of {timeout:g} s")
+
+
+def _call_with_deadline(
+    spec: CallSpec, ctx: Context, arg: Any, worker: _Worker, timeout: float
+) -> Any:
+    """Run a sync callable on a helper thread and wait at most ``timeout`` seconds.
+
+    Python cannot stop a running function: at the deadline the record fails with
+    StepTimeout, ``ctx.cancelled`` turns true for the callable (which keeps its own
+    Context: the worker takes a fresh one) and whatever it returns later is discarded.
+    """
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome.append((True, spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, name=f"choreo-step-{ctx.step}", daemon=True)
+    thread.start()
+    if not done.wait(timeout):
+        ctx.timed_out = True
+        worker.renew_context(ctx)
+        raise _timeout(ctx, spec, timeout)
+    ok, value = outcome[0]
+    if ok:
+        return value
+    raise value
 
 
 class _ThreadPool:
