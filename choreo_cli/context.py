@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import logging
+
     from choreo_cli.resources import Resources
 
 
@@ -89,6 +90,8 @@ class _Frame:
     __slots__ = ("log", "name")
 
     def __init__(self, name: str) -> None:
+        import logging  # not at module level: `choreo --version` need not import it
+
         self.name = name
         self.log = logging.getLogger(f"choreo.step.{name}")
 
@@ -168,7 +171,11 @@ class Context:
     def log(self) -> logging.Logger:
         """A logger named ``choreo.step.<step>``."""
         frame = self._frame
-        return logging.getLogger("choreo.step") if frame is None else frame.log
+        if frame is None:
+            import logging
+
+            return logging.getLogger("choreo.step")
+        return frame.log
 
     @property
     def cancelled(self) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import queue
@@ -11,7 +10,7 @@ import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from choreo_cli.context import Context, DataBag, _Frame, _RunFlags
 from choreo_cli.errors import (
@@ -37,6 +36,9 @@ from choreo_cli.result import (
     clean_result_type,
 )
 from choreo_cli.signatures import CallSpec, Mismatch, inspect_callable, json_type_name
+
+if TYPE_CHECKING:
+    import asyncio
 
 _new = object.__new__
 # How a step stopped a record: (step outcome, record status, runtime error, also recorded?)
@@ -162,6 +164,8 @@ class _Worker:
         return ctx
 
     def run_coroutine(self, coro: Any) -> Any:
+        import asyncio  # only pipelines with async callables pay for importing it
+
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.new_event_loop()
@@ -652,6 +656,8 @@ class Coordinator:
             result = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
             return worker.run_coroutine(result) if spec.is_async else result
         if spec.is_async:
+            import asyncio
+
             coro = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
             try:
                 return worker.run_coroutine(asyncio.wait_for(coro, timeout))
