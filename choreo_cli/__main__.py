@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from choreo_cli.cli.app import main
+from choreo_cli.cli.entry import main
 
 main()
