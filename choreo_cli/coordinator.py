@@ -362,9 +362,12 @@ class Coordinator:
         for index, item in enumerate(records):
             cls = type(item)
             if cls is Record:
-                yield execute(item.value, index, item.line, item.raw, worker)
+                number = item.index
+                yield execute(
+                    item.value, index if number is None else number, item.line, item.raw, worker
+                )
             elif cls is InvalidLine:
-                yield self._invalid(item, index)
+                yield self._invalid(item, index if item.index is None else item.index)
             else:
                 yield execute(item, index, None, None, worker)
             if flags.interrupted:
@@ -408,9 +411,10 @@ class Coordinator:
         """Run one input item (a value, Record or InvalidLine) on the given worker."""
         cls = type(item)
         if cls is Record:
-            return self._execute(item.value, index, item.line, item.raw, worker)
+            number = index if item.index is None else item.index
+            return self._execute(item.value, number, item.line, item.raw, worker)
         if cls is InvalidLine:
-            return self._invalid(item, index)
+            return self._invalid(item, index if item.index is None else item.index)
         return self._execute(item, index, None, None, worker)
 
     def crashed(self, item: Any, index: int, exc: BaseException) -> Result:

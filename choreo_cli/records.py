@@ -92,6 +92,7 @@ class JsonlReader:
         decode_error = orjson.JSONDecodeError
         keep_raw = self._keep_raw
         number = 0
+        index = -1  # every non-blank line is a record, numbered from 0
         for lines in self._iter_lines():
             # The happy path is one orjson call; blank and bad lines are sorted out
             # only when it fails, so they cost nothing on the lines that parse.
@@ -101,11 +102,13 @@ class JsonlReader:
                 except decode_error as exc:
                     if not line.strip():
                         continue
+                    index += 1
                     yield InvalidLine(
-                        number, _reason(line, exc), line + b"\n" if keep_raw else None
+                        number, _reason(line, exc), line + b"\n" if keep_raw else None, index
                     )
                     continue
-                yield Record(value, number, line + b"\n" if keep_raw else None)
+                index += 1
+                yield Record(value, number, line + b"\n" if keep_raw else None, index)
 
 
 def _reason(line: bytes, exc: orjson.JSONDecodeError) -> Exception:

@@ -99,6 +99,10 @@ class RunSummary:
             elif outcome == "would_run":
                 counts["would_run"] += 1
 
+    def count_resumed(self) -> None:
+        """One record was skipped because an earlier run finished it (``--checkpoint``)."""
+        self.resumed += 1
+
     def record_signal(self, signum: int) -> None:
         """The run was interrupted by ``signum`` (SIGINT: exit 130, SIGTERM: 143)."""
         if self.signal is None:

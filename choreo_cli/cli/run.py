@@ -100,6 +100,14 @@ def run(
             help="Write the input line of every record that did not succeed (re-runnable).",
         ),
     ] = None,
+    checkpoint: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--checkpoint",
+            metavar="PATH",
+            help="Mark finished records in PATH; a rerun skips them (needs --input FILE).",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Build resources and run prechecks; call no job."),
@@ -127,6 +135,7 @@ def run(
         summary_json=summary_json,
         log_level=log_level,
         rejects=rejects,
+        checkpoint=checkpoint,
         dry_run=dry_run,
     )
     code: ExitCode = execute(options)

@@ -12,10 +12,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from choreo_cli.checkpoint import CheckpointError
 from choreo_cli.errors import PipelineError, ResourceError
 from choreo_cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
+    from choreo_cli.checkpoint import Checkpoint
     from choreo_cli.cli.run import RunOptions
     from choreo_cli.console import Console
     from choreo_cli.coordinator import Coordinator
@@ -109,6 +111,20 @@ def _open_input(path: str) -> tuple[BinaryIO, int | None]:
     return stream, size
 
 
+def _open_checkpoint(options: RunOptions) -> Checkpoint | None:
+    if options.checkpoint is None:
+        return None
+    if options.input == "-":
+        raise UsageError(
+            "--checkpoint needs --input FILE: standard input cannot be read again on a rerun"
+        )
+    from choreo_cli.checkpoint import Checkpoint
+
+    return Checkpoint.open(
+        options.checkpoint, pipeline=options.pipeline, input_path=Path(options.input)
+    )
+
+
 def _build_coordinator(options: RunOptions) -> Coordinator:
     from choreo_cli.pipeline import load_pipeline, parse_override
 
@@ -138,6 +154,9 @@ def execute(options: RunOptions) -> ExitCode:
             stream, size = _open_input(options.input)
             if options.input != "-":
                 stack.callback(stream.close)
+            checkpoint = _open_checkpoint(options)
+            if checkpoint is not None:
+                stack.callback(checkpoint.close)
             coordinator.open()
         except UsageError as exc:
             console.error(str(exc))
@@ -151,7 +170,10 @@ def execute(options: RunOptions) -> ExitCode:
             with contextlib.suppress(ResourceError):
                 coordinator.close()
             return ExitCode.USAGE
-        return _run(options, console, coordinator, stream, size, stack)
+        except CheckpointError as exc:
+            console.error(str(exc))
+            return ExitCode.USAGE
+        return _run(options, console, coordinator, stream, size, checkpoint)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -161,7 +183,7 @@ def _run(
     coordinator: Coordinator,
     stream: BinaryIO,
     size: int | None,
-    stack: contextlib.ExitStack,
+    checkpoint: Checkpoint | None,
 ) -> ExitCode:
     from choreo_cli.output import build_writer
     from choreo_cli.records import JsonlReader
@@ -178,6 +200,7 @@ def _run(
                 options.output,
                 include_input=options.include_input,
                 include_data=options.include_data,
+                on_written=None if checkpoint is None else checkpoint.mark,
                 on_failure=state.on_output_failure,
             )
         except OSError as exc:
@@ -189,7 +212,12 @@ def _run(
         progress = console.build_progress(enabled=options.progress, total_bytes=size)
         with _signals(state):
             try:
-                _consume(options, coordinator, state, reader, writer, summary, progress, rejects)
+                items: Iterable[Any] = reader
+                if checkpoint is not None:
+                    items = checkpoint.skip_finished(reader, summary.count_resumed)
+                _consume(
+                    options, coordinator, state, items, reader, writer, summary, progress, rejects
+                )
             finally:
                 progress.close()
                 writer.close()
@@ -202,6 +230,10 @@ def _run(
             summary.record_teardown_failure()
             console.error(f"{exc} (results may not be durable)")
     summary.finish()
+    if state.signal is None and not writer.failed and coordinator.interrupted:
+        # Nothing here interrupted the run: a callable raised KeyboardInterrupt, which
+        # interrupts the whole run like Ctrl-C (design §2, §6): exit 130.
+        state.signal = signal.SIGINT
     if state.signal is not None:
         summary.record_signal(state.signal)
     if writer.broken:
@@ -224,6 +256,7 @@ def _consume(
     options: RunOptions,
     coordinator: Coordinator,
     state: RunState,
+    items: Iterable[Any],
     reader: Any,
     writer: Any,
     summary: Any,
@@ -234,7 +267,7 @@ def _consume(
     add = summary.add
     fail_fast = options.fail_fast
     advance = progress.advance if progress.enabled else None
-    for result in coordinator.run_many(state.feed(reader), ordered=options.ordered):
+    for result in coordinator.run_many(state.feed(items), ordered=options.ordered):
         write(result)
         add(result)
         if advance is not None:
