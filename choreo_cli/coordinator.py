@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from choreo_cli.compiled import RecordRunner, SerialRunner, compile_runner
 from choreo_cli.context import Context, DataBag, _Frame, _RunFlags
 from choreo_cli.errors import (
     Cancel,
@@ -74,24 +75,9 @@ class _InputMismatch(Exception):
 
 
 class _Planned:
-    """A step compiled at add_step: everything the hot loop needs, looked up once."""
+    """A step checked at add_step: its callables' specs and what the runner needs."""
 
-    __slots__ = (
-        "frame",
-        "job",
-        "job_fn",
-        "job_plain",
-        "job_rec",
-        "key",
-        "name",
-        "pre",
-        "pre_fn",
-        "pre_plain",
-        "pre_rec",
-        "retry",
-        "step",
-        "timeout",
-    )
+    __slots__ = ("frame", "job", "key", "name", "pre", "retry", "step", "timeout")
 
     def __init__(self, step: Step, pre: CallSpec | None, job: CallSpec) -> None:
         self.step = step
@@ -99,39 +85,9 @@ class _Planned:
         self.key = step.name.casefold()
         self.frame = _Frame(step.name)
         self.pre = pre
-        self.pre_fn = None if pre is None else pre.fn
-        self.pre_rec = pre is not None and pre.takes_record
-        self.pre_plain = pre is not None and pre.plain
         self.job = job
-        self.job_fn = job.fn
-        self.job_rec = job.takes_record
-        self.job_plain = job.plain
         self.retry = step.retry
         self.timeout = step.timeout
-
-    def as_tuple(self) -> tuple[Any, ...]:
-        """(name, key, frame, precheck, mode, type, job, mode, type) for the hot loop.
-
-        Mode 1 is f(ctx, record), 0 is f(ctx), 3 is f(ctx, record) after an isinstance
-        check against type, 2 the general path (record conversion, async), -1 no precheck.
-        """
-        pre: Any = None
-        pre_mode, pre_type = -1, None
-        general = self.timeout is not None
-        if self.pre is not None:
-            pre, pre_mode, pre_type = _call_mode(self.pre, general)
-        job, job_mode, job_type = _call_mode(self.job, general or self.retry is not None)
-        return (self.name, self.key, self.frame, pre, pre_mode, pre_type, job, job_mode, job_type)
-
-
-def _call_mode(spec: CallSpec, general: bool) -> tuple[Any, int, type | None]:
-    if spec.is_async or general:
-        return spec, 2, None
-    if spec.adapter is None:
-        return spec.fn, 1 if spec.takes_record else 0, None
-    if spec.check is not None:
-        return spec.fn, 3, spec.check
-    return spec, 2, None
 
 
 class _Worker:
@@ -205,7 +161,8 @@ class Coordinator:
         self._plan: list[_Planned] = []
         self._names: dict[str, str] = {}
         self._step_names: tuple[str, ...] = ()
-        self._steps_plan: list[tuple[Any, ...]] = []
+        self._runner: RecordRunner | None = None
+        self._serial: SerialRunner | None = None
         self._by_spec: dict[int, _Planned] = {}
         self._clean: type[Result] = clean_result_type((), would_run=dry_run)
         self._flags = _RunFlags()
@@ -246,7 +203,7 @@ class Coordinator:
             self._by_spec[id(pre)] = planned
         self._names = {**self._names, key: step.name}
         self._step_names = (*self._step_names, step.name)
-        self._steps_plan = [p.as_tuple() for p in self._plan]
+        self._runner = self._serial = None
         self._clean = clean_result_type(self._step_names, would_run=self._flags.dry_run)
 
     @property
@@ -354,24 +311,9 @@ class Coordinator:
         return self._run_threaded(records, ordered)
 
     def _run_serial(self, records: Iterable[Any]) -> Iterator[Result]:
-        worker = self._worker()
-        flags = self._flags
-        execute = self._execute
-        if flags.interrupted:  # as in _run_threaded: no input is read once interrupted
-            return
-        for index, item in enumerate(records):
-            cls = type(item)
-            if cls is Record:
-                number = item.index
-                yield execute(
-                    item.value, index if number is None else number, item.line, item.raw, worker
-                )
-            elif cls is InvalidLine:
-                yield self._invalid(item, index if item.index is None else item.index)
-            else:
-                yield execute(item, index, None, None, worker)
-            if flags.interrupted:
-                return
+        serial = self._serial or self._compile()[1]
+        results: Iterator[Result] = serial(records, self._worker())
+        return results
 
     def _run_threaded(self, records: Iterable[Any], ordered: bool) -> Iterator[Result]:
         pool = self._thread_pool()
@@ -461,120 +403,110 @@ class Coordinator:
     def _execute(
         self, value: Any, index: int, line: int | None, raw: bytes | None, worker: _Worker
     ) -> Result:
-        # The hot loop. Everything that does not depend on the record was worked out in
-        # add_step (the plan tuples); the worker's Context is reused, a clean record's Result
-        # comes from a class whose constant fields are class attributes, nothing raises on
-        # the success path and no lock is taken.
-        started = perf_counter()
-        flags = self._flags
-        bag = _new(DataBag)
-        bag._job = bag._pre = None
-        bag._names = self._names
-        ctx = worker.ctx
-        ctx.bag = bag
-        ctx.record = value
-        ctx.index = index
-        ctx.line = line
-        ctx._conv = None
-        ctx.timed_out = False
-        errors: list[ExecutionError] | None = None
-        skipped: list[int] | None = None
-        dry = flags.dry_run
-        i = 0
-        for name, key, frame, pre, pre_mode, pre_type, job, job_mode, job_type in self._steps_plan:
-            if flags.interrupted:
-                stopped = Interrupted(f"interrupted before step {name!r}")
-                kind: _Stop = ("not_run", CANCELLED, ExecutionError(name, None, stopped), False)
-                return self._stopped(ctx, raw, started, errors, skipped, i, kind)
-            ctx._frame = frame
-            if pre_mode >= 0:
-                try:
-                    if pre_mode == 1 or (
-                        pre_mode == 3 and (value is None or isinstance(value, pre_type))
-                    ):
-                        v = pre(ctx, value)
-                    elif pre_mode == 0:
-                        v = pre(ctx)
-                    else:
-                        v = self._invoke(self._plan[i].pre, ctx, value, worker)  # type: ignore[arg-type]
-                        ctx = worker.ctx
-                except Skip as exc:
-                    entry = ExecutionError(name, "precheck", exc)
-                    if errors is None:
-                        errors = [entry]
-                        skipped = [i]
-                    else:
-                        errors.append(entry)
-                        skipped = [i] if skipped is None else [*skipped, i]
-                    if exc.data is not None:
-                        if bag._pre is None:
-                            bag._pre = {}
-                        bag._pre[key] = exc.data
-                    i += 1
-                    continue
-                except BaseException as exc:
-                    stops = self._classify(exc, name)
-                    if stops is not None:
-                        return self._stopped(
-                            ctx, raw, started, errors, skipped, i, stops, "precheck"
-                        )
-                    # choreograph parity: any other precheck error skips the job like Skip
-                    entry = ExecutionError(name, "precheck", exc)
-                    if errors is None:
-                        errors = [entry]
-                        skipped = [i]
-                    else:
-                        errors.append(entry)
-                        skipped = [i] if skipped is None else [*skipped, i]
-                    i += 1
-                    continue
-                if v is not None:
-                    if bag._pre is None:
-                        bag._pre = {key: v}
-                    else:
-                        bag._pre[key] = v
-            if dry:
-                i += 1
-                continue
-            try:
-                if job_mode == 1 or (
-                    job_mode == 3 and (value is None or isinstance(value, job_type))
-                ):
-                    v = job(ctx, value)
-                elif job_mode == 0:
-                    v = job(ctx)
-                else:
-                    v = self._invoke(self._plan[i].job, ctx, value, worker)
-                    ctx = worker.ctx
-            except BaseException as exc:
-                kind = self._classify(exc, name) or (
-                    "failed",
-                    FAILED,
-                    ExecutionError(name, "job", exc),
-                    True,
-                )
-                return self._stopped(ctx, raw, started, errors, skipped, i, kind, "job")
-            if v is not None:
-                if bag._job is None:
-                    bag._job = {key: v}
-                else:
-                    bag._job[key] = v
-            i += 1
+        """Run one record's steps (the compiled runner; see compiled.py)."""
+        runner = self._runner or self._compile()[0]
+        result: Result = runner(value, index, line, raw, worker)
+        return result
+
+    def _compile(self) -> tuple[RecordRunner, SerialRunner]:
+        with self._lock:
+            if self._runner is None or self._serial is None:
+                self._runner, self._serial = compile_runner(self, self._plan)
+            return self._runner, self._serial
+
+    # -- the rare paths of a record, called by the compiled runner ----------------------------
+
+    def _on_skip(
+        self,
+        exc: Skip,
+        i: int,
+        bag: DataBag,
+        errors: list[ExecutionError] | None,
+        skipped: list[int] | None,
+    ) -> tuple[list[ExecutionError], list[int]]:
+        """A precheck raised Skip: record it, keep its data, skip the job."""
+        planned = self._plan[i]
+        if exc.data is not None:
+            if bag._pre is None:
+                bag._pre = {}
+            bag._pre[planned.key] = exc.data
+        entry = ExecutionError(planned.name, "precheck", exc)
+        return [*(errors or ()), entry], [*(skipped or ()), i]
+
+    def _on_precheck_error(
+        self,
+        exc: BaseException,
+        i: int,
+        ctx: Context,
+        raw: bytes | None,
+        started: float,
+        errors: list[ExecutionError] | None,
+        skipped: list[int] | None,
+    ) -> tuple[list[ExecutionError] | None, list[int] | None, Result | None]:
+        """A precheck raised something else: Cancel (and the like) stops the record; any
+        other exception skips the job like Skip (choreograph parity)."""
+        name = self._plan[i].name
+        stops = self._classify(exc, name)
+        if stops is not None:
+            return (
+                errors,
+                skipped,
+                self._stopped(ctx, raw, started, errors, skipped, i, stops, "precheck"),
+            )
+        entry = ExecutionError(name, "precheck", exc)
+        return [*(errors or ()), entry], [*(skipped or ()), i], None
+
+    def _on_job_error(
+        self,
+        exc: BaseException,
+        i: int,
+        ctx: Context,
+        raw: bytes | None,
+        started: float,
+        errors: list[ExecutionError] | None,
+        skipped: list[int] | None,
+    ) -> Result:
+        """A job raised: the record is cancelled (Cancel), invalid, interrupted or failed."""
+        name = self._plan[i].name
+        kind = self._classify(exc, name) or (
+            "failed",
+            FAILED,
+            ExecutionError(name, "job", exc),
+            True,
+        )
+        return self._stopped(ctx, raw, started, errors, skipped, i, kind, "job")
+
+    def _on_interrupted(
+        self,
+        ctx: Context,
+        raw: bytes | None,
+        started: float,
+        errors: list[ExecutionError] | None,
+        skipped: list[int] | None,
+        i: int,
+    ) -> Result:
+        """The run was interrupted before step ``i``: the record is cancelled."""
+        name = self._plan[i].name
+        stopped = Interrupted(f"interrupted before step {name!r}")
+        kind: _Stop = ("not_run", CANCELLED, ExecutionError(name, None, stopped), False)
+        return self._stopped(ctx, raw, started, errors, skipped, i, kind)
+
+    def _finish(
+        self,
+        ctx: Context,
+        raw: bytes | None,
+        started: float,
+        errors: list[ExecutionError] | None,
+        skipped: list[int] | None,
+        stop: int,
+    ) -> Result:
+        """The Result of a record that ran every step, with skips or retried jobs."""
         attempts = ctx._attempts
-        if attempts is not None:
-            ctx._attempts = None
-        elif errors is None:
-            result = _new(self._clean)
-            result.index = index
-            result.line = line
-            result.input = value
-            result.raw = raw
-            result.bag = bag
-            result.duration = perf_counter() - started
-            return result
+        ctx._attempts = None
         return Result(
-            index, line, value, SUCCEEDED, None, errors, bag, perf_counter() - started,
-            self._step_names, i, None, skipped, attempts, raw, dry,
+            ctx.index, ctx.line, ctx.record, SUCCEEDED, None, errors, ctx.bag,
+            perf_counter() - started, self._step_names, stop, None, skipped, attempts, raw,
+            self._flags.dry_run,
         )  # fmt: skip
 
     def _classify(self, exc: BaseException, name: str) -> _Stop | None:

@@ -1,0 +1,203 @@
+"""Compile a coordinator's steps into one Python function that runs a record.
+
+The per-record path is choreo's hot loop. A loop over step descriptions pays, for every
+step of every record, for unpacking the description and testing how to call each
+callable. Here those decisions are taken once, when the steps are known: the steps are
+unrolled into straight-line code whose only per-step work is the interruption check, the
+calls and storing what they return. The rare paths (a Skip, an error, an interruption)
+call back into the coordinator, so the semantics live in one place (coordinator.py) and
+this module only decides *how* the common path is spelled. This is what dataclasses and
+attrs do for ``__init__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from choreo_cli.context import DataBag
+from choreo_cli.errors import Skip
+from choreo_cli.items import InvalidLine, Record
+
+if TYPE_CHECKING:
+    from choreo_cli.coordinator import Coordinator, _Planned
+
+RecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Any]
+SerialRunner = Callable[[Iterable[Any], Any], Iterator[Any]]
+
+
+def compile_runner(
+    coordinator: Coordinator, plan: list[_Planned]
+) -> tuple[RecordRunner, SerialRunner]:
+    """Compile the steps into ``run(value, index, line, raw, worker) -> Result`` (one record)
+    and ``run_serial(records, worker)`` (a generator of Results, one worker, no call per
+    record); both spell out the same step code."""
+    namespace: dict[str, Any] = {
+        "perf_counter": perf_counter,
+        "_new": object.__new__,
+        "DataBag": DataBag,
+        "Skip": Skip,
+        "Record": Record,
+        "InvalidLine": InvalidLine,
+        "names": coordinator._names,
+        "flags": coordinator._flags,
+        "Clean": coordinator._clean,
+        "on_skip": coordinator._on_skip,
+        "on_precheck_error": coordinator._on_precheck_error,
+        "on_job_error": coordinator._on_job_error,
+        "on_interrupted": coordinator._on_interrupted,
+        "on_invalid": coordinator._invalid,
+        "finish": coordinator._finish,
+        "invoke": coordinator._invoke,
+    }
+    body = _record_body(namespace, plan, dry=coordinator._flags.dry_run)
+    single = ["def run(value, index, line, raw, worker):"]
+    single += ["    " + line.replace("EXIT ", "return ") for line in body]
+    serial = [
+        "def run_serial(records, worker):",
+        "    if flags.interrupted:",
+        "        return",
+        "    for index, item in enumerate(records):",
+        "        cls = type(item)",
+        "        if cls is Record:",
+        "            value = item.value",
+        "            line = item.line",
+        "            raw = item.raw",
+        "            if item.index is not None:",
+        "                index = item.index",
+        "        elif cls is InvalidLine:",
+        "            yield on_invalid(item, index if item.index is None else item.index)",
+        "            if flags.interrupted:",
+        "                return",
+        "            continue",
+        "        else:",
+        "            value = item",
+        "            line = raw = None",
+    ]
+    for line in body:
+        stripped = line.lstrip(" ")
+        pad = "        " + " " * (len(line) - len(stripped))
+        if stripped.startswith("EXIT "):
+            # A record's end: hand its Result over, then stop reading if interrupted.
+            serial += [
+                pad + "yield " + stripped[len("EXIT ") :],
+                pad + "if flags.interrupted:",
+                pad + "    return",
+                pad + "continue",
+            ]
+        else:
+            serial.append(pad + stripped)
+    source = "\n".join(single) + "\n\n\n" + "\n".join(serial) + "\n"
+    code = compile(source, f"<choreo steps of coordinator {id(coordinator):#x}>", "exec")
+    exec(code, namespace)
+    run: RecordRunner = namespace["run"]
+    run_serial: SerialRunner = namespace["run_serial"]
+    run.__doc__ = run_serial.__doc__ = source  # what runs, for whoever debugs it
+    return run, run_serial
+
+
+def _record_body(namespace: dict[str, Any], plan: list[_Planned], *, dry: bool) -> list[str]:
+    """The code of one record, at indent 0; ``EXIT x`` marks where the record ends with x."""
+    lines = [
+        "started = perf_counter()",
+        "bag = _new(DataBag)",
+        "bag._job = bag._pre = None",
+        "bag._names = names",
+        "ctx = worker.ctx",
+        "ctx.bag = bag",
+        "ctx.record = value",
+        "ctx.index = index",
+        "ctx.line = line",
+        "ctx._conv = None",
+        "ctx.timed_out = False",
+        "errors = skipped = None",
+    ]
+    for i, planned in enumerate(plan):
+        namespace[f"frame_{i}"] = planned.frame
+        namespace[f"key_{i}"] = planned.key
+        namespace[f"step_{i}"] = planned
+        general = planned.timeout is not None
+        lines += [
+            f"# step {i}: {planned.name!r}",
+            "if flags.interrupted:",
+            f"    EXIT on_interrupted(ctx, raw, started, errors, skipped, {i})",
+            f"ctx._frame = frame_{i}",
+        ]
+        job_indent = ""
+        if planned.pre is not None:
+            call = _call(namespace, f"pre_{i}", planned.pre, f"step_{i}.pre", general)
+            lines += [
+                "try:",
+                *(f"    {c}" for c in call),
+                "except Skip as exc:",
+                f"    errors, skipped = on_skip(exc, {i}, bag, errors, skipped)",
+                "except BaseException as exc:",
+                f"    errors, skipped, stopped = on_precheck_error(exc, {i}, ctx, raw, started, errors, skipped)",
+                "    if stopped is not None:",
+                "        EXIT stopped",
+                "else:",
+                "    if v is not None:",
+                "        if bag._pre is None:",
+                f"            bag._pre = {{key_{i}: v}}",
+                "        else:",
+                f"            bag._pre[key_{i}] = v",
+            ]
+            job_indent = "    "
+        if dry:
+            continue
+        call = _call(
+            namespace,
+            f"job_{i}",
+            planned.job,
+            f"step_{i}.job",
+            general or planned.retry is not None,
+        )
+        job = [
+            "try:",
+            *(f"    {c}" for c in call),
+            "except BaseException as exc:",
+            f"    EXIT on_job_error(exc, {i}, ctx, raw, started, errors, skipped)",
+            "if v is not None:",
+            "    if bag._job is None:",
+            f"        bag._job = {{key_{i}: v}}",
+            "    else:",
+            f"        bag._job[key_{i}] = v",
+        ]
+        lines += [job_indent + line for line in job]
+    lines += [
+        "if errors is None and ctx._attempts is None:",
+        "    result = _new(Clean)",
+        "    result.index = index",
+        "    result.line = line",
+        "    result.input = value",
+        "    result.raw = raw",
+        "    result.bag = bag",
+        "    result.duration = perf_counter() - started",
+        "    EXIT result",
+        f"EXIT finish(ctx, raw, started, errors, skipped, {len(plan)})",
+    ]
+    return lines
+
+
+def _call(
+    namespace: dict[str, Any], slot: str, spec: Any, spec_expr: str, general: bool
+) -> list[str]:
+    """The lines that call one callable and leave what it returned in ``v``."""
+    if general or spec.is_async or (spec.adapter is not None and spec.check is None):
+        # Record conversion, async, timeout or retry: the coordinator's general path.
+        return [f"v = invoke({spec_expr}, ctx, value, worker)", "ctx = worker.ctx"]
+    namespace[slot] = spec.fn
+    if not spec.takes_record:
+        return [f"v = {slot}(ctx)"]
+    if spec.adapter is None:
+        return [f"v = {slot}(ctx, value)"]
+    # A plain isinstance check (dict, list, str): inline; a mismatch takes the general
+    # path, which reports it.
+    namespace[f"{slot}_type"] = spec.check
+    return [
+        f"if value is None or isinstance(value, {slot}_type):",
+        f"    v = {slot}(ctx, value)",
+        "else:",
+        f"    v = invoke({spec_expr}, ctx, value, worker)",
+    ]
