@@ -262,16 +262,10 @@ def test_keyboard_interrupt_in_a_job_interrupts_the_run(
         assert run.statuses == ["succeeded", "succeeded", "cancelled"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schemas/result.schema.json says an error's step is null for an interruption; "
-    "the coordinator writes the step name ('interrupted before step 'second'' has step "
-    "'second'): the schema's description or the coordinator must change",
-)
-def test_an_interruption_error_has_no_step_as_the_schema_says(
+def test_an_interruption_error_names_the_step_it_stopped_before(
     pipeline: Path, run_choreo: RunChoreo
 ) -> None:
     run = run_choreo(["run", "pipeline.yaml"], input=_jsonl({"n": 0, "kill": "SIGTERM"}))
     assert run.code == 143
     _assert_interrupted_line(run.lines[0], "second")
-    assert run.lines[0]["error"]["step"] is None
+    assert run.lines[0]["error"]["step"] == "second"
