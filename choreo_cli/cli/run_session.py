@@ -32,6 +32,9 @@ class _StopReading(BaseException):
     pass
 
 
+_NOTHING = object()
+
+
 class RunState:
     """What the signal handlers and the writer tell the run loop, and the input feed they stop."""
 
@@ -74,11 +77,17 @@ class RunState:
         """The input items, until the run is told to stop (signal, closed output, fail-fast)."""
         iterator = iter(items)
         while not self.stop:
+            item: Any = _NOTHING
             self.reading = True
             try:
                 item = next(iterator)
-            except (StopIteration, _StopReading):
+            except StopIteration:
                 return
+            except _StopReading:
+                if item is _NOTHING:
+                    return
+                # The signal came just after the item was read: it still gets its
+                # (cancelled) result, as every record read does.
             finally:
                 self.reading = False
             yield item
