@@ -227,17 +227,22 @@ class Coordinator:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def open(self) -> Coordinator:
-        """Build the resources now: pipeline-scoped ones, and every worker's worker-scoped ones.
+    def open(self, *, prebuild_workers: bool = False) -> Coordinator:
+        """Build the pipeline-scoped resources now (design §3: worker-scoped ones are built
+        on first use in each worker).
 
-        Raises ResourceError naming the resource whose factory failed.
+        With ``prebuild_workers`` every worker's worker-scoped resources are built now too,
+        so that a failing factory is reported before the first record (`choreo run` does
+        this). Raises ResourceError naming the resource whose factory failed, after closing
+        whatever was built.
         """
-        self._pool.open()
         try:
-            if self.workers == 1:
-                self._pool.build_worker(self._worker().resources._local)
-            else:
-                self._thread_pool()
+            self._pool.open()
+            if prebuild_workers:
+                if self.workers == 1:
+                    self._pool.build_worker(self._worker().resources._local)
+                else:
+                    self._thread_pool(prebuild=True)
         except BaseException:
             # A failed ``with`` entry gets no __exit__: close what was built; the factory's
             # error is the one to report.
@@ -246,10 +251,10 @@ class Coordinator:
             raise
         return self
 
-    def _thread_pool(self) -> _ThreadPool:
+    def _thread_pool(self, *, prebuild: bool = False) -> _ThreadPool:
         with self._lock:
             if self._threads is None:
-                self._threads = _ThreadPool(self, self.workers)
+                self._threads = _ThreadPool(self, self.workers, prebuild=prebuild)
             return self._threads
 
     def close(self) -> None:
@@ -703,8 +708,9 @@ def _call_with_deadline(
 class _ThreadPool:
     """Worker threads that live as long as the coordinator (so worker resources stay put)."""
 
-    def __init__(self, coordinator: Coordinator, size: int) -> None:
+    def __init__(self, coordinator: Coordinator, size: int, *, prebuild: bool = False) -> None:
         self._coordinator = coordinator
+        self._prebuild = prebuild
         self._tasks: queue.SimpleQueue[tuple[int, Any, queue.SimpleQueue[Any]] | None] = (
             queue.SimpleQueue()
         )
@@ -731,7 +737,8 @@ class _ThreadPool:
         worker = coordinator.new_worker()
         try:
             try:
-                coordinator._pool.build_worker(worker.resources._local)
+                if self._prebuild:
+                    coordinator._pool.build_worker(worker.resources._local)
             except Exception as exc:
                 self._started.put(exc)
             else:

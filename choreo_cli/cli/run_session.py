@@ -166,7 +166,7 @@ def execute(options: RunOptions) -> ExitCode:
             checkpoint = _open_checkpoint(options)
             if checkpoint is not None:
                 stack.callback(checkpoint.close)
-            coordinator.open()
+            coordinator.open(prebuild_workers=True)
         except UsageError as exc:
             console.error(str(exc))
             return ExitCode.USAGE

@@ -1280,14 +1280,33 @@ def test_failing_worker_factory_at_entry_closes_everything_built(workers: int) -
         "tmp": ResourceSpec("tmp", broken, scope="worker", factory_name="steps:tmp"),
     }
     coordinator = coordinator_of(Step(name="a", job=noop), workers=workers, resources=resources)
-    with pytest.raises(ResourceError) as info, coordinator:
-        pytest.fail("the body must not run")
+    with pytest.raises(ResourceError) as info:
+        coordinator.open(prebuild_workers=True)
     assert str(info.value) == "resource 'tmp': factory steps:tmp raised OSError: no disk"
     built = sorted(entry.split()[1] for entry in log if entry.startswith("build"))
     closed = sorted(entry.split()[1] for entry in log if entry.startswith("close"))
     assert closed == built
     assert "shared" in closed
     assert log[-1] == "close shared"
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_worker_factories_wait_for_first_use_unless_prebuilt(workers: int) -> None:
+    built: list[str] = []
+    lock = threading.Lock()
+
+    def factory() -> str:
+        with lock:
+            built.append(threading.current_thread().name)
+        return "conn"
+
+    resources = {"conn": ResourceSpec("conn", factory, scope="worker")}
+    with coordinator_of(Step(name="a", job=noop), workers=workers, resources=resources):
+        assert built == []  # design §3: on first use in each worker
+    coordinator = coordinator_of(Step(name="a", job=noop), workers=workers, resources=resources)
+    coordinator.open(prebuild_workers=True)
+    assert len(built) == workers
+    coordinator.close()
 
 
 def test_failing_worker_factory_used_lazily_fails_the_record() -> None:
