@@ -20,7 +20,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 ## demo: install and run the statements sample pipeline into an SQLite database
 demo: $(VENV)/.installed
 	cd sample_pipelines/statements && ../../$(BIN)/choreo run pipeline.yaml --input records.jsonl --output results.jsonl; \
-	  status=$$?; echo "results in sample_pipelines/statements/results.jsonl (exit $$status)"; \
+	  status=$$?; \
+	  echo "result lines: sample_pipelines/statements/results.jsonl; database: sample_pipelines/statements/statements.db (exit $$status: 3 lines are not JSON and 3 amounts are not numbers)"; \
+	  echo "run 'make demo' again: the second run skips everything already loaded"; \
 	  test $$status -le 1
 
 ## test: lint, type-check and run the whole test suite (what CI runs)
