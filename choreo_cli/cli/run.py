@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from choreo_cli.exit_codes import ExitCode
+
+
+class ExecutorName(str, enum.Enum):
+    """Where records run (design §7)."""
+
+    thread = "thread"
+    process = "process"
+    dask = "dask"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +40,8 @@ class RunOptions:
     rejects: Path | None = None
     checkpoint: Path | None = None
     dry_run: bool = False
+    executor: str = "thread"
+    scheduler: str | None = None
 
 
 def run(
@@ -112,6 +123,21 @@ def run(
         bool,
         typer.Option("--dry-run", help="Build resources and run prechecks; call no job."),
     ] = False,
+    executor: Annotated[
+        ExecutorName,
+        typer.Option(
+            "--executor",
+            help="thread (I/O-bound steps, async), process (CPU-bound), dask (a cluster).",
+        ),
+    ] = ExecutorName.thread,
+    scheduler: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="A Dask scheduler (tcp://host:8786) for --executor dask; default: a local cluster.",
+        ),
+    ] = None,
 ) -> None:
     """Run the pipeline over every record of a JSON Lines input; one result line per record.
 
@@ -137,6 +163,8 @@ def run(
         rejects=rejects,
         checkpoint=checkpoint,
         dry_run=dry_run,
+        executor=executor.value,
+        scheduler=scheduler,
     )
     code: ExitCode = execute(options)
     raise typer.Exit(int(code))

@@ -148,7 +148,31 @@ def _build_coordinator(options: RunOptions) -> Coordinator:
         what = "is not a file" if options.pipeline.exists() else "does not exist"
         raise UsageError(f"pipeline file {options.pipeline} {what}")
     pipeline = load_pipeline(options.pipeline, overrides=overrides)
+    if options.executor != "thread" or options.scheduler is not None:
+        return _build_executor(options, pipeline, overrides)
     return pipeline.coordinator(workers=options.workers, dry_run=options.dry_run)
+
+
+def _build_executor(options: RunOptions, pipeline: Any, overrides: dict[str, Any]) -> Coordinator:
+    from typing import cast
+
+    from choreo_cli.executors import ExecutorUnavailable, build_executor
+
+    if options.scheduler is not None and options.executor != "dask":
+        raise UsageError("--scheduler needs --executor dask")
+    try:
+        executor = build_executor(
+            options.executor,
+            pipeline,
+            workers=options.workers,
+            overrides=overrides,
+            dry_run=options.dry_run,
+            scheduler=options.scheduler,
+        )
+    except ExecutorUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    # An executor has the Coordinator's run interface (choreo_cli.executors.Executor).
+    return cast("Coordinator", executor)
 
 
 def execute(options: RunOptions) -> ExitCode:
@@ -182,7 +206,11 @@ def execute(options: RunOptions) -> ExitCode:
         except CheckpointError as exc:
             console.error(str(exc))
             return ExitCode.USAGE
-        return _run(options, console, coordinator, stream, size, checkpoint)
+        state = RunState(coordinator)
+        # Handled until the summary is out: a signal during resource teardown must not
+        # raise KeyboardInterrupt into it (or kill the process) but end with 130/143.
+        stack.enter_context(_signals(state))
+        return _run(options, console, coordinator, stream, size, checkpoint, state)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -193,12 +221,12 @@ def _run(
     stream: BinaryIO,
     size: int | None,
     checkpoint: Checkpoint | None,
+    state: RunState,
 ) -> ExitCode:
     from choreo_cli.output import build_writer
     from choreo_cli.records import JsonlReader
     from choreo_cli.summary import RunSummary
 
-    state = RunState(coordinator)
     summary = RunSummary([step.name for step in coordinator.steps])
     rejects: _Rejects | None = None
     try:
@@ -209,7 +237,8 @@ def _run(
                 options.output,
                 include_input=options.include_input,
                 include_data=options.include_data,
-                on_written=None if checkpoint is None else checkpoint.mark,
+                # A dry run calls no job: it must not mark records finished for the real run.
+                on_written=None if checkpoint is None or options.dry_run else checkpoint.mark,
                 on_failure=state.on_output_failure,
             )
         except OSError as exc:
@@ -219,19 +248,22 @@ def _run(
             return ExitCode.USAGE
         reader = JsonlReader(stream, keep_raw=rejects is not None)
         progress = console.build_progress(enabled=options.progress, total_bytes=size)
-        with _signals(state):
-            try:
-                items: Iterable[Any] = reader
-                if checkpoint is not None:
-                    items = checkpoint.skip_finished(reader, summary.count_resumed)
-                _consume(
-                    options, coordinator, state, items, reader, writer, summary, progress, rejects
-                )
-            finally:
-                progress.close()
-                writer.close()
-                if rejects is not None:
-                    rejects.close()
+        try:
+            items: Iterable[Any] = reader
+            if checkpoint is not None:
+                items = checkpoint.skip_finished(reader, summary.count_resumed)
+            _consume(options, coordinator, state, items, reader, writer, summary, progress, rejects)
+        finally:
+            progress.close()
+            writer.close()
+            if rejects is not None:
+                rejects.close()
+                if rejects.error is not None:
+                    summary.record_output_failure()
+                    console.error(
+                        f"cannot write rejects to {rejects.path}: "
+                        f"{rejects.error.strerror or rejects.error}"
+                    )
     finally:
         try:
             coordinator.close()
@@ -289,24 +321,41 @@ def _consume(
 
 
 class _Rejects:
-    """The input lines of records that did not succeed, in input order (re-runnable)."""
+    """The input lines of records that did not succeed, in input order (re-runnable).
+
+    A write error (disk full) is kept in ``error``, not raised: the run goes on and the
+    exit code says so.
+    """
 
     def __init__(self, path: Path, *, ordered: bool) -> None:
+        self.path = path
+        self.error: OSError | None = None
         self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
         self._ordered = ordered
         self._held: list[tuple[int, bytes]] = []
 
     def add(self, result: Result) -> None:
         raw = result.raw
-        if raw is None:
+        if raw is None or self.error is not None:
             return
         if self._ordered:
-            self._file.write(raw)
+            self._write(raw)
         else:
             self._held.append((result.index, raw))
 
+    def _write(self, raw: bytes) -> None:
+        try:
+            self._file.write(raw)
+        except OSError as exc:
+            self.error = exc
+
     def close(self) -> None:
         for _, raw in sorted(self._held):
-            self._file.write(raw)
+            if self.error is not None:
+                break
+            self._write(raw)
         self._held.clear()
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as exc:
+            self.error = self.error or exc

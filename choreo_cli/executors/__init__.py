@@ -1,1 +1,103 @@
-"""Where records run: executors only decide which worker runs a record, never what it does."""
+"""Where records run: executors only decide which worker runs a record, never what it does.
+
+``thread`` (the default) runs records on the Coordinator's threads, ``process`` in
+worker processes of this machine, ``dask`` on a Dask cluster. Every executor gives the
+same Results for the same input.
+
+>>> pipeline = load_pipeline("pipeline.yaml")  # doctest: +SKIP
+>>> with build_executor("process", pipeline, workers=2) as executor:  # doctest: +SKIP
+...     results = list(executor.run_many(records))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from choreo_cli.executors.base import Executor, ExecutorUnavailable, PipelineSpec, WorkerDied
+
+if TYPE_CHECKING:
+    from choreo_cli.pipeline import Pipeline
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "ExecutorUnavailable",
+    "PipelineSpec",
+    "WorkerDied",
+    "build_executor",
+]
+
+DASK_INSTALL = "pip install 'choreo-cli[dask]'"
+
+
+def _thread(pipeline: Pipeline, options: dict[str, Any]) -> Executor:
+    from choreo_cli.executors.thread import ThreadExecutor
+
+    return ThreadExecutor(pipeline, workers=options["workers"], dry_run=options["dry_run"])
+
+
+def _process(pipeline: Pipeline, options: dict[str, Any]) -> Executor:
+    from choreo_cli.executors.process import ProcessExecutor
+
+    return ProcessExecutor(
+        pipeline,
+        workers=options["workers"],
+        overrides=options["overrides"],
+        dry_run=options["dry_run"],
+    )
+
+
+def _dask(pipeline: Pipeline, options: dict[str, Any]) -> Executor:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ExecutorUnavailable(
+            f"the dask executor needs dask.distributed, which is not installed: {DASK_INSTALL}"
+        ) from None
+    from choreo_cli.executors.dask import DaskExecutor
+
+    return DaskExecutor(
+        pipeline,
+        workers=options["workers"],
+        overrides=options["overrides"],
+        dry_run=options["dry_run"],
+        scheduler=options["scheduler"],
+    )
+
+
+EXECUTORS: dict[str, Callable[[Pipeline, dict[str, Any]], Executor]] = {
+    "thread": _thread,
+    "process": _process,
+    "dask": _dask,
+}
+
+
+def build_executor(
+    name: str,
+    pipeline: Pipeline,
+    *,
+    workers: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+    scheduler: str | None = None,
+) -> Executor:
+    """The executor called ``name`` for ``pipeline`` (nothing started until ``open()``).
+
+    ``overrides`` must be the ones ``pipeline`` was loaded with: workers in other
+    processes load the file again. ``scheduler`` (a Dask scheduler's address) is for
+    ``dask`` only. Raises ExecutorUnavailable for an unknown name or a missing extra.
+    """
+    factory = EXECUTORS.get(name)
+    if factory is None:
+        known = ", ".join(EXECUTORS)
+        raise ExecutorUnavailable(f"unknown executor {name!r} (executors: {known})")
+    if scheduler is not None and name != "dask":
+        raise ExecutorUnavailable(f"a scheduler address is for the dask executor, not {name!r}")
+    options = {
+        "workers": pipeline.workers if workers is None else workers,
+        "overrides": dict(overrides or {}),
+        "dry_run": dry_run,
+        "scheduler": scheduler,
+    }
+    return factory(pipeline, options)

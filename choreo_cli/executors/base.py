@@ -1,0 +1,125 @@
+"""The executor interface, and what every executor that runs records elsewhere shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from choreo_cli.errors import ChoreoError
+
+if TYPE_CHECKING:
+    from choreo_cli.coordinator import Step
+    from choreo_cli.result import Result
+
+
+class Executor(Protocol):
+    """Runs records somewhere; the Coordinator's per-record semantics are the same everywhere.
+
+    ``Coordinator`` itself is one (the thread executor). Use as a context manager::
+
+        with build_executor("process", pipeline, workers=2) as executor:
+            for result in executor.run_many(records, ordered=True):
+                ...
+    """
+
+    @property
+    def steps(self) -> Sequence[Step]:
+        """The pipeline's steps, in order (for the summary)."""
+        ...
+
+    @property
+    def interrupted(self) -> bool:
+        """True once ``interrupt()`` was called."""
+        ...
+
+    def open(self, *, prebuild_workers: bool = False) -> Any:
+        """Start the workers and build resources; raises ResourceError when one fails.
+
+        With ``prebuild_workers`` worker-scoped resources are built now too (executors
+        whose workers are processes always build them at a worker's start).
+        """
+        ...
+
+    def run_many(self, records: Iterable[Any], ordered: bool = True) -> Iterator[Result]:
+        """Yield exactly one Result per item, in input order unless ``ordered=False``."""
+        ...
+
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """No new record starts; safe to call from a signal handler."""
+        ...
+
+    def close(self) -> None:
+        """Stop the workers and tear down resources; raises ResourceError when a teardown failed."""
+        ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+class ExecutorUnavailable(ChoreoError):
+    """An executor cannot be used here (unknown name, a missing optional dependency)."""
+
+
+class WorkerDied(ChoreoError):
+    """The worker process running a record died before it reported the record's result."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSpec:
+    """What a worker needs to load the pipeline itself: no callable crosses a process boundary.
+
+    ``digest`` is the file's content hash: a worker whose copy differs refuses to run
+    (Dask workers on other machines read their own copy of the file).
+    """
+
+    path: str
+    overrides: Mapping[str, Any]
+    dry_run: bool
+    digest: str
+    run_id: str
+
+    @classmethod
+    def for_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> PipelineSpec:
+        """The spec of a pipeline file, with a fresh run id (resources are built per run)."""
+        absolute = Path(path).resolve()
+        return cls(
+            path=str(absolute),
+            overrides=dict(overrides or {}),
+            dry_run=dry_run,
+            digest=file_digest(absolute),
+            run_id=os.urandom(8).hex(),
+        )
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's content."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """'exit code 3' or 'killed by signal SIGKILL', for a dead worker's error message.
+
+    >>> describe_exit(-9)
+    'killed by signal SIGKILL'
+    """
+    import signal
+
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"

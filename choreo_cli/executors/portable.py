@@ -1,0 +1,224 @@
+"""Results across a process boundary: a compact picklable form, and the Result rebuilt from it.
+
+A worker sends, per record, only what the parent cannot know: the data bag, the status
+and errors, where the run stopped. Index, line, input and raw bytes stay in the parent
+with the item it sent. Exceptions travel as (module, type name, message) and come back
+as a stand-in class of the same name, so a result line shows the original type.
+
+This module mirrors a few private fields of Result and DataBag (the compact form the
+hot loop writes); tests/unit/test_executors.py round-trips every kind of result.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from choreo_cli.context import DataBag
+from choreo_cli.errors import (
+    Cancel,
+    Interrupted,
+    JobFailed,
+    Skip,
+    StepTimeout,
+    UnassignableInput,
+)
+from choreo_cli.result import ExecutionError, Result, clean_result_type
+
+_new = object.__new__
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+# choreo's own exceptions come back as themselves, so raise_for_status() keeps its meaning.
+_KNOWN: dict[str, type[BaseException]] = {
+    cls.__name__: cls
+    for cls in (Skip, Cancel, Interrupted, UnassignableInput, JobFailed, StepTimeout)
+}
+_ERRORS_MODULE = "choreo_cli.errors"
+
+# A portable exception: (module, type name, message).
+PortableError = tuple[str, str, str]
+
+
+class RemoteError(Exception):
+    """An exception raised in another process, rebuilt by type name and message.
+
+    ``type(exc).__name__`` is the original type's name; ``remote_module`` its module.
+    """
+
+    remote_module = ""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild_exception, ((self.remote_module, type(self).__name__, self.message),))
+
+
+_standins: dict[tuple[str, str], type[RemoteError]] = {}
+
+
+def export_exception(exc: BaseException) -> PortableError:
+    """``exc`` as (module, type name, message)."""
+    cls = type(exc)
+    if isinstance(exc, RemoteError):
+        return (exc.remote_module, cls.__name__, exc.message)
+    try:
+        message = str(exc)
+    except Exception as failure:
+        message = f"<str() failed: {failure!r}>"
+    return (cls.__module__, cls.__name__, message)
+
+
+def rebuild_exception(portable: PortableError) -> BaseException:
+    """An exception of the same type name and message as the one exported."""
+    module, name, message = portable
+    if module == _ERRORS_MODULE and name in _KNOWN:
+        return _KNOWN[name](message)
+    key = (module, name)
+    cls = _standins.get(key)
+    if cls is None:
+        cls = _standins[key] = _standin_class(module, name)
+    return cls(message)
+
+
+def _standin_class(module: str, name: str) -> type[RemoteError]:
+    bases: tuple[type, ...] = (RemoteError,)
+    if module == "builtins":
+        import builtins
+
+        original = getattr(builtins, name, None)
+        if isinstance(original, type) and issubclass(original, Exception):
+            # ``except ValueError`` still catches a ValueError raised in a worker.
+            bases = (RemoteError, original)
+    namespace = {"remote_module": module, "__module__": __name__, "__qualname__": name}
+    try:
+        return type(name, bases, namespace)
+    except TypeError:  # an instance lay-out conflict with the builtin base
+        return type(name, (RemoteError,), namespace)
+
+
+# -- the worker's side -------------------------------------------------------------------
+
+
+def export_result(result: Result, step_count: int) -> tuple[Any, ...]:
+    """The portable form of one Result (without index, line, input and raw)."""
+    bag = result.bag
+    job, pre, names = bag._job, bag._pre, bag._names
+    if names is not None and len(names) == step_count:
+        names = None  # the steps' own names: the parent knows them
+    if type(result) is not Result:  # the clean-result class: nothing else varies
+        return (result.duration, job, pre, names)
+    error = result.error
+    errors = result._errors
+    return (
+        result.duration,
+        job,
+        pre,
+        names,
+        result.status,
+        None if error is None else _export_error(error),
+        None if errors is None else [_export_error(e) for e in errors],
+        result._stop,
+        result._outcome,
+        result._skipped,
+        result.attempts or None,
+        result._would,
+    )
+
+
+def _export_error(error: ExecutionError) -> tuple[Any, ...]:
+    return (error.step, error.phase, export_exception(error.exception))
+
+
+def encode_results(payloads: list[tuple[Any, ...]], *head: Any) -> bytes:
+    """Pickle ``(*head, payloads)``; a bag value that does not pickle becomes its repr."""
+    try:
+        return pickle.dumps((*head, payloads), protocol=_PROTOCOL)
+    except Exception:
+        return pickle.dumps((*head, [_sanitized(p) for p in payloads]), protocol=_PROTOCOL)
+
+
+def _sanitized(payload: tuple[Any, ...]) -> tuple[Any, ...]:
+    try:
+        pickle.dumps(payload, protocol=_PROTOCOL)
+    except Exception:
+        job = None if payload[1] is None else {k: _portable_value(v) for k, v in payload[1].items()}
+        pre = None if payload[2] is None else {k: _portable_value(v) for k, v in payload[2].items()}
+        return (payload[0], job, pre, *payload[3:])
+    return payload
+
+
+def _portable_value(value: Any) -> Any:
+    try:
+        # A value that pickles but does not unpickle would fail the whole chunk in the parent.
+        pickle.loads(pickle.dumps(value, protocol=_PROTOCOL))
+    except Exception:
+        from choreo_cli.output import dump_value
+
+        # What the writer would show for it: JSON as is, anything else as its repr.
+        try:
+            import orjson
+
+            return orjson.loads(dump_value(value))
+        except Exception:
+            return repr(value)
+    return value
+
+
+# -- the parent's side ----------------------------------------------------------------------
+
+
+class ResultBuilder:
+    """Rebuilds Results in the parent from portable forms, for one pipeline's steps."""
+
+    def __init__(self, names: tuple[str, ...], *, dry_run: bool = False) -> None:
+        self._names = names
+        self._folded = {name.casefold(): name for name in names}
+        self._clean = clean_result_type(names, would_run=dry_run)
+
+    def build(
+        self, payload: tuple[Any, ...], index: int, line: int | None, value: Any, raw: bytes | None
+    ) -> Result:
+        """The Result for ``payload``, with the item's own index, line, input and raw bytes."""
+        bag = _new(DataBag)
+        bag._job = payload[1]
+        bag._pre = payload[2]
+        names = payload[3]
+        bag._names = self._folded if names is None else names
+        if len(payload) == 4:
+            result: Result = _new(self._clean)
+            result.index = index
+            result.line = line
+            result.input = value
+            result.raw = raw
+            result.bag = bag
+            result.duration = payload[0]
+            return result
+        (duration, _, _, _, status, error, errors, stop, outcome, skipped, attempts, would) = (
+            payload
+        )
+        return Result(
+            index,
+            line,
+            value,
+            status,
+            None if error is None else _rebuild_error(error),
+            None if errors is None else [_rebuild_error(e) for e in errors],
+            bag,
+            duration,
+            self._names,
+            stop,
+            outcome,
+            skipped,
+            attempts,
+            raw,
+            would,
+        )
+
+
+def _rebuild_error(portable: tuple[Any, ...]) -> ExecutionError:
+    step, phase, exc = portable
+    return ExecutionError(step, phase, rebuild_exception(exc))

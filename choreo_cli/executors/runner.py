@@ -1,0 +1,109 @@
+"""The worker side of the process and Dask executors: load the pipeline, run batches of records."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from time import perf_counter
+from typing import Any
+
+from choreo_cli.executors.base import ExecutorUnavailable, PipelineSpec, file_digest
+from choreo_cli.executors.portable import export_result
+from choreo_cli.items import Record
+
+# A batch's results go back in chunks at least this often (result lines within ~100 ms).
+FLUSH_INTERVAL = 0.05
+
+# What the parent sends for a batch: (first index, positions or None, values, lines or None).
+# Positions are offsets from the first index, None when they are 0, 1, 2...
+BatchArgs = tuple[int, Sequence[int] | None, Sequence[Any], Sequence[int | None] | None]
+
+
+class BatchRunner:
+    """One worker's pipeline: loaded from the file, resources built, batches run through it.
+
+    Per-record semantics are the Coordinator's: this only feeds it records and exports
+    the Results. The thread that opened the runner uses the coordinator's own worker (its
+    worker-scoped resources were built by ``open()``); other threads get their own.
+    """
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        from choreo_cli.pipeline import load_pipeline
+
+        try:
+            digest = file_digest(spec.path)
+        except OSError as exc:
+            raise ExecutorUnavailable(
+                f"this worker cannot read the pipeline file {spec.path}: {exc.strerror or exc}"
+            ) from None
+        if digest != spec.digest:
+            raise ExecutorUnavailable(
+                f"the pipeline file {spec.path} on this worker differs from the one choreo "
+                "was started with; give every worker the same copy"
+            )
+        pipeline = load_pipeline(spec.path, overrides=spec.overrides)
+        self.coordinator = pipeline.coordinator(workers=1, dry_run=spec.dry_run)
+        # Worker-scoped resources too: a failing factory is reported before any record.
+        self.coordinator.open(prebuild_workers=True)
+        self._steps = len(self.coordinator.steps)
+        self._owner = threading.get_ident()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """Records in flight stop before their next step; later ones are cancelled."""
+        self.coordinator.interrupt(reason)
+
+    def run(
+        self,
+        batch: BatchArgs,
+        flush: Callable[[list[tuple[Any, ...]]], None] | None = None,
+        current: Any = None,
+    ) -> list[tuple[Any, ...]]:
+        """Run a batch; return the portable results not yet handed to ``flush``.
+
+        ``current.value`` (shared memory, when given) is set to each record's index
+        before it runs: if the process dies, the parent knows which record killed it.
+        """
+        start, positions, values, lines = batch
+        coordinator = self.coordinator
+        steps = self._steps
+        worker = None
+        if threading.get_ident() != self._owner:
+            worker = getattr(self._local, "worker", None)
+            if worker is None:
+                worker = self._local.worker = coordinator.new_worker()
+        out: list[tuple[Any, ...]] = []
+        last = perf_counter()
+        for k, value in enumerate(values):
+            index = start + (k if positions is None else positions[k])
+            line = None if lines is None else lines[k]
+            if current is not None:
+                current.value = index
+            try:
+                if worker is None:
+                    result = coordinator.run(value, index=index, line=line)
+                else:
+                    result = coordinator.run_item(Record(value, line), index, worker)
+            except BaseException as exc:  # a defect in choreo must not lose the batch
+                result = coordinator.crashed(Record(value, line), index, exc)
+            out.append(export_result(result, steps))
+            if flush is not None:
+                now = perf_counter()
+                if now - last >= FLUSH_INTERVAL:
+                    flush(out)
+                    out = []
+                    last = now
+        return out
+
+    def close(self) -> list[str]:
+        """Tear down every resource; the teardown errors, as messages."""
+        from choreo_cli.errors import ResourceError
+
+        try:
+            self.coordinator.close()
+        except ResourceError as exc:
+            return [str(exc)]
+        except Exception as exc:
+            return [f"{type(exc).__name__}: {exc}"]
+        return []

@@ -1,0 +1,409 @@
+"""Executors: thread, process and Dask give the same Results; workers die, runs are interrupted."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from choreo_cli import Coordinator, Skip, Step, load_pipeline
+from choreo_cli.errors import Cancel, ResourceError
+from choreo_cli.executors import ExecutorUnavailable, build_executor
+from choreo_cli.executors.portable import (
+    RemoteError,
+    ResultBuilder,
+    encode_results,
+    export_exception,
+    export_result,
+    rebuild_exception,
+)
+from choreo_cli.executors.process import ProcessExecutor
+from choreo_cli.items import InvalidLine, Record
+from choreo_cli.output import ResultWriter
+from choreo_cli.records import JsonlReader
+from choreo_cli.result import Result
+
+STEPS = """
+    import os
+    import threading
+    from pathlib import Path
+
+    from choreo_cli import Cancel, Skip
+
+
+    def counter(path):
+        with open(path, "a") as file:
+            file.write(f"built {os.getpid()}\\n")
+        yield object()
+        with open(path, "a") as file:
+            file.write(f"closed {os.getpid()}\\n")
+
+
+    def exists(ctx, record):
+        ctx.resources.counter
+        if record.get("skip"):
+            raise Skip("exists", data=record["id"])
+        if record.get("broken_precheck"):
+            raise LookupError("precheck broke")
+
+
+    def work(ctx, record):
+        if record.get("fail"):
+            raise ValueError(f"bad record {record['id']}")
+        if record.get("key"):
+            raise KeyError("missing")
+        if record.get("cancel"):
+            raise Cancel("cancelled on purpose")
+        if record.get("die"):
+            os._exit(3)
+        if record.get("nap"):
+            import time
+            time.sleep(record["nap"])
+        return {"double": record["id"] * 2, "lock": threading.Lock() if record.get("lock") else None}
+
+
+    async def after(ctx, record):
+        return ctx.bag.job("work")["double"]
+"""
+
+PIPELINE = """
+    version: 1
+    resources:
+      counter:
+        factory: steps:counter
+        with: {path: "${COUNTS}"}
+        scope: worker
+    steps:
+      - name: work
+        precheck: steps:exists
+        job: steps:work
+      - name: after
+        job: steps:after
+"""
+
+
+def make_input(count: int = 60, **marks: int) -> bytes:
+    """JSON lines: successes, skips, failures, cancels, and one line that is not JSON."""
+    import json
+
+    lines = []
+    for i in range(count):
+        record: dict[str, Any] = {"id": i}
+        if i % 7 == 3:
+            record["skip"] = True
+        if i % 11 == 5:
+            record["fail"] = True
+        if i % 13 == 4:
+            record["cancel"] = True
+        if i == 9:
+            record["key"] = True
+        if i == 10:
+            record["broken_precheck"] = True
+        for name, at in marks.items():
+            if i == at:
+                record[name] = True
+        lines.append(json.dumps(record).encode())
+        if i == 20:
+            lines.append(b"{not json")
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.fixture
+def pipeline_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "steps.py").write_text(textwrap.dedent(STEPS), encoding="utf-8")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(textwrap.dedent(PIPELINE), encoding="utf-8")
+    monkeypatch.setenv("COUNTS", str(tmp_path / "counts.txt"))
+    return path
+
+
+def lines_of(results: Iterator[Result]) -> list[bytes]:
+    sink = io.BytesIO()
+    with ResultWriter(sink, include_input=True, include_data=True) as writer:
+        for result in results:
+            writer.write(result)
+    return sink.getvalue().splitlines()
+
+
+def run_lines(executor: Any, data: bytes, *, ordered: bool = True) -> list[bytes]:
+    return lines_of(executor.run_many(JsonlReader(io.BytesIO(data)), ordered=ordered))
+
+
+def thread_lines(pipeline_file: Path, data: bytes) -> list[bytes]:
+    with build_executor("thread", load_pipeline(pipeline_file), workers=1) as executor:
+        return run_lines(executor, data)
+
+
+# -- portable results ----------------------------------------------------------------------
+
+
+def test_every_kind_of_result_survives_the_trip_between_processes() -> None:
+    def precheck(ctx: Any, record: dict[str, Any]) -> None:
+        if record.get("skip"):
+            raise Skip("exists", data={"at": record["id"]})
+
+    def job(ctx: Any, record: dict[str, Any]) -> Any:
+        if record.get("fail"):
+            raise KeyError("missing")
+        if record.get("cancel"):
+            raise Cancel("stop")
+        return {1: {2}} if record.get("odd") else record["id"]
+
+    coordinator = Coordinator()
+    coordinator.add_step(Step(name="One", job=job, precheck=precheck))
+    coordinator.add_step(Step(name="two", job=lambda ctx: None))
+    records = [
+        Record({"id": 0}, 1, b'{"id": 0}\n'),
+        Record({"id": 1, "skip": True}, 2),
+        Record({"id": 2, "fail": True}, 3),
+        Record({"id": 3, "cancel": True}, 4),
+        Record({"id": 4, "odd": True}, 5),
+        InvalidLine(6, ValueError("not JSON"), b"{\n"),
+        {"plain": True},
+    ]
+    originals = [coordinator.run(item, index=i) for i, item in enumerate(records)]
+    originals[0].bag.set_job("extra step", [1, 2])  # a name no step has
+    interrupted = Coordinator()
+    interrupted.add_step(Step(name="One", job=job))
+    interrupted.add_step(Step(name="two", job=lambda ctx: None))
+    interrupted.interrupt()
+    originals.append(interrupted.run({"id": 9}, index=7))
+    dry = Coordinator(dry_run=True)
+    dry.add_step(Step(name="One", job=job, precheck=precheck))
+    dry.add_step(Step(name="two", job=lambda ctx: None))
+    originals.append(dry.run({"id": 10}, index=8))
+
+    rebuilt = []
+    for original in originals:
+        builder = ResultBuilder(("One", "two"), dry_run=original is originals[-1])
+        payload = pickle.loads(encode_results([export_result(original, 2)]))[0][0]
+        item_line = original.line
+        rebuilt.append(
+            builder.build(payload, original.index, item_line, original.input, original.raw)
+        )
+    assert lines_of(iter(rebuilt)) == lines_of(iter(originals))
+    assert [r.steps for r in rebuilt] == [r.steps for r in originals]
+    assert rebuilt[0].bag.job("EXTRA STEP") == [1, 2]
+    assert rebuilt[0].raw == b'{"id": 0}\n'
+    with pytest.raises(Cancel, match="stop"):
+        rebuilt[3].raise_for_status()
+
+
+def test_an_exception_comes_back_with_its_type_name_and_message() -> None:
+    error = rebuild_exception(export_exception(KeyError("missing")))
+    assert type(error).__name__ == "KeyError"
+    assert str(error) == "'missing'"
+    assert isinstance(error, KeyError) and isinstance(error, RemoteError)
+
+    class Custom(Exception):
+        def __init__(self, a: int, b: int) -> None:  # does not unpickle from args
+            super().__init__(f"{a}/{b}")
+
+    custom = rebuild_exception(export_exception(Custom(1, 2)))
+    assert (type(custom).__name__, str(custom)) == ("Custom", "1/2")
+    assert type(pickle.loads(pickle.dumps(custom))) is type(custom)
+    assert type(rebuild_exception(export_exception(Skip("s")))) is Skip
+
+
+def test_a_bag_value_that_does_not_pickle_becomes_its_repr() -> None:
+    payload = (0.1, {"work": threading.Lock(), "fine": 3}, None, None)
+    (decoded,) = pickle.loads(encode_results([payload]))[0]
+    assert decoded[1]["work"].startswith("<unlocked _thread.lock object")
+    assert decoded[1]["fine"] == 3
+
+
+def test_build_executor_names_what_is_wrong(pipeline_file: Path) -> None:
+    pipeline = load_pipeline(pipeline_file)
+    with pytest.raises(
+        ExecutorUnavailable, match=r"unknown executor 'gpu' \(executors: thread, process, dask\)"
+    ):
+        build_executor("gpu", pipeline)
+    with pytest.raises(ExecutorUnavailable, match="scheduler address is for the dask executor"):
+        build_executor("process", pipeline, scheduler="tcp://127.0.0.1:8786")
+
+
+# -- process ---------------------------------------------------------------------------------
+
+
+def test_process_gives_the_thread_executors_lines_in_order_and_unordered(
+    pipeline_file: Path,
+) -> None:
+    data = make_input()
+    expected = thread_lines(pipeline_file, data)
+    with ProcessExecutor(load_pipeline(pipeline_file), workers=2) as executor:
+        assert run_lines(executor, data) == expected
+        unordered = run_lines(executor, data, ordered=False)
+    assert sorted(unordered) == sorted(expected)
+    counts = (pipeline_file.parent / "counts.txt").read_text().split("\n")
+    built = [line for line in counts if line.startswith("built")]
+    # thread: one build; process: once per worker process, reused across batches and runs.
+    assert len(built) == 3
+    assert sum(line.startswith("closed") for line in counts) == 3
+
+
+def test_a_worker_that_dies_fails_only_its_records_and_is_replaced(pipeline_file: Path) -> None:
+    data = make_input(200, die=152)
+    with ProcessExecutor(load_pipeline(pipeline_file), workers=2) as executor:
+        results = list(executor.run_many(JsonlReader(io.BytesIO(data))))
+    assert [r.index for r in results] == list(range(201))
+    died = [r for r in results if r.error is not None and r.error.type == "WorkerDied"]
+    killer = [r for r in died if "while running this record" in r.error.message]  # type: ignore[union-attr]
+    assert [r.input["id"] for r in killer] == [152]
+    assert "died (exit code 3) while running this record" in str(killer[0].error.exception)  # type: ignore[union-attr]
+    # Records finished but not yet reported are lost with it (at most one flush interval).
+    assert all(r.index < killer[0].index for r in died if r is not killer[0])
+    assert len(died) < 50
+    # Every other record has the result it has without the dying one (a new worker ran them).
+    lost = {r.index for r in died}
+    expected = thread_lines(pipeline_file, make_input(200))
+    assert [line for i, line in enumerate(lines_of(iter(results))) if i not in lost] == [
+        line for i, line in enumerate(expected) if i not in lost
+    ]
+
+
+def test_an_interrupted_process_run_gives_every_record_read_one_result(
+    pipeline_file: Path,
+) -> None:
+    read = 0
+
+    def records() -> Iterator[dict[str, Any]]:
+        nonlocal read
+        for i in range(10_000):
+            read += 1
+            yield {"id": i, "nap": 0.002}
+
+    with ProcessExecutor(load_pipeline(pipeline_file), workers=2) as executor:
+        results = []
+        for result in executor.run_many(records()):
+            results.append(result)
+            if len(results) == 20:
+                executor.interrupt("test")
+    assert [r.index for r in results] == list(range(read))
+    assert read < 10_000
+    cancelled = [r for r in results if r.status == "cancelled"]
+    assert cancelled and all(r.error.type == "Interrupted" for r in cancelled)  # type: ignore[union-attr]
+    assert "interrupted before step" in cancelled[-1].error.message  # type: ignore[union-attr]
+
+
+def test_process_holds_a_bounded_number_of_records_whatever_the_input(tmp_path: Path) -> None:
+    (tmp_path / "steps.py").write_text("def one(ctx, record):\n    return 1\n")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("version: 1\nsteps:\n  - name: one\n    job: steps:one\n")
+    read = 0
+    most = 0
+    with ProcessExecutor(load_pipeline(path), workers=2) as executor:
+        bound = executor.workers * executor.batches_per_worker * executor.max_batch
+
+        def records() -> Iterator[int]:
+            nonlocal read
+            for i in range(200_000):
+                read += 1
+                yield i
+
+        for count, result in enumerate(executor.run_many(records()), 1):
+            most = max(most, read - count)
+            assert result.index == count - 1
+    assert count == 200_000
+    assert most <= bound
+
+
+def test_a_resource_that_cannot_be_built_stops_the_run_before_any_record(
+    pipeline_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COUNTS", str(pipeline_file.parent / "no" / "such" / "dir" / "c.txt"))
+    executor = ProcessExecutor(load_pipeline(pipeline_file), workers=2)
+    with pytest.raises(ResourceError, match="resource 'counter': factory steps:counter raised"):
+        executor.open()
+    executor.close()
+
+
+def test_a_teardown_that_fails_in_a_worker_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "steps.py").write_text(
+        "def conn():\n    yield 1\n    raise OSError('disk gone')\n\n"
+        "def one(ctx, record):\n    return ctx.resources.conn\n"
+    )
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "version: 1\nresources:\n  conn: {factory: steps:conn}\n"
+        "steps:\n  - name: one\n    job: steps:one\n"
+    )
+    executor = ProcessExecutor(load_pipeline(path), workers=1).open()
+    assert [r.status for r in executor.run_many([1, 2])] == ["succeeded", "succeeded"]
+    with pytest.raises(
+        ResourceError, match=r"worker process \d+: .*teardown raised OSError: disk gone"
+    ):
+        executor.close()
+
+
+# -- dask ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dask_counts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dask") / "counts.txt"
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler(dask_counts: Path) -> Iterator[str]:
+    distributed = pytest.importorskip("distributed")
+    import logging
+    import os
+
+    # Dask workers read their own environment: the one they were started with.
+    saved = os.environ.get("COUNTS")
+    os.environ["COUNTS"] = str(dask_counts)
+    try:
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    finally:
+        if saved is None:
+            del os.environ["COUNTS"]
+        else:
+            os.environ["COUNTS"] = saved
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+def test_dask_gives_the_thread_executors_lines_and_builds_resources_once_per_worker(
+    pipeline_file: Path, dask_scheduler: str, dask_counts: Path
+) -> None:
+    data = make_input()
+    expected = thread_lines(pipeline_file, data)
+    dask_counts.unlink(missing_ok=True)
+    pipeline = load_pipeline(pipeline_file)
+    with build_executor("dask", pipeline, workers=2, scheduler=dask_scheduler) as executor:
+        assert run_lines(executor, data) == expected
+        assert sorted(run_lines(executor, data, ordered=False)) == sorted(expected)
+    counts = dask_counts.read_text().split("\n")
+    assert sum(line.startswith("built") for line in counts) == 2  # one per Dask worker
+    assert sum(line.startswith("closed") for line in counts) == 2
+
+
+def test_an_interrupted_dask_run_cancels_pending_batches(
+    pipeline_file: Path, dask_scheduler: str
+) -> None:
+    records = [{"id": i, "nap": 0.01} for i in range(400)]
+    pipeline = load_pipeline(pipeline_file)
+    with build_executor("dask", pipeline, workers=2, scheduler=dask_scheduler) as executor:
+        results = []
+        for result in executor.run_many(records):
+            results.append(result)
+            if len(results) == 5:
+                executor.interrupt("test")
+    assert [r.index for r in results] == list(range(len(results)))
+    assert len(results) < 400
+    assert results[-1].status == "cancelled"
