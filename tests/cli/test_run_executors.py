@@ -1,0 +1,191 @@
+"""`choreo run --executor process|dask`: the thread executor's lines, dead workers, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+RunChoreo = Callable[..., Any]  # the run_choreo fixture of conftest.py: -> Run
+WritePipeline = Callable[..., Path]  # the write_pipeline fixture of conftest.py
+StartChoreo = Callable[..., "subprocess.Popen[bytes]"]  # start_choreo fixture of conftest.py
+ParseResults = Callable[[bytes], list[dict[str, Any]]]
+
+PIPELINE = """\
+version: 1
+resources:
+  log:
+    factory: steps:closing_log
+    scope: worker
+steps:
+  - name: work
+    precheck: steps:exists
+    job: steps:work
+  - name: after
+    job: steps:after
+"""
+
+STEPS = """\
+import os
+import time
+
+from choreo_cli import Cancel, Skip
+
+
+def closing_log():
+    yield "log"
+    if os.environ.get("CHOREO_T_TEARDOWN") == "fail":
+        raise OSError("disk gone")
+    with open(f"torn-down-{os.getpid()}", "w"):
+        pass
+
+
+def exists(ctx, record):
+    if record.get("skip"):
+        raise Skip("exists", data=record["id"])
+
+
+def work(ctx, record):
+    if record.get("fail"):
+        raise ValueError(f"bad record {record['id']}")
+    if record.get("cancel"):
+        raise Cancel("cancelled on purpose")
+    if record.get("die"):
+        os._exit(3)
+    if record.get("nap"):
+        time.sleep(record["nap"])
+    return {"double": record["id"] * 2}
+
+
+async def after(ctx, record):
+    return ctx.resources.log
+"""
+
+
+def write_input(path: Path, count: int, **marks: Any) -> Path:
+    lines = []
+    for i in range(count):
+        record: dict[str, Any] = {"id": i}
+        if i % 7 == 3:
+            record["skip"] = True
+        if i % 11 == 5:
+            record["fail"] = True
+        if i % 13 == 4:
+            record["cancel"] = True
+        for name, value in marks.items():
+            if name == "die" and i == value:
+                record["die"] = True
+            elif name == "nap":
+                record["nap"] = value
+        lines.append(json.dumps(record))
+        if i == 20:
+            lines.append("{not json")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def pipeline(write_pipeline: WritePipeline) -> Path:
+    return write_pipeline(PIPELINE, STEPS)
+
+
+def test_process_and_dask_write_the_thread_executors_bytes(
+    run_choreo: RunChoreo, pipeline: Path, tmp_path: Path
+) -> None:
+    write_input(tmp_path / "in.jsonl", 80)
+    args = ["run", pipeline, "-i", "in.jsonl", "--include-data", "--include-input", "-q"]
+    thread = run_choreo(args)
+    process = run_choreo([*args, "--executor", "process", "-w", "2"])
+    dask = run_choreo([*args, "--executor", "dask", "-w", "2"], timeout=90)
+    assert (thread.code, process.code, dask.code) == (1, 1, 1)
+    assert sorted(set(thread.statuses)) == ["cancelled", "failed", "invalid", "succeeded"]
+    assert process.stdout == thread.stdout
+    assert dask.stdout == thread.stdout
+    assert (process.stderr, dask.stderr) == ("", "")
+    unordered = run_choreo([*args, "--executor", "process", "-w", "2", "--unordered"])
+    assert sorted(unordered.stdout.splitlines()) == sorted(thread.stdout.splitlines())
+    # Each worker process tore its worker-scoped resource down at the end.
+    assert len(list(tmp_path.glob("torn-down-*"))) >= 1 + 2 + 2 + 2
+
+
+def test_a_worker_that_dies_mid_record_fails_it_and_the_run_goes_on(
+    run_choreo: RunChoreo, pipeline: Path, tmp_path: Path
+) -> None:
+    write_input(tmp_path / "in.jsonl", 300, die=152)
+    run = run_choreo(["run", pipeline, "-i", "in.jsonl", "--executor", "process", "-w", "2"])
+    assert run.code == 1
+    assert run.indices == list(range(301))
+    died = [line for line in run.lines if (line["error"] or {}).get("type") == "WorkerDied"]
+    killer = [line for line in died if "while running this record" in line["error"]["message"]]
+    assert [line["line"] for line in killer] == [154]  # id 152, after the line that is not JSON
+    assert "died (exit code 3) while running this record" in killer[0]["error"]["message"]
+    assert len(died) < 50
+    assert run.lines[-1]["status"] == "succeeded"
+
+
+def test_sigterm_stops_a_process_run_with_no_hole_in_the_output(
+    start_choreo: StartChoreo, pipeline: Path, tmp_path: Path, parse_results: ParseResults
+) -> None:
+    write_input(tmp_path / "in.jsonl", 3000, nap=0.005)
+    process = start_choreo(["run", pipeline, "-i", "in.jsonl", "--executor", "process", "-w", "2"])
+    assert process.stdout is not None
+    first = b""
+    while b"\n" not in first:  # the workers are up and records are flowing
+        chunk = os.read(process.stdout.fileno(), 65536)
+        assert chunk, "choreo ended before writing a result"
+        first += chunk
+    process.send_signal(signal.SIGTERM)
+    rest, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr
+    lines = parse_results(first + rest)
+    assert [line["index"] for line in lines] == list(range(len(lines)))
+    assert len(lines) < 3001
+    assert lines[-1]["status"] == "cancelled"
+    assert lines[-1]["error"]["type"] == "Interrupted"
+    assert len(list(tmp_path.glob("torn-down-*"))) == 2  # teardown ran in both workers
+
+
+def test_a_teardown_that_fails_in_a_worker_exits_1(
+    run_choreo: RunChoreo, pipeline: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": 1}\n{"id": 2}\n', encoding="utf-8")
+    run = run_choreo(
+        ["run", pipeline, "-i", "in.jsonl", "--executor", "process", "-w", "1", "-q"],
+        env={"CHOREO_T_TEARDOWN": "fail"},
+    )
+    assert run.code == 1
+    assert run.statuses == ["succeeded", "succeeded"]
+    assert "teardown raised OSError: disk gone (results may not be durable)" in run.stderr
+
+
+def test_scheduler_without_the_dask_executor_is_a_usage_error(
+    run_choreo: RunChoreo, pipeline: Path
+) -> None:
+    run = run_choreo(["run", pipeline, "--scheduler", "tcp://127.0.0.1:8786"], input=b"1\n")
+    assert run.code == 2
+    assert run.stderr == "error: --scheduler needs --executor dask\n"
+    assert run.lines == []
+
+
+def test_the_dask_executor_without_dask_says_how_to_install_it(
+    run_choreo: RunChoreo, pipeline: Path, tmp_path: Path
+) -> None:
+    shadow = tmp_path / "shadow" / "distributed"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named distributed')\n")
+    run = run_choreo(
+        ["run", pipeline, "--executor", "dask"],
+        input=b"1\n",
+        env={"PYTHONPATH": str(shadow.parent)},
+    )
+    assert run.code == 2
+    assert run.stderr == (
+        "error: the dask executor needs dask.distributed, which is not installed: "
+        "pip install 'choreo-cli[dask]'\n"
+    )
