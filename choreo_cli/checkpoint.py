@@ -13,6 +13,7 @@ import bisect
 import contextlib
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,21 +56,39 @@ class Checkpoint:
     def open(cls, path: Path, *, pipeline: Path, input_path: Path) -> Checkpoint:
         """Read an existing checkpoint (checking its fingerprint) or start a new one."""
         try:
+            regular = stat.S_ISREG(os.stat(input_path).st_mode)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read input {input_path}: {exc.strerror}") from None
+        if not regular:
+            # A pipe (-i <(zcat ...)) cannot be read again on a rerun, and reading its first
+            # bytes for the fingerprint would take them from the run.
+            raise CheckpointError(
+                f"--checkpoint needs --input FILE: {input_path} is not a regular file "
+                "and cannot be read again on a rerun"
+            )
+        if path.exists() and not path.is_file():
+            # A device (/dev/zero) would be read forever; a directory cannot be appended to.
+            raise CheckpointError(f"checkpoint {path} is not a regular file — give a file path")
+        try:
             existing = path.read_bytes() if path.exists() else None
         except OSError as exc:
             raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
         try:
-            if existing is None or not existing.strip():
+            if existing is None or not existing.strip() or _torn_header(existing):
                 header = cls._header(*fingerprint(pipeline, input_path))
                 stream = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
                 stream.write(header.encode() + b"\n")
                 return cls(path, [], stream)
             done = cls._read(path, existing, pipeline, input_path)
+            complete = existing.rfind(b"\n") + 1
+            if complete < len(existing):
+                # Drop the line a crash cut short (it was ignored). Ending it with a newline
+                # instead would make it count on the next read: "1050" cut to "10" would
+                # claim line 10, and "7-9" cut to "7-" would be a damaged line.
+                os.truncate(path, complete)
             stream = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
         except OSError as exc:
             raise CheckpointError(f"cannot use checkpoint {path}: {exc.strerror or exc}") from None
-        if not existing.endswith(b"\n"):
-            stream.write(b"\n")  # end the line a crash cut short; it was ignored
         return cls(path, done, stream)
 
     @staticmethod
@@ -148,6 +167,11 @@ class Checkpoint:
         with contextlib.suppress(OSError):
             os.fsync(self._stream.fileno())
         self._stream.close()
+
+
+def _torn_header(data: bytes) -> bool:
+    """True for a file holding only the start of a header: a crash while it was created."""
+    return b"\n" not in data and MAGIC.encode().startswith(data[: len(MAGIC)])
 
 
 def _parse_spans(text: str) -> Iterator[tuple[int, int]]:

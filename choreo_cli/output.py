@@ -189,8 +189,8 @@ class ResultWriter:
             "index": result.index,
             "line": result.line,
             "status": result.status,
-            "error": None if error is None else error.to_json(),
-            "errors": [e.to_json() for e in result.errors],
+            "error": None if error is None else _error_json(error),
+            "errors": [_error_json(e) for e in result.errors],
             "steps": result.steps,
         }
         attempts = result.attempts
@@ -292,6 +292,35 @@ class ResultWriter:
                 self._on_failure()
 
 
+def _error_json(error: Any) -> dict[str, Any]:
+    """``error.to_json()``, also for an exception whose str() raises or is not UTF-8.
+
+    A user's exception must cost its record a readable message, never the run.
+    """
+    try:
+        data: dict[str, Any] = error.to_json()
+    except Exception as exc:
+        data = {
+            "step": error.step,
+            "phase": error.phase,
+            "type": type(error.exception).__name__,
+            "message": f"<str() of the exception failed: {_repr(exc)}>",
+        }
+    message = data["message"]
+    if isinstance(message, str):
+        data["message"] = _utf8(message)
+    return data
+
+
+def _utf8(text: str) -> str:
+    """``text``, with what UTF-8 cannot hold (lone surrogates) escaped as ``\\udcff``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _clean_template(steps: dict[str, str], has_line: bool) -> tuple[bytes, bytes]:
     """%-format templates (object left open, whole line) for a result without errors."""
     head = b'{"index":%d,"line":' + (b"%d" if has_line else b"null")
@@ -315,7 +344,7 @@ def dump_value(value: Any) -> bytes:
 
 def _repr(value: Any) -> str:
     try:
-        return repr(value)
+        return _utf8(repr(value))
     except Exception as exc:
         return f"<{type(value).__qualname__} object: repr failed: {exc!r}>"
 
@@ -325,6 +354,8 @@ _INT64 = (-(2**63), 2**64 - 1)
 
 
 def _jsonable(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return _utf8(value)
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, int):
@@ -333,7 +364,7 @@ def _jsonable(value: Any, depth: int) -> Any:
         return _repr(value)
     if isinstance(value, dict):
         return {
-            (k if isinstance(k, str) else _key(k)): _jsonable(v, depth + 1)
+            (_utf8(k) if isinstance(k, str) else _key(k)): _jsonable(v, depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
