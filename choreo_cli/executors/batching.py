@@ -234,6 +234,15 @@ class BatchExecutor(abc.ABC):
         if not items:
             return None, exhausted
         batch = Batch(start, items)
+        if all(type(item) is Record for item in items):  # the common case, kept fast
+            batch.positions = list(range(len(items)))
+            batch.args = (
+                start,
+                None,
+                [item.value for item in items],
+                [item.line for item in items],
+            )
+            return batch, exhausted
         values: list[Any] = []
         lines: list[int | None] = []
         positions = batch.positions
@@ -264,24 +273,14 @@ class BatchExecutor(abc.ABC):
     def _deliver(self, batch: Batch, payloads: list[tuple[Any, ...]], elapsed: float) -> None:
         """Results of the next ``len(payloads)`` items sent in ``batch``."""
         self._sizer.observe(len(payloads), elapsed)
-        build = self._builder.build
-        items = batch.items
         results = batch.results
-        positions = batch.positions
-        start = batch.start
-        ready = None if self._ordered else self._ready
-        r = batch.received
-        for payload in payloads:
-            pos = positions[r]
-            r += 1
-            item = items[pos]
-            if type(item) is Record:
-                result = build(payload, start + pos, item.line, item.value, item.raw)
-            else:
-                result = build(payload, start + pos, None, item, None)
-            results[pos] = result
-            if ready is not None:
-                ready.append(result)
+        first = batch.received
+        self._builder.build_into(
+            results, payloads, batch.items, batch.positions, first, batch.start
+        )
+        r = first + len(payloads)
+        if not self._ordered:
+            self._ready.extend(results[pos] for pos in batch.positions[first:r])  # type: ignore[misc]
         batch.filled += r - batch.received
         batch.received = r
 

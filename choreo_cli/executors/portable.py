@@ -23,6 +23,7 @@ from choreo_cli.errors import (
     StepTimeout,
     UnassignableInput,
 )
+from choreo_cli.items import Record
 from choreo_cli.result import ExecutionError, Result, clean_result_type
 
 _new = object.__new__
@@ -178,6 +179,48 @@ class ResultBuilder:
         self._names = names
         self._folded = {name.casefold(): name for name in names}
         self._clean = clean_result_type(names, would_run=dry_run)
+
+    def build_into(
+        self,
+        results: list[Result | None],
+        payloads: list[tuple[Any, ...]],
+        items: list[Any],
+        positions: list[int],
+        first: int,
+        start: int,
+    ) -> None:
+        """Rebuild ``payloads`` into ``results``: the k-th is the item at ``positions[first + k]``.
+
+        The per-record path of the parent, kept tight: clean results are filled in place.
+        """
+        folded = self._folded
+        clean = self._clean
+        build = self.build
+        r = first
+        for payload in payloads:
+            pos = positions[r]
+            r += 1
+            item = items[pos]
+            if type(item) is Record:
+                value, line, raw = item.value, item.line, item.raw
+            else:
+                value, line, raw = item, None, None
+            if len(payload) == 4:
+                bag = _new(DataBag)
+                bag._job = payload[1]
+                bag._pre = payload[2]
+                names = payload[3]
+                bag._names = folded if names is None else names
+                result: Result = _new(clean)
+                result.index = start + pos
+                result.line = line
+                result.input = value
+                result.raw = raw
+                result.bag = bag
+                result.duration = payload[0]
+                results[pos] = result
+            else:
+                results[pos] = build(payload, start + pos, line, value, raw)
 
     def build(
         self, payload: tuple[Any, ...], index: int, line: int | None, value: Any, raw: bytes | None
