@@ -658,11 +658,14 @@ def _check_options(step: Step, job_name: str) -> None:
             f"retry.attempts is {retry.attempts}: the job would never be retried; "
             "set it to 2 or more, or remove retry"
         )
+    from choreo_cli.retry_policy import refused_exception
+
     for cls in retry.on:
-        if not (isinstance(cls, type) and issubclass(cls, Exception)):
-            raise fail(f"retry.on: {getattr(cls, '__name__', cls)} is not an Exception class")
-        if issubclass(cls, Cancel):
-            raise fail(f"retry.on: {cls.__name__} cancels the record; it is never retried")
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise fail(f"retry.on: {cls!r} is not an exception class")
+        refused = refused_exception(cls)
+        if refused is not None:
+            raise fail(f"retry.on: {refused}")
 
 
 class _Abandoned(Exception):

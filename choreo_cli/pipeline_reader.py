@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.errors import StepDefinitionError
 from choreo_cli.problems import Problem, Severity
 from choreo_cli.refs import ReferenceResolutionError, parse_reference, resolve_reference
-from choreo_cli.retry_policy import RetryPolicy, build_retry_policy, resolve_exception
+from choreo_cli.retry_policy import (
+    RetryPolicy,
+    build_retry_policy,
+    refused_exception,
+    resolve_exception,
+)
 
 if TYPE_CHECKING:
     from choreo_cli.pipeline import (
@@ -358,6 +363,10 @@ class PipelineReader:
                 self.problem((*path, "on", index), str(exc))
                 continue
             if found is not None:
+                refused = refused_exception(found)
+                if refused is not None:
+                    self.problem((*path, "on", index), f"retry.on: {refused}")
+                    continue
                 classes.append(found)
         try:
             return build_retry_policy(spec, tuple(classes))

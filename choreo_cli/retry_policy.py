@@ -79,6 +79,17 @@ def resolve_exception(name: str, *, import_code: bool = True) -> type[BaseExcept
     return obj
 
 
+def refused_exception(cls: type[BaseException]) -> str | None:
+    """Why ``cls`` cannot be in ``on:`` (a retry on it could never happen), or None."""
+    from choreo_cli.errors import Cancel
+
+    if not issubclass(cls, Exception):
+        return f"{cls.__name__} is not an Exception class: it is never retried"
+    if issubclass(cls, Cancel):
+        return f"{cls.__name__} cancels the record: it is never retried"
+    return None
+
+
 def build_retry_policy(spec: Mapping[str, Any], on: tuple[type[BaseException], ...]) -> RetryPolicy:
     """A RetryPolicy from a checked ``retry:`` mapping and its resolved ``on:`` classes."""
     return RetryPolicy(

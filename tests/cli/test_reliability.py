@@ -13,6 +13,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -434,25 +435,41 @@ def test_async_timeout_cancels_the_coroutine(
     assert (tmp_path / "cancelled-0").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="choreo validate accepts retry settings that load_pipeline/choreo run refuse "
-    "(attempts: 1, on: [KeyboardInterrupt], on: [choreo_cli:Cancel]): "
-    "_check_options runs only at add_step",
-)
 def test_validate_refuses_what_run_refuses(
-    write_pipeline: WritePipeline, run_choreo: RunChoreo
+    write_pipeline: WritePipeline, run_choreo: RunChoreo, tmp_path: Path
 ) -> None:
+    def validate() -> tuple[int, str]:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "choreo"), "validate", "pipeline.yaml"],
+            capture_output=True,
+            cwd=tmp_path,
+            check=False,
+        )
+        return done.returncode, done.stdout.decode() + done.stderr.decode()
+
     write_pipeline(
         "version: 1\nsteps:\n  - name: s\n    job: steps:sleepy\n    retry: {attempts: 1}\n",
         RETRY_STEPS,
     )
     run = run_choreo(["run", "pipeline.yaml"], input=b"{}\n")
-    assert run.code == 2 and "retry.attempts is 1" in run.stderr
-    validate = run_choreo(["validate", "pipeline.yaml"])
-    assert (
-        validate.code == 1 and "retry.attempts is 1" in validate.stderr + validate.stdout.decode()
+    assert run.code == 2 and "'attempts' must be at least 2, not 1" in run.stderr
+    code, said = validate()
+    assert code == 1 and "'attempts' must be at least 2, not 1" in said
+
+    write_pipeline(
+        "version: 1\nsteps:\n  - name: s\n    job: steps:sleepy\n"
+        "    retry: {attempts: 2, on: [KeyboardInterrupt, 'choreo_cli:Cancel']}\n",
+        RETRY_STEPS,
     )
+    run = run_choreo(["run", "pipeline.yaml"], input=b"{}\n")
+    assert run.code == 2
+    assert (
+        "retry.on: KeyboardInterrupt is not an Exception class: it is never retried" in run.stderr
+    )
+    code, said = validate()
+    assert code == 1
+    assert "retry.on: KeyboardInterrupt is not an Exception class: it is never retried" in said
+    assert "retry.on: Cancel cancels the record: it is never retried" in said
 
 
 # -- dry run ------------------------------------------------------------------------------

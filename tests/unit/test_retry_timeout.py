@@ -241,7 +241,7 @@ class _MyCancel(Cancel):
         ),
         (
             {"retry": RetryPolicy(attempts=3, on=(_MyCancel,))},
-            "retry.on: _MyCancel cancels the record; it is never retried",
+            "retry.on: _MyCancel cancels the record: it is never retried",
         ),
         ({"timeout": 0.0}, "timeout must be a positive number of seconds, not 0.0"),
         ({"timeout": -1.0}, "timeout must be a positive number of seconds, not -1.0"),
@@ -258,7 +258,7 @@ def test_settings_that_could_never_take_effect_are_refused(
 @pytest.mark.parametrize(
     ("retry", "message"),
     [
-        ("{attempts: 1}", "retry.attempts is 1: the job would never be retried"),
+        ("{attempts: 1}", "'attempts' must be at least 2, not 1"),
         ("{on: [KeyboardInterrupt]}", "retry.on: KeyboardInterrupt is not an Exception class"),
         ("{on: ['choreo_cli:Cancel']}", "retry.on: Cancel cancels the record"),
     ],
