@@ -150,11 +150,15 @@ def report(label: str, value: float, target: float, detail: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cpu-records", type=int, default=2000)
+    parser.add_argument("--cpu-records", type=int, default=4000)
     parser.add_argument("--trivial-records", type=int, default=200_000)
     parser.add_argument("--io-records", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only", choices=["cpu", "trivial", "io"], action="append", help="Run these parts only."
+    )
     args = parser.parse_args(argv)
+    parts = set(args.only or ["cpu", "trivial", "io"])
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -168,86 +172,106 @@ def main(argv: list[str] | None = None) -> int:
         nap.write_text(pipeline_text("nap"), encoding="utf-8")
         async_nap = root / "async_nap.yaml"
         async_nap.write_text(pipeline_text("async_nap"), encoding="utf-8")
-        results = []
-
-        print(f"CPU-bound: {args.cpu_records} records, a job of {loops} loop turns (~1 ms)")
-        ratio, two, one = median_ratio(
-            cpu, ("process", 2), ("process", 1), args.cpu_records, args.rounds
-        )
-        results.append(
-            report(
-                "  process, 2 workers vs 1 worker",
-                ratio,
-                1.7,
-                f"({args.cpu_records / two:,.0f} vs {args.cpu_records / one:,.0f} records/s)",
-            )
-        )
-        ratio, dask, serial = median_ratio(
-            cpu, ("dask", 2), ("thread", 1), args.cpu_records, args.rounds
-        )
-        results.append(
-            report(
-                "  dask LocalCluster(2) vs serial (thread, 1 worker)",
-                ratio,
-                1.6,
-                f"({args.cpu_records / dask:,.0f} vs {args.cpu_records / serial:,.0f} records/s)",
-            )
-        )
-
-        count = args.trivial_records
-        print(
-            f"Trivial steps: `choreo run` over {count:,} JSON lines (one job returning a "
-            "constant); throughput past start-up: (N - 1,000) / (time(N) - time(1,000))"
-        )
-        big = write_lines(root / "big.jsonl", count)
-        small = write_lines(root / "small.jsonl", 1000)
-        rates: dict[str, list[float]] = {"thread": [], "process": [], "dask": []}
-        startups: dict[str, list[float]] = {"thread": [], "process": [], "dask": []}
-        for _ in range(args.rounds):
-            for name in rates:
-                workers = 1 if name == "thread" else 2
-                short = cli_seconds(trivial, small, name, workers)
-                long = cli_seconds(trivial, big, name, workers)
-                rates[name].append((count - 1000) / max(long - short, 1e-9))
-                startups[name].append(short)
-        thread_rate = statistics.median(rates["thread"])
-        for name in ("process", "dask"):
-            rate = statistics.median(rates[name])
-            results.append(
-                report(
-                    f"  {name} (2 workers) vs thread (1 worker, its default)",
-                    rate / thread_rate,
-                    0.5,
-                    f"({rate:,.0f} vs {thread_rate:,.0f} records/s; a 1,000-record run "
-                    f"takes {statistics.median(startups[name]):.2f} s vs "
-                    f"{statistics.median(startups['thread']):.2f} s)",
-                )
-            )
-
-        print(f"  (library level, run_many over {count:,} Records, no JSON; no target)")
-        for name in ("process", "dask"):
-            ratio, other, thread = median_ratio(trivial, (name, 2), ("thread", 1), count, 1)
-            print(
-                f"    {name}: {ratio:.2f}x the thread executor "
-                f"({count / other:,.0f} vs {count / thread:,.0f} records/s)"
-            )
-
-        count = args.io_records
-        workers = 64
-        ideal = count * 0.005 / workers
-        print(f"I/O-bound: {count} records, the job sleeps 5 ms, {workers} workers")
-        for label, path in (("sync", nap), ("async", async_nap)):
-            runs = [timed_run(path, "thread", workers, count)[1] for _ in range(args.rounds)]
-            measured = statistics.median(runs)
-            results.append(
-                report(
-                    f"  thread executor, {label} job: efficiency ideal/measured",
-                    ideal / measured,
-                    0.9,
-                    f"(ideal {ideal:.3f} s, measured {measured:.3f} s)",
-                )
-            )
+        results: list[bool] = []
+        if "cpu" in parts:
+            results.extend(cpu_part(cpu, loops, args))
+        if "trivial" in parts:
+            results.extend(trivial_part(root, trivial, args))
+        if "io" in parts:
+            results.extend(io_part(nap, async_nap, args))
     return 0 if all(results) else 1
+
+
+def cpu_part(cpu: Path, loops: int, args: argparse.Namespace) -> list[bool]:
+    results: list[bool] = []
+    print(f"CPU-bound: {args.cpu_records} records, a job of {loops} loop turns (~1 ms)")
+    ratio, two, one = median_ratio(
+        cpu, ("process", 2), ("process", 1), args.cpu_records, args.rounds
+    )
+    results.append(
+        report(
+            "  process, 2 workers vs 1 worker",
+            ratio,
+            1.7,
+            f"({args.cpu_records / two:,.0f} vs {args.cpu_records / one:,.0f} records/s)",
+        )
+    )
+    ratio, dask, serial = median_ratio(
+        cpu, ("dask", 2), ("thread", 1), args.cpu_records, args.rounds
+    )
+    results.append(
+        report(
+            "  dask LocalCluster(2) vs serial (thread, 1 worker)",
+            ratio,
+            1.6,
+            f"({args.cpu_records / dask:,.0f} vs {args.cpu_records / serial:,.0f} records/s)",
+        )
+    )
+
+    return results
+
+
+def trivial_part(root: Path, trivial: Path, args: argparse.Namespace) -> list[bool]:
+    results: list[bool] = []
+    count = args.trivial_records
+    print(
+        f"Trivial steps: `choreo run` over {count:,} JSON lines (one job returning a "
+        "constant); throughput past start-up: (N - 1,000) / (time(N) - time(1,000))"
+    )
+    big = write_lines(root / "big.jsonl", count)
+    small = write_lines(root / "small.jsonl", 1000)
+    rates: dict[str, list[float]] = {"thread": [], "process": [], "dask": []}
+    startups: dict[str, list[float]] = {"thread": [], "process": [], "dask": []}
+    for _ in range(args.rounds):
+        for name in rates:
+            workers = 1 if name == "thread" else 2
+            short = cli_seconds(trivial, small, name, workers)
+            long = cli_seconds(trivial, big, name, workers)
+            rates[name].append((count - 1000) / max(long - short, 1e-9))
+            startups[name].append(short)
+    thread_rate = statistics.median(rates["thread"])
+    for name in ("process", "dask"):
+        rate = statistics.median(rates[name])
+        results.append(
+            report(
+                f"  {name} (2 workers) vs thread (1 worker, its default)",
+                rate / thread_rate,
+                0.5,
+                f"({rate:,.0f} vs {thread_rate:,.0f} records/s; a 1,000-record run "
+                f"takes {statistics.median(startups[name]):.2f} s vs "
+                f"{statistics.median(startups['thread']):.2f} s)",
+            )
+        )
+
+    print(f"  (library level, run_many over {count:,} Records, no JSON; no target)")
+    for name in ("process", "dask"):
+        ratio, other, thread = median_ratio(trivial, (name, 2), ("thread", 1), count, 1)
+        print(
+            f"    {name}: {ratio:.2f}x the thread executor "
+            f"({count / other:,.0f} vs {count / thread:,.0f} records/s)"
+        )
+
+    return results
+
+
+def io_part(nap: Path, async_nap: Path, args: argparse.Namespace) -> list[bool]:
+    results: list[bool] = []
+    count = args.io_records
+    workers = 64
+    ideal = count * 0.005 / workers
+    print(f"I/O-bound: {count} records, the job sleeps 5 ms, {workers} workers")
+    for label, path in (("sync", nap), ("async", async_nap)):
+        runs = [timed_run(path, "thread", workers, count)[1] for _ in range(args.rounds)]
+        measured = statistics.median(runs)
+        results.append(
+            report(
+                f"  thread executor, {label} job: efficiency ideal/measured",
+                ideal / measured,
+                0.9,
+                f"(ideal {ideal:.3f} s, measured {measured:.3f} s)",
+            )
+        )
+    return results
 
 
 if __name__ == "__main__":

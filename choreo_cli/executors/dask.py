@@ -43,7 +43,7 @@ class DaskExecutor(BatchExecutor):
     """
 
     # A task costs milliseconds of scheduling and round trips: batches are larger.
-    target_seconds = 0.2
+    target_seconds = 0.1
     max_batch = 4096
     batches_per_worker = 5
 
