@@ -51,7 +51,9 @@ def compile_runner(
         "finish": coordinator._finish,
         "invoke": coordinator._invoke,
     }
-    body = _record_body(namespace, plan, dry=coordinator._flags.dry_run)
+    body = _record_body(
+        namespace, plan, dry=coordinator._flags.dry_run, timings=coordinator.timings
+    )
     single = ["def run(value, index, line, raw, worker):"]
     single += ["    " + line.replace("EXIT ", "return ") for line in body]
     serial = [
@@ -97,10 +99,14 @@ def compile_runner(
     return run, run_serial
 
 
-def _record_body(namespace: dict[str, Any], plan: list[_Planned], *, dry: bool) -> list[str]:
+def _record_body(
+    namespace: dict[str, Any], plan: list[_Planned], *, dry: bool, timings: bool
+) -> list[str]:
     """The code of one record, at indent 0; ``EXIT x`` marks where the record ends with x."""
+    # Reading the clock twice is a third of the cost of a trivial record: without timings
+    # (choreo run writes none) ``duration`` is None.
     lines = [
-        "started = perf_counter()",
+        "started = perf_counter()" if timings else "started = None",
         "bag = _new(DataBag)",
         "bag._job = bag._pre = None",
         "bag._names = names",
@@ -173,7 +179,9 @@ def _record_body(namespace: dict[str, Any], plan: list[_Planned], *, dry: bool) 
         "    result.input = value",
         "    result.raw = raw",
         "    result.bag = bag",
-        "    result.duration = perf_counter() - started",
+        "    result.duration = perf_counter() - started"
+        if timings
+        else "    result.duration = None",
         "    EXIT result",
         f"EXIT finish(ctx, raw, started, errors, skipped, {len(plan)})",
     ]

@@ -152,10 +152,13 @@ class Coordinator:
         resources: Mapping[str, Any] | None = None,
         *,
         dry_run: bool = False,
+        timings: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
         self.workers = workers
+        # False: Result.duration is None, and a trivial record costs a third less.
+        self.timings = timings
         self.values: Mapping[str, Any] = types.MappingProxyType(dict(values or {}))
         self._pool = ResourcePool(resources)
         self._plan: list[_Planned] = []
@@ -444,7 +447,7 @@ class Coordinator:
         i: int,
         ctx: Context,
         raw: bytes | None,
-        started: float,
+        started: float | None,
         errors: list[ExecutionError] | None,
         skipped: list[int] | None,
     ) -> tuple[list[ExecutionError] | None, list[int] | None, Result | None]:
@@ -467,7 +470,7 @@ class Coordinator:
         i: int,
         ctx: Context,
         raw: bytes | None,
-        started: float,
+        started: float | None,
         errors: list[ExecutionError] | None,
         skipped: list[int] | None,
     ) -> Result:
@@ -485,7 +488,7 @@ class Coordinator:
         self,
         ctx: Context,
         raw: bytes | None,
-        started: float,
+        started: float | None,
         errors: list[ExecutionError] | None,
         skipped: list[int] | None,
         i: int,
@@ -500,7 +503,7 @@ class Coordinator:
         self,
         ctx: Context,
         raw: bytes | None,
-        started: float,
+        started: float | None,
         errors: list[ExecutionError] | None,
         skipped: list[int] | None,
         stop: int,
@@ -510,7 +513,7 @@ class Coordinator:
         ctx._attempts = None
         return Result(
             ctx.index, ctx.line, ctx.record, SUCCEEDED, None, errors, ctx.bag,
-            perf_counter() - started, self._step_names, stop, None, skipped, attempts, raw,
+            _since(started), self._step_names, stop, None, skipped, attempts, raw,
             self._flags.dry_run,
         )  # fmt: skip
 
@@ -539,7 +542,7 @@ class Coordinator:
         self,
         ctx: Context,
         raw: bytes | None,
-        started: float,
+        started: float | None,
         errors: list[ExecutionError] | None,
         skipped: list[int] | None,
         stop: int,
@@ -555,7 +558,7 @@ class Coordinator:
             errors = [*(errors or ()), error]
         return Result(
             ctx.index, ctx.line, ctx.record, status, error, errors, ctx.bag,
-            perf_counter() - started, self._step_names, stop, outcome, skipped, attempts, raw,
+            _since(started), self._step_names, stop, outcome, skipped, attempts, raw,
             self._flags.dry_run,
         )  # fmt: skip
 
@@ -666,6 +669,10 @@ def _check_options(step: Step, job_name: str) -> None:
         refused = refused_exception(cls)
         if refused is not None:
             raise fail(f"retry.on: {refused}")
+
+
+def _since(started: float | None) -> float | None:
+    return None if started is None else perf_counter() - started
 
 
 class _Abandoned(Exception):

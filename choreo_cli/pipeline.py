@@ -111,10 +111,14 @@ class Pipeline:
     resources: tuple[ResourceDefinition, ...] = ()
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
-    def coordinator(self, workers: int | None = None, *, dry_run: bool = False) -> Coordinator:
+    def coordinator(
+        self, workers: int | None = None, *, dry_run: bool = False, timings: bool = True
+    ) -> Coordinator:
         """A Coordinator with this pipeline's values, resources and steps (nothing built yet).
 
-        Raises PipelineError, positioned at the reference, when a step cannot be added.
+        ``timings=False``: results carry no duration (``choreo run`` writes none), which
+        makes each record cheaper. Raises PipelineError, positioned at the reference, when
+        a step cannot be added.
         """
         from choreo_cli.coordinator import Coordinator
 
@@ -123,6 +127,7 @@ class Pipeline:
             values=self.values,
             resources={r.name: r.to_spec() for r in self.resources},
             dry_run=dry_run,
+            timings=timings,
         )
         for step in self.steps:
             try:

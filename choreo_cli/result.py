@@ -80,7 +80,7 @@ class Result:
         error: ExecutionError | None,
         errors: list[ExecutionError] | None,
         bag: DataBag,
-        duration: float,
+        duration: float | None,
         names: tuple[str, ...],
         stop: int,
         outcome: Outcome | None,

@@ -150,7 +150,8 @@ def _build_coordinator(options: RunOptions) -> Coordinator:
     pipeline = load_pipeline(options.pipeline, overrides=overrides)
     if options.executor != "thread" or options.scheduler is not None:
         return _build_executor(options, pipeline, overrides)
-    return pipeline.coordinator(workers=options.workers, dry_run=options.dry_run)
+    # No timings: result lines have none and the summary uses the wall time.
+    return pipeline.coordinator(workers=options.workers, dry_run=options.dry_run, timings=False)
 
 
 def _build_executor(options: RunOptions, pipeline: Any, overrides: dict[str, Any]) -> Coordinator:

@@ -109,7 +109,7 @@ class BatchExecutor(abc.ABC):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
         self.workers = workers
-        self._local = pipeline.coordinator(workers=1, dry_run=dry_run)
+        self._local = pipeline.coordinator(workers=1, dry_run=dry_run, timings=False)
         self._builder = ResultBuilder(tuple(s.name for s in self._local.steps), dry_run=dry_run)
         self._spec = PipelineSpec.for_file(pipeline.path, overrides=overrides, dry_run=dry_run)
         self._sizer = BatchSizer(target_seconds=self.target_seconds, max_size=self.max_batch)

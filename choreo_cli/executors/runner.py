@@ -42,7 +42,7 @@ class BatchRunner:
                 "was started with; give every worker the same copy"
             )
         pipeline = load_pipeline(spec.path, overrides=spec.overrides)
-        self.coordinator = pipeline.coordinator(workers=1, dry_run=spec.dry_run)
+        self.coordinator = pipeline.coordinator(workers=1, dry_run=spec.dry_run, timings=False)
         # Worker-scoped resources too: a failing factory is reported before any record.
         self.coordinator.open(prebuild_workers=True)
         self._steps = len(self.coordinator.steps)
