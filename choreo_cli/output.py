@@ -7,6 +7,7 @@ import errno
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -105,12 +106,14 @@ class ResultWriter:
         self._failed = False
         self._notified = False
         self._closed = False
-        self._lines: list[bytes] = []
-        self._results: list[Any] = []
-        self._size = 0
-        self._lock = threading.Lock()  # guards the pending lines
-        self._write_lock = threading.Lock()  # one batch at a time, in order
-        self._wake = threading.Event()
+        # Pending lines (with their results when on_written is set). The producer only
+        # appends (atomic: no lock per line); whoever writes pops from the left under
+        # _write_lock, so batches go out whole and in order.
+        self._queue: deque[Any] = deque()
+        # About batch_bytes of typical small lines; past it the producer writes itself
+        # (and so blocks while the sink is slow: memory stays bounded).
+        self._batch_lines = max(1, batch_bytes // 64)
+        self._write_lock = threading.Lock()
         self._stop = threading.Event()
         # Lines of clean results, by whether they have a line number: (open, whole line).
         self._templates: dict[bool, tuple[bytes, bytes]] = {}
@@ -128,18 +131,12 @@ class ResultWriter:
             return
         if self._closed:
             raise ValueError(f"write to a closed ResultWriter ({self.name})")
-        line = self.encode(result)
-        with self._lock:
-            was_empty = not self._lines
-            self._lines.append(line)
-            if self._on_written is not None:
-                self._results.append(result)
-            self._size += len(line)
-            full = self._size >= self._batch_bytes
-        if full:
+        queue = self._queue
+        queue.append(
+            self.encode(result) if self._on_written is None else (self.encode(result), result)
+        )
+        if len(queue) >= self._batch_lines:
             self._drain()
-        elif was_empty:
-            self._wake.set()
 
     def flush(self) -> None:
         """Write and flush every pending line now."""
@@ -151,7 +148,6 @@ class ResultWriter:
             return
         self._closed = True
         self._stop.set()
-        self._wake.set()
         self._flusher.join()
         self._drain()
         if self._owns_stream:
@@ -171,7 +167,9 @@ class ResultWriter:
 
     def encode(self, result: WrittenResult) -> bytes:
         """The JSON line (newline included) for ``result``."""
-        if result.status == "succeeded" and not result.errors and not result.attempts:
+        if getattr(result, "clean", False) or (
+            result.status == "succeeded" and not result.errors and not result.attempts
+        ):
             # Such results differ only in index, line (and input, data): format bytes.
             has_line = result.line is not None
             template = self._templates.get(has_line)
@@ -218,39 +216,37 @@ class ResultWriter:
     # -- writing ----------------------------------------------------------------------
 
     def _flush_loop(self) -> None:
-        wake = self._wake
+        # Every interval, write what is pending: a line waits at most about that long,
+        # however long the producer is busy with its next record.
         stop = self._stop
-        while True:
-            wake.wait()
-            if stop.is_set():
-                return
-            wake.clear()
-            # Let more lines join the batch, but no longer than the latency promised.
-            if stop.wait(self._interval):
-                return
-            # An exception from on_failure has nobody to go to on this thread.
-            with contextlib.suppress(BaseException):
-                self._drain()
+        while not stop.wait(self._interval):
+            if self._queue:
+                # An exception from on_failure has nobody to go to on this thread.
+                with contextlib.suppress(BaseException):
+                    self._drain()
 
     def _drain(self) -> None:
         with self._write_lock:
-            with self._lock:
-                lines = self._lines
-                results = self._results
-                if not lines:
-                    return
-                self._lines = []
-                self._results = []
-                self._size = 0
+            queue = self._queue
+            count = len(queue)
+            if not count:
+                return
+            popleft = queue.popleft
+            items = [popleft() for _ in range(count)]
             if self._failed:
                 return
+            if self._on_written is None:
+                lines, results = items, []
+            else:
+                lines = [line for line, _ in items]
+                results = [result for _, result in items]
             try:
                 self._stream.write(b"".join(lines))
                 self._stream.flush()
             except (OSError, ValueError) as exc:
                 self._fail(exc, sink=True)
             else:
-                self.lines_written += len(lines)
+                self.lines_written += count
                 if self._on_written is not None:
                     try:
                         self._on_written(results)

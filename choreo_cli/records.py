@@ -90,6 +90,7 @@ class JsonlReader:
     def _iter_items(self) -> Iterator[Record | InvalidLine]:
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
+        new_record = object.__new__
         keep_raw = self._keep_raw
         number = 0
         index = -1  # every non-blank line is a record, numbered from 0
@@ -108,7 +109,13 @@ class JsonlReader:
                     )
                     continue
                 index += 1
-                yield Record(value, number, line + b"\n" if keep_raw else None, index)
+                # Record(...) without calling __init__: a third of the cost per line.
+                record = new_record(Record)
+                record.value = value
+                record.line = number
+                record.raw = line + b"\n" if keep_raw else None
+                record.index = index
+                yield record
 
 
 def _reason(line: bytes, exc: orjson.JSONDecodeError) -> Exception:

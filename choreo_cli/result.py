@@ -49,8 +49,11 @@ class Result:
     """The outcome of one record.
 
     ``steps`` is computed on first access from a compact record of where the run stopped,
-    so the hot loop never builds a dict per record.
+    so the hot loop never builds a dict per record. ``clean`` is True for a record that
+    ran every step without an error or a retry (its line and counts are the common case).
     """
+
+    clean = False  # a class attribute: True on the class made by clean_result_type()
 
     __slots__ = (
         "_errors",
@@ -174,6 +177,7 @@ def clean_result_type(names: tuple[str, ...], *, would_run: bool = False) -> typ
         "__doc__": Result.__doc__,
         "__module__": Result.__module__,
         "__qualname__": "Result",
+        "clean": True,
         "status": SUCCEEDED,
         "error": None,
         "_errors": None,

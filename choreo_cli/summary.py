@@ -70,8 +70,7 @@ class RunSummary:
 
     def add(self, result: SummarizedResult) -> None:
         """Count one result."""
-        status = result.status
-        if status == "succeeded" and not result.errors:
+        if getattr(result, "clean", False) or (result.status == "succeeded" and not result.errors):
             self._clean += 1
             if self._clean_steps is None:
                 # The same for every clean record of the run: "succeeded" (or "would_run").
@@ -79,6 +78,7 @@ class RunSummary:
                 for name in self._clean_steps:
                     self._step(name)
             return
+        status = result.status
         self._counts[status] += 1
         error = result.error
         for name, outcome in result.steps.items():
