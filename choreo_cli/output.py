@@ -37,6 +37,7 @@ class WrittenResult(Protocol):
     status: str
     error: Any
     bag: Any
+    clean: bool
 
     @property
     def errors(self) -> Sequence[Any]: ...
@@ -167,7 +168,7 @@ class ResultWriter:
 
     def encode(self, result: WrittenResult) -> bytes:
         """The JSON line (newline included) for ``result``."""
-        if getattr(result, "clean", False) or (
+        if result.clean or (
             result.status == "succeeded" and not result.errors and not result.attempts
         ):
             # Such results differ only in index, line (and input, data): format bytes.

@@ -24,6 +24,7 @@ class SummarizedResult(Protocol):
 
     status: str
     error: Any
+    clean: bool
 
     @property
     def errors(self) -> Any: ...
@@ -70,7 +71,7 @@ class RunSummary:
 
     def add(self, result: SummarizedResult) -> None:
         """Count one result."""
-        if getattr(result, "clean", False) or (result.status == "succeeded" and not result.errors):
+        if result.clean or (result.status == "succeeded" and not result.errors):
             self._clean += 1
             if self._clean_steps is None:
                 # The same for every clean record of the run: "succeeded" (or "would_run").

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -118,6 +119,13 @@ def _open_input(path: str) -> tuple[BinaryIO, int | None]:
     except OSError:
         size = None
     return stream, size
+
+
+def _is_regular(stream: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _open_checkpoint(options: RunOptions) -> Checkpoint | None:
@@ -253,6 +261,10 @@ def _run(
             items: Iterable[Any] = reader
             if checkpoint is not None:
                 items = checkpoint.skip_finished(reader, summary.count_resumed)
+            if options.fail_fast or not _is_regular(stream):
+                # Only a pipe can block a read for ever, and only fail-fast stops reading
+                # on its own: a regular file needs no guard around each record.
+                items = state.feed(items)
             _consume(options, coordinator, state, items, reader, writer, summary, progress, rejects)
         finally:
             progress.close()
@@ -309,7 +321,7 @@ def _consume(
     add = summary.add
     fail_fast = options.fail_fast
     advance = progress.advance if progress.enabled else None
-    for result in coordinator.run_many(state.feed(items), ordered=options.ordered):
+    for result in coordinator.run_many(items, ordered=options.ordered):
         write(result)
         add(result)
         if advance is not None:

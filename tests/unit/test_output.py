@@ -59,6 +59,7 @@ class FakeResult:
     bag: Any = dataclasses.field(default_factory=FakeBag)
     raw: bytes | None = None
     duration: float = 0.0
+    clean: bool = False
 
 
 def test_clean_and_failing_records_through_the_real_coordinator() -> None:
