@@ -49,6 +49,9 @@ chaos: $(VENV)/.installed-dev
 ## bench: speed and memory figures, as ratios against baselines measured in the same run
 bench: $(VENV)/.installed-dev
 	$(PY) bench/bench_coordinator.py
+	$(PY) bench/bench_run.py
+	$(PY) bench/bench_validate.py
+	$(PY) bench/bench_executors.py
 
 ## wheel-check: build the wheel, install it in a fresh venv and run `choreo schema` from it
 wheel-check: $(PY)
