@@ -258,7 +258,10 @@ def test_a_worker_that_dies_fails_only_its_records_and_is_replaced(pipeline_file
     assert "died (exit code 3) while running this record" in str(killer[0].error.exception)  # type: ignore[union-attr]
     # Records finished but not yet reported are lost with it (at most one flush interval).
     assert all(r.index < killer[0].index for r in died if r is not killer[0])
-    assert len(died) < 50
+    # ...and they are the tail of the killer's batch: one contiguous run ending with it
+    # (how many depends on the machine's speed, so no fixed bound).
+    indices = sorted(r.index for r in died)
+    assert indices == list(range(indices[0], killer[0].index + 1))
     # Every other record has the result it has without the dying one (a new worker ran them).
     lost = {r.index for r in died}
     expected = thread_lines(pipeline_file, make_input(200))
