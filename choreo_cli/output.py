@@ -406,6 +406,9 @@ def build_writer(
     Example: ``with build_writer("-", include_input=True) as writer: writer.write(result)``.
     """
     if str(path) == "-":
+        if sys.stdout is None or getattr(sys.stdout, "choreo_closed_at_start", False):
+            # Started with stdout closed (`>&-`): results would be lost.
+            raise OSError(errno.EBADF, "standard output is closed; give --output FILE", "stdout")
         return ResultWriter(
             sys.stdout.buffer,
             include_input=include_input,

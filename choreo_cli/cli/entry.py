@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import sys
+
+
+def _replace_closed_streams() -> None:
+    # Started with stdout or stderr closed (`>&-`), Python sets them to None and the first
+    # print would end in a traceback. Writing to /dev/null instead keeps exit codes
+    # meaningful; `choreo run` still refuses to run with nowhere to write its results
+    # (output.build_writer checks ``choreo_closed_at_start``).
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - process-long
+    if sys.stdout is None:
+        stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - process-long
+        stdout.choreo_closed_at_start = True  # type: ignore[attr-defined]
+        sys.stdout = stdout
 
 
 def main() -> None:
     """Entry point of the ``choreo`` command."""
+    _replace_closed_streams()
     if sys.argv[1:] == ["--version"]:
         # The most frequent call from scripts; typer alone costs ~70 ms to import.
         from choreo_cli.version import get_version

@@ -6,6 +6,7 @@ import json
 import os
 import select
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -257,3 +258,35 @@ def test_a_full_disk_exits_1_with_a_message(echo: Path, run_choreo: RunChoreo) -
     assert (run.code, run.stdout) == (1, b"")
     assert "/dev/full" in run.stderr
     assert "No space left on device" in run.stderr
+
+
+def test_a_closed_stdout_at_start_is_a_usage_error(echo: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["sh", "-c", f"'{Path(sys.executable).parent / 'choreo'}' run pipeline.yaml >&-"],
+        input=_jsonl(1, 2),
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode() == (
+        "error: cannot write stdout: standard output is closed; give --output FILE\n"
+    )
+
+
+def test_a_closed_stderr_keeps_exit_codes(echo: Path, tmp_path: Path) -> None:
+    choreo = Path(sys.executable).parent / "choreo"
+    for command, code in (
+        (f"'{choreo}' run pipeline.yaml 2>&-", 0),
+        (f"'{choreo}' run missing.yaml 2>&-", 2),
+        (f"'{choreo}' validate missing.yaml >&- 2>&-", 1),
+        (f"'{choreo}' --version >&-", 0),
+    ):
+        done = subprocess.run(
+            ["sh", "-c", command],
+            input=_jsonl(1, 2),
+            capture_output=True,
+            cwd=tmp_path,
+            check=False,
+        )
+        assert done.returncode == code, command
