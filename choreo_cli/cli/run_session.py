@@ -121,6 +121,13 @@ def _open_input(path: str) -> tuple[BinaryIO, int | None]:
     return stream, size
 
 
+def _check_summary_path(path: Path | None) -> None:
+    # The summary is written after the run: a path that cannot work is better refused now,
+    # before any record runs, than found out at the end.
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"cannot write the summary to {path}: no directory {path.parent}")
+
+
 def _is_regular(stream: BinaryIO) -> bool:
     try:
         return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
@@ -193,6 +200,7 @@ def execute(options: RunOptions) -> ExitCode:
     with contextlib.ExitStack() as stack:
         try:
             coordinator = _build_coordinator(options)
+            _check_summary_path(options.summary_json)
             stream, size = _open_input(options.input)
             if options.input != "-":
                 stack.callback(stream.close)

@@ -290,3 +290,15 @@ def test_a_closed_stderr_keeps_exit_codes(echo: Path, tmp_path: Path) -> None:
             check=False,
         )
         assert done.returncode == code, command
+
+
+def test_a_summary_path_in_no_directory_is_refused_before_any_record(
+    echo: Path, run_choreo: RunChoreo
+) -> None:
+    run = run_choreo(
+        ["run", "pipeline.yaml", "--summary-json", "missing/summary.json"], input=_jsonl(1)
+    )
+    assert (run.code, run.stdout) == (2, b"")
+    assert run.stderr == (
+        "error: cannot write the summary to missing/summary.json: no directory missing\n"
+    )
