@@ -21,14 +21,14 @@ from choreo_cli.errors import Skip
 from choreo_cli.items import InvalidLine, Record
 
 if TYPE_CHECKING:
-    from choreo_cli.coordinator import Coordinator, _Planned
+    from choreo_cli.coordinator import Coordinator, Planned
 
 RecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Any]
 SerialRunner = Callable[[Iterable[Any], Any], Iterator[Any]]
 
 
 def compile_runner(
-    coordinator: Coordinator, plan: list[_Planned]
+    coordinator: Coordinator, plan: list[Planned]
 ) -> tuple[RecordRunner, SerialRunner]:
     """Compile the steps into ``run(value, index, line, raw, worker) -> Result`` (one record)
     and ``run_serial(records, worker)`` (a generator of Results, one worker, no call per
@@ -100,7 +100,7 @@ def compile_runner(
 
 
 def _record_body(
-    namespace: dict[str, Any], plan: list[_Planned], *, dry: bool, timings: bool
+    namespace: dict[str, Any], plan: list[Planned], *, dry: bool, timings: bool
 ) -> list[str]:
     """The code of one record, at indent 0; ``EXIT x`` marks where the record ends with x."""
     # Reading the clock twice is a third of the cost of a trivial record: without timings

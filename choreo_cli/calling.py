@@ -1,0 +1,178 @@
+"""The general call path of a step callable: record conversion, async, timeout, retry.
+
+The compiled runner calls plain callables directly; everything else goes through here.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from choreo_cli.errors import Cancel, StepDefinitionError, StepTimeout, UnassignableInput
+from choreo_cli.signatures import CallSpec, Mismatch, json_type_name
+
+if TYPE_CHECKING:
+    from choreo_cli.context import Context, _RunFlags
+    from choreo_cli.coordinator import Planned, Step
+    from choreo_cli.workers import Worker
+
+
+class InputMismatch(Exception):
+    def __init__(self, error: UnassignableInput) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def invoke(
+    spec: CallSpec,
+    ctx: Context,
+    value: Any,
+    worker: Worker,
+    planned: Planned | None,
+    flags: _RunFlags,
+) -> Any:
+    """The general call path: record conversion, async callables, timeout and retry."""
+    adapter = spec.adapter
+    if adapter is not None and spec.takes_record and value is not None:
+        conv = ctx._conv
+        if conv is None:
+            conv = ctx._conv = {}
+        try:
+            arg = conv[adapter]
+        except KeyError:
+            try:
+                arg = conv[adapter] = adapter(value)
+            except Mismatch as exc:
+                raise InputMismatch(
+                    UnassignableInput(
+                        f"step {ctx.step!r}: {spec.name} declares its record as "
+                        f"{spec.annotation}, but got a JSON {json_type_name(value)} ({exc})"
+                    )
+                ) from None
+    else:
+        arg = value
+    if planned is None or (
+        planned.timeout is None and (planned.retry is None or spec is not planned.job)
+    ):
+        return call(spec, ctx, arg, worker, None)
+    if planned.retry is None or spec is not planned.job:
+        return call(spec, ctx, arg, worker, planned.timeout)
+    return retry(planned, ctx, arg, worker, flags)
+
+
+def call(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timeout: float | None) -> Any:
+    """One attempt of a callable, bounded by ``timeout`` seconds when given."""
+    if timeout is None:
+        result = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
+        return worker.run_coroutine(result) if spec.is_async else result
+    if spec.is_async:
+        import asyncio
+
+        coro = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
+        try:
+            return worker.run_coroutine(asyncio.wait_for(coro, timeout))
+        except asyncio.TimeoutError:
+            ctx.timed_out = True
+            raise timed_out(ctx, spec, timeout) from None
+    return call_with_deadline(spec, ctx, arg, worker, timeout)
+
+
+def retry(planned: Planned, ctx: Context, arg: Any, worker: Worker, flags: _RunFlags) -> Any:
+    """Call a job up to ``retry.attempts`` times; only the last failure counts."""
+    policy = planned.retry
+    spec = planned.job
+    log = ctx.log
+    attempt = 0
+    while True:
+        attempt += 1
+        if ctx._attempts is None:
+            ctx._attempts = {}
+        ctx._attempts[planned.name] = attempt
+        try:
+            return call(spec, ctx, arg, worker, planned.timeout)
+        except Cancel:
+            raise
+        except Exception as exc:
+            if attempt >= policy.attempts or not isinstance(exc, policy.on):
+                raise
+            wait = policy.wait(attempt)
+            log.warning(
+                "attempt %d of %d failed (%s: %s); retrying in %.3g s",
+                attempt,
+                policy.attempts,
+                type(exc).__name__,
+                exc,
+                wait,
+            )
+            if flags.wait_interrupted(wait):
+                raise Abandoned(
+                    f"interrupted while waiting to retry step {planned.name!r}"
+                ) from exc
+            if ctx.timed_out:  # a timed-out attempt left ctx behind: use a fresh one
+                ctx = worker.renew_context(ctx)
+
+
+def check_options(step: Step, job_name: str) -> None:
+    """Refuse retry/timeout settings that could never take effect (never silently nothing)."""
+
+    def fail(reason: str) -> StepDefinitionError:
+        return StepDefinitionError(reason, step=step.name, phase="job", callable_name=job_name)
+
+    if step.timeout is not None and not step.timeout > 0:
+        raise fail(f"timeout must be a positive number of seconds, not {step.timeout!r}")
+    retry = step.retry
+    if retry is None:
+        return
+    if retry.attempts < 2:
+        raise fail(
+            f"retry.attempts is {retry.attempts}: the job would never be retried; "
+            "set it to 2 or more, or remove retry"
+        )
+    from choreo_cli.retry_policy import refused_exception
+
+    for cls in retry.on:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise fail(f"retry.on: {cls!r} is not an exception class")
+        refused = refused_exception(cls)
+        if refused is not None:
+            raise fail(f"retry.on: {refused}")
+
+
+class Abandoned(Exception):
+    pass
+
+
+def timed_out(ctx: Context, spec: CallSpec, timeout: float) -> StepTimeout:
+    return StepTimeout(f"{spec.name} ran past the step's timeout of {timeout:g} s")
+
+
+def call_with_deadline(
+    spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timeout: float
+) -> Any:
+    """Run a sync callable on a helper thread and wait at most ``timeout`` seconds.
+
+    Python cannot stop a running function: at the deadline the record fails with
+    StepTimeout, ``ctx.cancelled`` turns true for the callable (which keeps its own
+    Context: the worker takes a fresh one) and whatever it returns later is discarded.
+    """
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome.append((True, spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, name=f"choreo-step-{ctx.step}", daemon=True)
+    thread.start()
+    if not done.wait(timeout):
+        ctx.timed_out = True
+        worker.renew_context(ctx)
+        raise timed_out(ctx, spec, timeout)
+    ok, value = outcome[0]
+    if ok:
+        return value
+    raise value

@@ -1,0 +1,122 @@
+"""Worker state and worker threads: where a coordinator's records run."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from choreo_cli.context import Context, DataBag, _RunFlags
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from choreo_cli.coordinator import Coordinator
+    from choreo_cli.resources import ResourcePool, Resources
+
+
+class Worker:
+    """What one worker (thread) owns: its resources view, its Context and, lazily, an event loop.
+
+    The Context is reused from record to record (its per-record fields are reset): a
+    callable must not keep ``ctx`` beyond the record it was given for.
+    """
+
+    __slots__ = ("__weakref__", "ctx", "loop", "resources")
+
+    def __init__(self, resources: Resources, values: Mapping[str, Any], flags: _RunFlags) -> None:
+        self.resources = resources
+        self.ctx = Context(values, resources, DataBag(), None, 0, None, flags)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def renew_context(self, old: Context) -> Context:
+        """Give the worker a fresh Context for the rest of ``old``'s record.
+
+        A callable that ran past its timeout keeps ``old`` (its ``cancelled`` stays true);
+        the worker's next steps and records must not share it.
+        """
+        ctx = Context(
+            old.values, old.resources, old.bag, old.record, old.index, old.line, old._flags
+        )
+        ctx._frame = old._frame
+        ctx._conv = old._conv
+        ctx._attempts = old._attempts
+        self.ctx = ctx
+        return ctx
+
+    def run_coroutine(self, coro: Any) -> Any:
+        import asyncio  # only pipelines with async callables pay for importing it
+
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.new_event_loop()
+            # A coordinator used without ``with`` or close() must not leak the loop.
+            weakref.finalize(self, loop.close)
+        return loop.run_until_complete(coro)
+
+    def close(self, pool: ResourcePool) -> list[BaseException]:
+        if self.loop is not None:
+            self.loop.close()
+            self.loop = None
+        return pool.close_worker(self.resources._local)
+
+
+class ThreadPool:
+    """Worker threads that live as long as the coordinator (so worker resources stay put)."""
+
+    def __init__(self, coordinator: Coordinator, size: int, *, prebuild: bool = False) -> None:
+        self._coordinator = coordinator
+        self._prebuild = prebuild
+        self._tasks: queue.SimpleQueue[tuple[int, Any, queue.SimpleQueue[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._errors: list[BaseException] = []
+        self._started: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._main, name=f"choreo-worker-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+        # Each worker builds its worker-scoped resources first: a failing factory is
+        # reported here, before any record runs.
+        failures = [e for e in (self._started.get() for _ in self._threads) if e is not None]
+        if failures:
+            self.shutdown()
+            raise failures[0]
+
+    def submit(self, seq: int, item: Any, outq: queue.SimpleQueue[Any]) -> None:
+        self._tasks.put((seq, item, outq))
+
+    def _main(self) -> None:
+        coordinator = self._coordinator
+        worker = coordinator.new_worker()
+        try:
+            try:
+                if self._prebuild:
+                    coordinator._pool.build_worker(worker.resources._local)
+            except Exception as exc:
+                self._started.put(exc)
+            else:
+                self._started.put(None)
+            while True:
+                task = self._tasks.get()
+                if task is None:
+                    return
+                seq, item, outq = task
+                try:
+                    result = coordinator.run_item(item, seq, worker)
+                except BaseException as exc:  # a defect must not hang the reader waiting for it
+                    result = coordinator.crashed(item, seq, exc)
+                outq.put((seq, result))
+        finally:
+            self._errors.extend(coordinator.close_worker(worker))
+
+    def shutdown(self) -> list[BaseException]:
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join()
+        return self._errors
