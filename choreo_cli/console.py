@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
     from choreo_cli.summary import RunSummary
 
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s%(choreo_record)s"
 
 
 def no_color() -> bool:
@@ -348,6 +349,33 @@ def build_progress(
 _HANDLER_MARK = "_choreo_handler"
 
 
+class _RecordFilter(logging.Filter):
+    """Adds which record a step's log line is about: `` (record 3, line 4)``.
+
+    The record is found from the ``ctx`` of the calling frames, only when a line is
+    logged, so the hot loop pays nothing for it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.choreo_record = ""
+        if record.name.startswith("choreo.step."):
+            from choreo_cli.context import Context
+
+            frame: FrameType | None = sys._getframe(1)
+            for _ in range(30):
+                if frame is None:
+                    break
+                ctx = frame.f_locals.get("ctx")
+                if isinstance(ctx, Context):
+                    where = f"record {ctx.index}"
+                    if ctx.line is not None:
+                        where += f", line {ctx.line}"
+                    record.choreo_record = f" ({where})"
+                    break
+                frame = frame.f_back
+        return True
+
+
 def setup_logging(level: str | int = "WARNING", stream: TextIO | None = None) -> logging.Logger:
     """Send the ``choreo`` loggers (step loggers are ``choreo.step.<step>``) to stderr.
 
@@ -376,10 +404,11 @@ def setup_logging(level: str | int = "WARNING", stream: TextIO | None = None) ->
         handler = RichHandler(
             console=rich_console(stream), show_path=False, rich_tracebacks=False, markup=False
         )
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s%(choreo_record)s"))
     else:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(_RecordFilter())
     setattr(handler, _HANDLER_MARK, True)
     logger.addHandler(handler)
     logger.setLevel(level)

@@ -196,7 +196,11 @@ def execute(options: RunOptions) -> ExitCode:
     from choreo_cli.console import build_console
 
     console = build_console(quiet=options.quiet)
-    console.setup_logging(options.log_level)
+    try:
+        console.setup_logging(options.log_level)
+    except ValueError as exc:
+        console.error(f"--log-level: {exc}")
+        return ExitCode.USAGE
     with contextlib.ExitStack() as stack:
         try:
             coordinator = _build_coordinator(options)

@@ -679,6 +679,14 @@ def test_log_messages_go_to_stderr_only(
     assert "info for 11" in run.stderr
     quiet = run_choreo(["run", "pipeline.yaml"], input=_jsonl(11))
     assert "careful with 11" in quiet.stderr and "info for 11" not in quiet.stderr
+    # Each line names the step (its logger) and the record it is about.
+    assert "WARNING choreo.step.talk: careful with 12 (record 1, line 2)\n" in run.stderr
+    bad = run_choreo(["run", "pipeline.yaml", "--log-level", "LOUD"], input=_jsonl(11))
+    assert (bad.code, bad.stdout) == (2, b"")
+    assert bad.stderr == (
+        "error: --log-level: unknown log level 'LOUD': "
+        "use DEBUG, INFO, WARNING, ERROR or CRITICAL\n"
+    )
 
 
 # -- --rejects ----------------------------------------------------------------------------
