@@ -242,6 +242,7 @@ class BatchExecutor(abc.ABC):
                 [item.value for item in items],
                 [item.line for item in items],
             )
+            _keep_record_numbers(batch)
             return batch, exhausted
         values: list[Any] = []
         lines: list[int | None] = []
@@ -262,6 +263,7 @@ class BatchExecutor(abc.ABC):
                 lines.append(None)
                 positions.append(pos)
         batch.args = (start, positions if invalid else None, values, lines)
+        _keep_record_numbers(batch)
         return batch, exhausted
 
     def _fill(self, batch: Batch, pos: int, result: Result) -> None:
@@ -288,7 +290,7 @@ class BatchExecutor(abc.ABC):
         """The next ``count`` (default: every) items of ``batch`` without a result failed."""
         positions = batch.unreported if count is None else batch.unreported[:count]
         for pos in positions:
-            index = batch.start + pos
+            index = record_number(batch.items[pos], batch.start + pos)
             self._fill(batch, pos, self._local.crashed(batch.items[pos], index, error))
         batch.received += len(positions)
 
@@ -314,3 +316,22 @@ class BatchExecutor(abc.ABC):
 
 def _value(item: Any) -> Any:
     return item.value if type(item) is Record else item
+
+
+def record_number(item: Any, default: int) -> int:
+    """The record's own number (kept from the reader, so a resumed run keeps the numbers of
+    the first), else its position in this run."""
+    number = getattr(item, "index", None) if type(item) in (Record, InvalidLine) else None
+    return default if number is None else int(number)
+
+
+def _keep_record_numbers(batch: Batch) -> None:
+    """When the items carry numbers other than their positions (a run resumed from a
+    checkpoint skipped some), send each record's number instead of the batch start."""
+    assert batch.args is not None
+    start, _, values, lines = batch.args
+    sent = batch.positions
+    numbers = [record_number(batch.items[pos], start + pos) for pos in sent]
+    if any(number != start + pos for number, pos in zip(numbers, sent, strict=True)):
+        # The worker numbers record k as start + positions[k]: start 0, the numbers.
+        batch.args = (0, numbers, values, lines)

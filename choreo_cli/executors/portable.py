@@ -203,8 +203,10 @@ class ResultBuilder:
             item = items[pos]
             if type(item) is Record:
                 value, line, raw = item.value, item.line, item.raw
+                index = start + pos if item.index is None else item.index
             else:
                 value, line, raw = item, None, None
+                index = start + pos
             if len(payload) == 4:
                 bag = _new(DataBag)
                 bag._job = payload[1]
@@ -212,7 +214,7 @@ class ResultBuilder:
                 names = payload[3]
                 bag._names = folded if names is None else names
                 result: Result = _new(clean)
-                result.index = start + pos
+                result.index = index
                 result.line = line
                 result.input = value
                 result.raw = raw
@@ -220,7 +222,7 @@ class ResultBuilder:
                 result.duration = payload[0]
                 results[pos] = result
             else:
-                results[pos] = build(payload, start + pos, line, value, raw)
+                results[pos] = build(payload, index, line, value, raw)
 
     def build(
         self, payload: tuple[Any, ...], index: int, line: int | None, value: Any, raw: bytes | None

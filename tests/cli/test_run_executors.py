@@ -195,3 +195,19 @@ def test_the_dask_executor_without_dask_says_how_to_install_it(
         "error: the dask executor needs dask.distributed, which is not installed: "
         "pip install 'choreo-cli[dask]'\n"
     )
+
+
+def test_a_resumed_process_run_keeps_the_records_numbers(
+    run_choreo: RunChoreo, pipeline: Path, tmp_path: Path
+) -> None:
+    write_input(tmp_path / "in.jsonl", 60)  # 61 lines: one is not JSON
+    run_choreo(["run", pipeline, "-i", "in.jsonl", "--checkpoint", "run.ckpt"])
+    with open(tmp_path / "in.jsonl", "a", encoding="utf-8") as grown:
+        grown.write("".join(json.dumps({"id": i}) + "\n" for i in range(60, 90)))
+    # The numbers a whole run gives each line, for comparison.
+    whole = run_choreo(["run", pipeline, "-i", "in.jsonl"])
+    expected = {line["line"]: line["index"] for line in whole.lines}
+    resume = ["run", pipeline, "-i", "in.jsonl", "--checkpoint", "run.ckpt"]
+    resumed = run_choreo([*resume, "--executor", "process", "-w", "2"])
+    assert [line["line"] for line in resumed.lines] == list(range(62, 92))
+    assert [line["index"] for line in resumed.lines] == [expected[n] for n in range(62, 92)]
