@@ -18,7 +18,7 @@ from choreo_cli.errors import (
 )
 from choreo_cli.items import InvalidLine, Record
 from choreo_cli.record_ends import RecordEnds
-from choreo_cli.resources import ResourcePool
+from choreo_cli.resources import ResourcePool, teardown_error
 from choreo_cli.result import (
     Result,
     clean_result_type,
@@ -203,17 +203,9 @@ class Coordinator(RecordEnds):
         local, self._local = self._local, None
         if local is not None:
             errors.extend(local.close(self._pool))
-        try:
-            self._pool.close()
-        except Exception as exc:
-            errors.append(exc)
+        errors.extend(self._pool.close())
         if errors:
-            from choreo_cli.errors import ResourceError
-
-            if len(errors) == 1 and isinstance(errors[0], ResourceError):
-                raise errors[0]
-            messages = "; ".join(f"{type(e).__name__}: {e}" for e in errors)
-            raise ResourceError(f"resource teardown failed: {messages}") from errors[0]
+            raise teardown_error(errors)
 
     def __enter__(self) -> Coordinator:
         return self.open()

@@ -152,8 +152,8 @@ class ResourcePool:
                 self._workers.remove(built)
         return built.close()
 
-    def close(self) -> None:
-        """Tear down every resource in reverse order; raise ResourceError if any teardown failed."""
+    def close(self) -> list[BaseException]:
+        """Tear down every resource in reverse order; return the teardowns' errors."""
         errors: list[BaseException] = []
         with self._lock:
             workers, self._workers = self._workers, []
@@ -169,9 +169,19 @@ class ResourcePool:
                     close()
                 except Exception as exc:
                     errors.append(ResourceError(f"resource {name!r}: close() raised {exc!r}"))
-        if errors:
-            messages = "; ".join(f"{type(e).__name__}: {e}" for e in errors)
-            raise ResourceError(f"resource teardown failed: {messages}") from errors[0]
+        return errors
+
+
+def teardown_error(errors: list[BaseException]) -> ResourceError:
+    """One ResourceError for the teardown errors of a coordinator (which name their resource)."""
+    if len(errors) == 1 and isinstance(errors[0], ResourceError):
+        return errors[0]
+    messages = "; ".join(
+        str(e) if isinstance(e, ResourceError) else f"{type(e).__name__}: {e}" for e in errors
+    )
+    error = ResourceError(f"resource teardown failed: {messages}")
+    error.__cause__ = errors[0]
+    return error
 
 
 class Resources:
