@@ -49,11 +49,6 @@ class CallSpec:
     annotation: str
     check: type | None = None  # set when the adapter is a plain isinstance check
 
-    @property
-    def plain(self) -> bool:
-        """True when the hot loop may call ``fn`` directly."""
-        return self.adapter is None and not self.is_async
-
 
 def callable_name(fn: Any) -> str:
     """A readable ``module:qualname`` for a callable (or its repr)."""
