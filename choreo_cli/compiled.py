@@ -16,15 +16,22 @@ from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from choreo_cli.context import DataBag
 from choreo_cli.errors import Skip
 from choreo_cli.items import InvalidLine, Record
+from choreo_cli.records import reason_for
 
 if TYPE_CHECKING:
     from choreo_cli.coordinator import Coordinator, Planned
 
 RecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Any]
 SerialRunner = Callable[[Iterable[Any], Any], Iterator[Any]]
+LineRunner = Callable[
+    [Iterable[list[bytes]], Any, bytes, Callable[[bytes], None], Callable[[Any], Any]],
+    Iterator[int],
+]
 
 
 def compile_runner(
@@ -33,24 +40,7 @@ def compile_runner(
     """Compile the steps into ``run(value, index, line, raw, worker) -> Result`` (one record)
     and ``run_serial(records, worker)`` (a generator of Results, one worker, no call per
     record); both spell out the same step code."""
-    namespace: dict[str, Any] = {
-        "perf_counter": perf_counter,
-        "_new": object.__new__,
-        "DataBag": DataBag,
-        "Skip": Skip,
-        "Record": Record,
-        "InvalidLine": InvalidLine,
-        "names": coordinator._names,
-        "flags": coordinator._flags,
-        "Clean": coordinator._clean,
-        "on_skip": coordinator._on_skip,
-        "on_precheck_error": coordinator._on_precheck_error,
-        "on_job_error": coordinator._on_job_error,
-        "on_interrupted": coordinator._on_interrupted,
-        "on_invalid": coordinator._invalid,
-        "finish": coordinator._finish,
-        "invoke": coordinator._invoke,
-    }
+    namespace = _namespace(coordinator)
     body = _record_body(
         namespace, plan, dry=coordinator._flags.dry_run, timings=coordinator.timings
     )
@@ -99,10 +89,122 @@ def compile_runner(
     return run, run_serial
 
 
+def _namespace(coordinator: Coordinator) -> dict[str, Any]:
+    """The names the generated code uses: the coordinator's rare paths and helpers."""
+    return {
+        "perf_counter": perf_counter,
+        "_new": object.__new__,
+        "DataBag": DataBag,
+        "Skip": Skip,
+        "Record": Record,
+        "InvalidLine": InvalidLine,
+        "names": coordinator._names,
+        "flags": coordinator._flags,
+        "Clean": coordinator._clean,
+        "on_skip": coordinator._on_skip,
+        "on_precheck_error": coordinator._on_precheck_error,
+        "on_job_error": coordinator._on_job_error,
+        "on_interrupted": coordinator._on_interrupted,
+        "on_invalid": coordinator._invalid,
+        "finish": coordinator._finish,
+        "invoke": coordinator._invoke,
+    }
+
+
+def compile_line_runner(
+    coordinator: Coordinator, plan: list[Planned], *, keep_raw: bool
+) -> LineRunner:
+    """Compile the steps into ``run_lines(batches, worker, clean_line, put, emit)``: the
+    serial loop of `choreo run`, fused with JSON parsing and the writing of clean lines.
+
+    ``batches`` yields lists of input lines (bytes, without their ``\n``), as
+    ``JsonlReader.iter_line_lists`` does. Each record that ran every step without an error
+    costs no Record and no Result: ``put(clean_line % (index, line))`` writes its line.
+    Every other record (invalid, skipped with errors, failed, cancelled) is built by the
+    coordinator's rare paths and handed to ``emit(result)``; a true return stops reading.
+    The generator yields, after each batch, how many clean records it held; it stops
+    after the first record ended by an interruption.
+    """
+    namespace: dict[str, Any] = {
+        **_namespace(coordinator),
+        "loads": orjson.loads,
+        "decode_error": orjson.JSONDecodeError,
+        "reason": reason_for,
+    }
+    clean_exit = [
+        "put(clean_line % (index, line))",
+        "clean += 1",
+        "if flags.interrupted:",
+        "    yield clean",
+        "    return",
+        "continue",
+    ]
+    body = _record_body(
+        namespace,
+        plan,
+        dry=coordinator._flags.dry_run,
+        timings=coordinator.timings,
+        clean_exit=clean_exit,
+    )
+    raw = "data + NEWLINE" if keep_raw else "None"
+    namespace["NEWLINE"] = b"\n"
+    source = [
+        "def run_lines(batches, worker, clean_line, put, emit):",
+        "    if flags.interrupted:",
+        "        return",
+        "    number = 0",
+        "    index = -1",
+        "    for lines in batches:",
+        "        clean = 0",
+        "        for line, data in enumerate(lines, number + 1):",
+        "            try:",
+        "                value = loads(data)",
+        "            except decode_error as exc:",
+        "                if not data.strip():",
+        "                    continue",
+        "                index += 1",
+        f"                item = InvalidLine(line, reason(data, exc), {raw}, index)",
+        "                if emit(on_invalid(item, index)) or flags.interrupted:",
+        "                    yield clean",
+        "                    return",
+        "                continue",
+        "            index += 1",
+        f"            raw = {raw}",
+    ]
+    for line in body:
+        stripped = line.lstrip(" ")
+        pad = "            " + " " * (len(line) - len(stripped))
+        if stripped.startswith("EXIT "):
+            source += [
+                pad + f"if emit({stripped[len('EXIT ') :]}) or flags.interrupted:",
+                pad + "    yield clean",
+                pad + "    return",
+                pad + "continue",
+            ]
+        else:
+            source.append(pad + stripped)
+    source += ["        number += len(lines)", "        yield clean"]
+    text = "\n".join(source) + "\n"
+    code = compile(text, f"<choreo line runner of coordinator {id(coordinator):#x}>", "exec")
+    exec(code, namespace)
+    run_lines: LineRunner = namespace["run_lines"]
+    run_lines.__doc__ = text
+    return run_lines
+
+
 def _record_body(
-    namespace: dict[str, Any], plan: list[Planned], *, dry: bool, timings: bool
+    namespace: dict[str, Any],
+    plan: list[Planned],
+    *,
+    dry: bool,
+    timings: bool,
+    clean_exit: list[str] | None = None,
 ) -> list[str]:
-    """The code of one record, at indent 0; ``EXIT x`` marks where the record ends with x."""
+    """The code of one record, at indent 0; ``EXIT x`` marks where the record ends with x.
+
+    ``clean_exit``: the code that ends a record without errors, instead of building its
+    Result.
+    """
     # Reading the clock twice is a third of the cost of a trivial record: without timings
     # (choreo run writes none) ``duration`` is None.
     lines = [
@@ -171,18 +273,20 @@ def _record_body(
             f"        bag._job[key_{i}] = v",
         ]
         lines += [job_indent + line for line in job]
+    if clean_exit is None:
+        clean_exit = [
+            "result = _new(Clean)",
+            "result.index = index",
+            "result.line = line",
+            "result.input = value",
+            "result.raw = raw",
+            "result.bag = bag",
+            "result.duration = perf_counter() - started" if timings else "result.duration = None",
+            "EXIT result",
+        ]
     lines += [
         "if errors is None and ctx._attempts is None:",
-        "    result = _new(Clean)",
-        "    result.index = index",
-        "    result.line = line",
-        "    result.input = value",
-        "    result.raw = raw",
-        "    result.bag = bag",
-        "    result.duration = perf_counter() - started"
-        if timings
-        else "    result.duration = None",
-        "    EXIT result",
+        *(f"    {line}" for line in clean_exit),
         f"EXIT finish(ctx, raw, started, errors, skipped, {len(plan)})",
     ]
     return lines

@@ -233,6 +233,8 @@ class Progress(Protocol):
 
     def advance(self, result: _HasStatus, bytes_read: int | None = None) -> None: ...
 
+    def advance_succeeded(self, count: int, bytes_read: int | None = None) -> None: ...
+
     def update_bytes(self, n: int) -> None: ...
 
     def close(self) -> None: ...
@@ -244,6 +246,9 @@ class NullProgress:
     enabled = False
 
     def advance(self, result: _HasStatus, bytes_read: int | None = None) -> None:
+        """Do nothing."""
+
+    def advance_succeeded(self, count: int, bytes_read: int | None = None) -> None:
         """Do nothing."""
 
     def update_bytes(self, n: int) -> None:
@@ -287,6 +292,12 @@ class LiveProgress:
     def advance(self, result: _HasStatus, bytes_read: int | None = None) -> None:
         """Count one finished record; ``bytes_read``: input bytes read so far, when known."""
         self.counts[result.status] += 1
+        if bytes_read is not None:
+            self.bytes_read = bytes_read
+
+    def advance_succeeded(self, count: int, bytes_read: int | None = None) -> None:
+        """Count ``count`` records that succeeded."""
+        self.counts["succeeded"] += count
         if bytes_read is not None:
             self.bytes_read = bytes_read
 

@@ -11,7 +11,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from choreo_cli.calling import check_options, invoke
-from choreo_cli.compiled import RecordRunner, SerialRunner, compile_runner
+from choreo_cli.compiled import (
+    LineRunner,
+    RecordRunner,
+    SerialRunner,
+    compile_line_runner,
+    compile_runner,
+)
 from choreo_cli.context import Context, _Frame, _RunFlags
 from choreo_cli.errors import (
     StepDefinitionError,
@@ -100,6 +106,7 @@ class Coordinator(RecordEnds):
         self._step_names: tuple[str, ...] = ()
         self._runner: RecordRunner | None = None
         self._serial: SerialRunner | None = None
+        self._line_runners: dict[bool, LineRunner] = {}
         self._by_spec: dict[int, Planned] = {}
         self._clean: type[Result] = clean_result_type((), would_run=dry_run)
         self._flags = _RunFlags()
@@ -141,6 +148,7 @@ class Coordinator(RecordEnds):
         self._names = {**self._names, key: step.name}
         self._step_names = (*self._step_names, step.name)
         self._runner = self._serial = None
+        self._line_runners = {}
         self._clean = clean_result_type(self._step_names, would_run=self._flags.dry_run)
 
     @property
@@ -282,6 +290,48 @@ class Coordinator(RecordEnds):
             while yielded in pending:
                 yield pending.pop(yielded)
                 yielded += 1
+
+    def run_lines(
+        self,
+        batches: Iterable[list[bytes]],
+        *,
+        clean_line: bytes,
+        put: Callable[[bytes], Any],
+        emit: Callable[[Result], Any],
+        keep_raw: bool = False,
+    ) -> Iterator[int]:
+        """Run JSON Lines given as lists of lines (``JsonlReader.iter_line_lists``), one
+        record at a time: the fast loop of `choreo run`, which never builds the Result of a
+        record that succeeded without any error.
+
+        Such a record's line is ``clean_line % (index, line)`` (the bytes of a clean
+        result line with two ``%d``), handed to ``put``. Every other record's Result goes
+        to ``emit``; a true return stops the run there. Yields, after each list, how many
+        clean records it held. ``keep_raw`` sets each emitted Result's ``raw``. Needs
+        ``workers == 1``.
+
+        >>> coordinator = Coordinator()
+        >>> coordinator.add_step(Step(name="double", job=lambda ctx, record: record * 2))
+        >>> out = []
+        >>> list(coordinator.run_lines([[b"1", b"x"]], clean_line=b"%d:%d ", put=out.append,
+        ...                           emit=lambda result: out.append(result.status)))
+        [1]
+        >>> out
+        [b'0:1 ', 'invalid']
+        """
+        if self.workers != 1:
+            raise ValueError("run_lines runs one record at a time: it needs workers == 1")
+        runner = self._line_runners.get(keep_raw)
+        if runner is None:
+            runner = self._line_runners[keep_raw] = compile_line_runner(
+                self, self._plan, keep_raw=keep_raw
+            )
+        return runner(batches, self._worker(), clean_line, put, emit)
+
+    def clean_steps(self) -> dict[str, str]:
+        """The ``steps`` of a record that ran every step without an error."""
+        outcome = "would_run" if self._flags.dry_run else "succeeded"
+        return dict.fromkeys(self._step_names, outcome)
 
     def run_item(self, item: Any, index: int, worker: Worker) -> Result:
         """Run one input item (a value, Record or InvalidLine) on the given worker."""

@@ -139,6 +139,31 @@ class ResultWriter:
         if len(queue) >= self._batch_lines:
             self._drain()
 
+    def clean_line(self, steps: dict[str, str]) -> bytes | None:
+        """The line of a result without errors as a template (``% (index, line)``), for
+        ``put``; None when such lines need more than those two numbers (``include_input``,
+        ``include_data``, or an ``on_written`` that needs the results).
+
+        >>> import io
+        >>> writer = ResultWriter(io.BytesIO())
+        >>> writer.clean_line({"create": "succeeded"}) % (0, 1)
+        b'{"index":0,"line":1,"status":"succeeded","error":null,"errors":[],"steps":{"create":"succeeded"}}\\n'
+        >>> writer.close()
+        """
+        if self._include_input or self._include_data or self._on_written is not None:
+            return None
+        return _clean_template(steps, True)[1]
+
+    @property
+    def put(self) -> Callable[[bytes], None]:
+        """Queue one finished line (from ``clean_line``); call ``drain_if_full`` now and then."""
+        return self._queue.append
+
+    def drain_if_full(self) -> None:
+        """Write the pending lines if there are enough of them for a batch."""
+        if len(self._queue) >= self._batch_lines:
+            self._drain()
+
     def flush(self) -> None:
         """Write and flush every pending line now."""
         self._drain()

@@ -67,6 +67,19 @@ class JsonlReader:
             self.bytes_read += len(data)
             yield data
 
+    def iter_line_lists(self, *, max_lines: int = 1024) -> Iterator[list[bytes]]:
+        """Yield the stream's lines (bytes, without ``\\n``; blank ones included, so a
+        line's number is its position) in lists of at most ``max_lines``.
+
+        This is what ``Coordinator.run_lines`` reads: it parses the lines itself.
+        """
+        for lines in self._iter_lines():
+            if len(lines) <= max_lines:
+                yield lines
+                continue
+            for start in range(0, len(lines), max_lines):
+                yield lines[start : start + max_lines]
+
     def _iter_lines(self) -> Iterator[list[bytes]]:
         """Yield lists of complete lines without their ``\\n``; a last unterminated line too."""
         pending: list[bytes] = []
@@ -105,7 +118,7 @@ class JsonlReader:
                         continue
                     index += 1
                     yield InvalidLine(
-                        number, _reason(line, exc), line + b"\n" if keep_raw else None, index
+                        number, reason_for(line, exc), line + b"\n" if keep_raw else None, index
                     )
                     continue
                 index += 1
@@ -118,7 +131,7 @@ class JsonlReader:
                 yield record
 
 
-def _reason(line: bytes, exc: orjson.JSONDecodeError) -> Exception:
+def reason_for(line: bytes, exc: orjson.JSONDecodeError) -> Exception:
     """The exception that explains why ``line`` is not JSON: bad UTF-8 first, then syntax."""
     try:
         line.decode("utf-8")

@@ -72,12 +72,11 @@ class RunSummary:
     def add(self, result: SummarizedResult) -> None:
         """Count one result."""
         if result.clean or (result.status == "succeeded" and not result.errors):
-            self._clean += 1
             if self._clean_steps is None:
                 # The same for every clean record of the run: "succeeded" (or "would_run").
-                self._clean_steps = dict(result.steps)
-                for name in self._clean_steps:
-                    self._step(name)
+                self.add_clean(1, result.steps)
+            else:
+                self._clean += 1
             return
         status = result.status
         self._counts[status] += 1
@@ -99,6 +98,17 @@ class RunSummary:
                     counts["ran"] += 1
             elif outcome == "would_run":
                 counts["would_run"] += 1
+
+    def add_clean(self, count: int, steps: dict[str, str]) -> None:
+        """Count ``count`` results that ran every step without an error (``steps``: their
+        step outcomes, all "succeeded" or all "would_run")."""
+        if not count:
+            return
+        self._clean += count
+        if self._clean_steps is None:
+            self._clean_steps = dict(steps)
+            for name in self._clean_steps:
+                self._step(name)
 
     def count_resumed(self) -> None:
         """One record was skipped because an earlier run finished it (``--checkpoint``)."""

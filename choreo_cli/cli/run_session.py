@@ -269,15 +269,32 @@ def _run(
             return ExitCode.USAGE
         reader = JsonlReader(stream, keep_raw=rejects is not None)
         progress = console.build_progress(enabled=options.progress, total_bytes=size)
+        clean_line = _clean_line(options, coordinator, checkpoint, writer)
         try:
-            items: Iterable[Any] = reader
-            if checkpoint is not None:
-                items = checkpoint.skip_finished(reader, summary.count_resumed)
-            if options.fail_fast or not _is_regular(stream):
-                # Only a pipe can block a read for ever, and only fail-fast stops reading
-                # on its own: a regular file needs no guard around each record.
-                items = state.feed(items)
-            _consume(options, coordinator, state, items, reader, writer, summary, progress, rejects)
+            if clean_line is not None:
+                _consume_lines(
+                    options,
+                    coordinator,
+                    state,
+                    reader,
+                    writer,
+                    summary,
+                    progress,
+                    rejects,
+                    clean_line=clean_line,
+                    regular=_is_regular(stream),
+                )
+            else:
+                items: Iterable[Any] = reader
+                if checkpoint is not None:
+                    items = checkpoint.skip_finished(reader, summary.count_resumed)
+                if options.fail_fast or not _is_regular(stream):
+                    # Only a pipe can block a read for ever, and only fail-fast stops
+                    # reading on its own: a regular file needs no guard around each record.
+                    items = state.feed(items)
+                _consume(
+                    options, coordinator, state, items, reader, writer, summary, progress, rejects
+                )
         finally:
             progress.close()
             writer.close()
@@ -343,6 +360,65 @@ def _consume(
                 rejects.add(result)
             if fail_fast:
                 state.stop = True
+
+
+def _clean_line(
+    options: RunOptions, coordinator: Coordinator, checkpoint: Checkpoint | None, writer: Any
+) -> bytes | None:
+    """The clean-line template when the fused serial loop (``Coordinator.run_lines``) can
+    run this command, else None: it runs one record at a time in this process, and
+    writes a clean record's line from its index and line number alone."""
+    if options.executor != "thread" or coordinator.workers != 1 or checkpoint is not None:
+        return None
+    line: bytes | None = writer.clean_line(coordinator.clean_steps())
+    return line
+
+
+def _consume_lines(
+    options: RunOptions,
+    coordinator: Coordinator,
+    state: RunState,
+    reader: Any,
+    writer: Any,
+    summary: Any,
+    progress: Any,
+    rejects: _Rejects | None,
+    *,
+    clean_line: bytes,
+    regular: bool,
+) -> None:
+    """``_consume``'s work for the fused loop: only records with errors come back as Results."""
+    write = writer.write
+    add = summary.add
+    fail_fast = options.fail_fast
+    advance = progress.advance if progress.enabled else None
+
+    def emit(result: Result) -> bool:
+        write(result)
+        add(result)
+        if advance is not None:
+            advance(result, reader.bytes_read)
+        if result.status != "succeeded":
+            if rejects is not None:
+                rejects.add(result)
+            if fail_fast:
+                state.stop = True
+                return True
+        return False
+
+    batches: Iterable[list[bytes]] = reader.iter_line_lists()
+    if not regular:
+        # Only a pipe can block a read for ever: a regular file needs no guard.
+        batches = state.feed(batches)
+    steps = coordinator.clean_steps()
+    runs = coordinator.run_lines(
+        batches, clean_line=clean_line, put=writer.put, emit=emit, keep_raw=rejects is not None
+    )
+    for clean in runs:
+        summary.add_clean(clean, steps)
+        writer.drain_if_full()
+        if advance is not None:
+            progress.advance_succeeded(clean, reader.bytes_read)
 
 
 class _Rejects:

@@ -659,6 +659,25 @@ def test_summary_json(statuses: Path, run_choreo: RunChoreo, tmp_path: Path) -> 
     assert summary["records_per_second"] >= 0
 
 
+def test_one_worker_writes_and_counts_exactly_what_two_workers_do(
+    statuses: Path, run_choreo: RunChoreo, tmp_path: Path
+) -> None:
+    # One worker takes choreo's fused serial loop; two take the general one.
+    data = MIXED * 3 + b"\n  \n" + MIXED
+    runs = {}
+    for workers in ("1", "2"):
+        summary = tmp_path / f"summary-{workers}.json"
+        rejects = tmp_path / f"rejects-{workers}.jsonl"
+        args = ["run", "pipeline.yaml", "-w", workers, "--summary-json", summary, "-q"]
+        run = run_choreo([*args, "--rejects", rejects], input=data)
+        figures = json.loads(summary.read_text(encoding="utf-8"))
+        del figures["wall_time"], figures["records_per_second"]
+        runs[workers] = (run.code, run.stdout, figures, rejects.read_bytes())
+    assert runs["1"] == runs["2"]
+    assert runs["1"][2]["records"]["total"] == 28
+    assert runs["1"][3].count(b"\n") == 16
+
+
 def test_log_messages_go_to_stderr_only(
     write_pipeline: WritePipeline, run_choreo: RunChoreo
 ) -> None:
