@@ -12,11 +12,12 @@ from __future__ import annotations
 import abc
 import collections
 import itertools
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from choreo_cli.executors.base import PipelineSpec
-from choreo_cli.executors.portable import ResultBuilder
+from choreo_cli.executors.portable import Chunk, ResultBuilder
 from choreo_cli.executors.runner import BatchArgs
 from choreo_cli.items import InvalidLine, Record
 
@@ -46,7 +47,7 @@ class Batch:
         self.items = items
         self.results: list[Result | None] = [None] * len(items)
         self.filled = 0
-        self.positions: list[int] = []  # offsets of the items sent to a worker
+        self.positions: Sequence[int] = []  # offsets of the items sent to a worker
         self.received = 0  # how many of those came back
         self.yielded = 0
         self.args: BatchArgs | None = None
@@ -57,7 +58,7 @@ class Batch:
         return self.filled == len(self.items)
 
     @property
-    def unreported(self) -> list[int]:
+    def unreported(self) -> Sequence[int]:
         """Offsets of sent items whose result has not come back."""
         return self.positions[self.received :]
 
@@ -196,35 +197,46 @@ class BatchExecutor(abc.ABC):
                 alive.append(batch)
                 if batch.positions:
                     unsent.append(batch)
+                    # Sent as soon as read: the workers start while the next is read.
+                    while unsent and self._capacity() > 0:
+                        self._submit(unsent.popleft())
             if self._interrupted:
                 while unsent:
                     self._cancel(unsent.popleft())
             while unsent and self._capacity() > 0:
                 self._submit(unsent.popleft())
+            # At most one batch's results are handed on per turn, then the loop reads
+            # and sends again: the workers never wait while results are written.
+            progressed = False
             if ordered:
-                while alive:
+                if alive:
                     head = alive[0]
                     results = head.results
                     count = len(results)
-                    while head.yielded < count:
-                        result = results[head.yielded]
-                        if result is None:
-                            break
-                        head.yielded += 1
-                        yield result
-                    if head.yielded < count:
-                        break
-                    alive.popleft()
+                    done = head.yielded
+                    # The results that arrived, up to the first missing one: handed on
+                    # in one run (no bookkeeping per result).
+                    end = count if head.done else results.index(None, done)
+                    if end > done:
+                        head.yielded = end
+                        progressed = True
+                        yield from itertools.islice(results, done, end)  # type: ignore[misc]
+                    if end == count:
+                        alive.popleft()
+                        progressed = True
             else:
-                while ready:
-                    yield ready.popleft()
+                if ready:
+                    progressed = True
+                    for _ in range(len(ready)):
+                        yield ready.popleft()
                 if any(batch.done for batch in alive):
                     alive = collections.deque(batch for batch in alive if not batch.done)
             if not alive:
                 if exhausted or self._interrupted:
                     return
                 continue
-            self._wait(0.1)
+            # Poll only while there are results to hand on; else wait for some.
+            self._wait(0 if progressed else 0.1)
 
     def _read_batch(self, iterator: Iterator[Any], start: int) -> tuple[Batch | None, bool]:
         """The next batch of items (None when there was none), and whether the input ended."""
@@ -234,19 +246,24 @@ class BatchExecutor(abc.ABC):
         if not items:
             return None, exhausted
         batch = Batch(start, items)
-        if all(type(item) is Record for item in items):  # the common case, kept fast
-            batch.positions = list(range(len(items)))
-            batch.args = (
-                start,
-                None,
-                [item.value for item in items],
-                [item.line for item in items],
-            )
-            _keep_record_numbers(batch)
+        if set(map(type, items)) == _RECORDS:  # the common case, kept fast (no loop in Python)
+            batch.positions = range(len(items))
+            numbers = list(map(_index_of, items))
+            sent = list(map(_value_of, items))
+            sent_lines = list(map(_line_of, items))
+            if numbers == list(range(start, start + len(items))):
+                batch.args = (start, None, sent, sent_lines)
+            else:
+                # Numbers the reader did not give, or not from ``start`` on (a run resumed
+                # from a checkpoint skipped some): the worker numbers record k as
+                # 0 + positions[k], so send each record's own number as its position.
+                numbers = [record_number(item, start + pos) for pos, item in enumerate(items)]
+                batch.args = (0, numbers, sent, sent_lines)
             return batch, exhausted
         values: list[Any] = []
         lines: list[int | None] = []
-        positions = batch.positions
+        positions: list[int] = []
+        batch.positions = positions
         invalid = False
         for pos, item in enumerate(items):
             cls = type(item)
@@ -272,18 +289,19 @@ class BatchExecutor(abc.ABC):
         if not self._ordered:
             self._ready.append(result)
 
-    def _deliver(self, batch: Batch, payloads: list[tuple[Any, ...]], elapsed: float) -> None:
-        """Results of the next ``len(payloads)`` items sent in ``batch``."""
-        self._sizer.observe(len(payloads), elapsed)
-        results = batch.results
+    def _deliver(self, batch: Batch, chunk: Chunk, elapsed: float) -> None:
+        """Results of the next ``chunk[0]`` items sent in ``batch``."""
+        count = chunk[0]
+        self._sizer.observe(count, elapsed)
         first = batch.received
-        self._builder.build_into(
-            results, payloads, batch.items, batch.positions, first, batch.start
+        self._builder.build_chunk(
+            batch.results, chunk, batch.items, batch.positions, first, batch.start
         )
-        r = first + len(payloads)
+        r = first + count
         if not self._ordered:
+            results = batch.results
             self._ready.extend(results[pos] for pos in batch.positions[first:r])  # type: ignore[misc]
-        batch.filled += r - batch.received
+        batch.filled += count
         batch.received = r
 
     def _fail(self, batch: Batch, error: BaseException, count: int | None = None) -> None:
@@ -312,6 +330,12 @@ class BatchExecutor(abc.ABC):
             lines = [getattr(items[pos], "line", None) for pos in positions]
             batch.args = (batch.start, positions, values, lines)
         self._unsent.appendleft(batch)
+
+
+_RECORDS = frozenset((Record,))
+_index_of = operator.attrgetter("index")
+_value_of = operator.attrgetter("value")
+_line_of = operator.attrgetter("line")
 
 
 def _value(item: Any) -> Any:

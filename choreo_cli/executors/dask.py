@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.errors import ResourceError
 from choreo_cli.executors.base import PipelineSpec
 from choreo_cli.executors.batching import Batch, BatchExecutor
-from choreo_cli.executors.portable import encode_results, rebuild_exception
+from choreo_cli.executors.portable import encode_chunk, rebuild_exception
 from choreo_cli.executors.runner import BatchArgs, BatchRunner
 
 if TYPE_CHECKING:
@@ -207,11 +207,11 @@ class DaskExecutor(BatchExecutor):
             if future.status == "finished":
                 try:
                     raw = data[future] if future in data else future.result()
-                    elapsed, payloads = pickle.loads(raw)
+                    elapsed, chunk = pickle.loads(raw)
                 except Exception as exc:
                     self._fail(batch, exc)
                 else:
-                    self._deliver(batch, payloads, elapsed)
+                    self._deliver(batch, chunk, elapsed)
             elif future.status == "cancelled" and self._interrupted:
                 self._cancel(batch)
             else:
@@ -259,8 +259,8 @@ def run_batch(spec: PipelineSpec, batch: bytes) -> bytes:
     """Run one pickled batch on this worker; its portable results, pickled, with the time taken."""
     started = perf_counter()
     args: BatchArgs = pickle.loads(batch)
-    payloads = _runner(spec).run(args)
-    return encode_results(payloads, perf_counter() - started)
+    chunk = _runner(spec).run(args)
+    return encode_chunk(chunk, perf_counter() - started)
 
 
 def close_runner(run_id: str) -> list[str]:

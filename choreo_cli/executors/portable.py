@@ -5,6 +5,10 @@ and errors, where the run stopped. Index, line, input and raw bytes stay in the 
 with the item it sent. Exceptions travel as (module, type name, message) and come back
 as a stand-in class of the same name, so a result line shows the original type.
 
+Results travel in chunks (``Chunk``): the results of consecutive records of a batch.
+A record that ran every step without an error (the common case) costs only its bag's
+two maps in two columns; every other record travels whole (``export_result``).
+
 This module mirrors a few private fields of Result and DataBag (the compact form the
 hot loop writes); tests/unit/test_executors.py round-trips every kind of result.
 """
@@ -12,6 +16,8 @@ hot loop writes); tests/unit/test_executors.py round-trips every kind of result.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 from choreo_cli.context import DataBag
@@ -37,6 +43,12 @@ _ERRORS_MODULE = "choreo_cli.errors"
 
 # A portable exception: (module, type name, message).
 PortableError = tuple[str, str, str]
+
+# The results of ``count`` consecutive records sent in a batch: (count, jobs, pres, others).
+# ``jobs`` and ``pres`` hold each record's bag maps (``DataBag._job``, ``DataBag._pre``), or
+# are None when every one is None. ``others`` lists (offset in the chunk, export_result
+# payload) for each record that is not plainly clean (its column entries are then None).
+Chunk = tuple[int, "list[Any] | None", "list[Any] | None", "list[tuple[int, tuple[Any, ...]]]"]
 
 
 class RemoteError(Exception):
@@ -130,25 +142,84 @@ def export_result(result: Result, step_count: int) -> tuple[Any, ...]:
     )
 
 
+class ChunkWriter:
+    """Collects a worker's Results into a ``Chunk`` (the worker's per-record path, kept tight).
+
+    >>> writer = ChunkWriter(step_count=1)  # doctest: +SKIP
+    >>> writer.add(result); chunk = writer.take()  # doctest: +SKIP
+    """
+
+    __slots__ = ("jobs", "others", "pres", "step_count")
+
+    def __init__(self, step_count: int) -> None:
+        self.step_count = step_count
+        self.jobs: list[Any] = []
+        self.pres: list[Any] = []
+        self.others: list[tuple[int, tuple[Any, ...]]] = []
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def add(self, result: Result) -> None:
+        """Add the next record's Result."""
+        if result.clean and result.duration is None:
+            bag = result.bag
+            names = bag._names
+            if names is None or len(names) == self.step_count:  # the steps' own names
+                self.jobs.append(bag._job)
+                self.pres.append(bag._pre)
+                return
+        self.others.append((len(self.jobs), export_result(result, self.step_count)))
+        self.jobs.append(None)
+        self.pres.append(None)
+
+    def take(self) -> Chunk:
+        """The chunk of the Results added since the last ``take()``; start a new one."""
+        jobs, pres, others = self.jobs, self.pres, self.others
+        self.jobs, self.pres, self.others = [], [], []
+        count = len(jobs)
+        return (
+            count,
+            None if jobs.count(None) == count else jobs,
+            None if pres.count(None) == count else pres,
+            others,
+        )
+
+
+def encode_chunk(chunk: Chunk, *head: Any) -> bytes:
+    """Pickle ``(*head, chunk)``; a bag value that does not pickle becomes its repr."""
+    try:
+        return pickle.dumps((*head, chunk), protocol=_PROTOCOL)
+    except Exception:
+        count, jobs, pres, others = chunk
+        sanitized = (
+            count,
+            None if jobs is None else [_sanitized_map(m) for m in jobs],
+            None if pres is None else [_sanitized_map(m) for m in pres],
+            [(k, _sanitized(p)) for k, p in others],
+        )
+        return pickle.dumps((*head, sanitized), protocol=_PROTOCOL)
+
+
+def _sanitized_map(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    if values is None:
+        return None
+    try:
+        pickle.dumps(values, protocol=_PROTOCOL)
+    except Exception:
+        return {k: _portable_value(v) for k, v in values.items()}
+    return values
+
+
 def _export_error(error: ExecutionError) -> tuple[Any, ...]:
     return (error.step, error.phase, export_exception(error.exception))
-
-
-def encode_results(payloads: list[tuple[Any, ...]], *head: Any) -> bytes:
-    """Pickle ``(*head, payloads)``; a bag value that does not pickle becomes its repr."""
-    try:
-        return pickle.dumps((*head, payloads), protocol=_PROTOCOL)
-    except Exception:
-        return pickle.dumps((*head, [_sanitized(p) for p in payloads]), protocol=_PROTOCOL)
 
 
 def _sanitized(payload: tuple[Any, ...]) -> tuple[Any, ...]:
     try:
         pickle.dumps(payload, protocol=_PROTOCOL)
     except Exception:
-        job = None if payload[1] is None else {k: _portable_value(v) for k, v in payload[1].items()}
-        pre = None if payload[2] is None else {k: _portable_value(v) for k, v in payload[2].items()}
-        return (payload[0], job, pre, *payload[3:])
+        return (payload[0], _sanitized_map(payload[1]), _sanitized_map(payload[2]), *payload[3:])
     return payload
 
 
@@ -180,49 +251,62 @@ class ResultBuilder:
         self._folded = {name.casefold(): name for name in names}
         self._clean = clean_result_type(names, would_run=dry_run)
 
-    def build_into(
+    def build_chunk(
         self,
         results: list[Result | None],
-        payloads: list[tuple[Any, ...]],
+        chunk: Chunk,
         items: list[Any],
-        positions: list[int],
+        positions: Sequence[int],
         first: int,
         start: int,
     ) -> None:
-        """Rebuild ``payloads`` into ``results``: the k-th is the item at ``positions[first + k]``.
+        """Rebuild ``chunk`` into ``results``: its k-th is the item at ``positions[first + k]``.
 
-        The per-record path of the parent, kept tight: clean results are filled in place.
+        The per-record path of the parent, kept tight: a clean result is an object with
+        its fields stored, no call. ``positions`` may be a range (every item was sent).
         """
+        count, jobs, pres, others = chunk
         folded = self._folded
         clean = self._clean
-        build = self.build
-        r = first
-        for payload in payloads:
-            pos = positions[r]
-            r += 1
+        new = _new
+        new_bag = DataBag
+        record = Record
+        end = first + count
+        for pos, job, pre in zip(
+            positions[first:end],
+            repeat(None) if jobs is None else jobs,
+            repeat(None) if pres is None else pres,
+            strict=False,  # a column of None is an endless repeat
+        ):
+            item = items[pos]
+            if type(item) is record:
+                index = item.index
+                result: Result = new(clean)
+                result.index = start + pos if index is None else index
+                result.line = item.line
+                result.input = item.value
+                result.raw = item.raw
+            else:
+                result = new(clean)
+                result.index = start + pos
+                result.line = None
+                result.input = item
+                result.raw = None
+            bag = new(new_bag)
+            bag._job = job
+            bag._pre = pre
+            bag._names = folded
+            result.bag = bag
+            result.duration = None
+            results[pos] = result
+        for k, payload in others:
+            pos = positions[first + k]
             item = items[pos]
             if type(item) is Record:
-                value, line, raw = item.value, item.line, item.raw
                 index = start + pos if item.index is None else item.index
+                results[pos] = self.build(payload, index, item.line, item.value, item.raw)
             else:
-                value, line, raw = item, None, None
-                index = start + pos
-            if len(payload) == 4:
-                bag = _new(DataBag)
-                bag._job = payload[1]
-                bag._pre = payload[2]
-                names = payload[3]
-                bag._names = folded if names is None else names
-                result: Result = _new(clean)
-                result.index = index
-                result.line = line
-                result.input = value
-                result.raw = raw
-                result.bag = bag
-                result.duration = payload[0]
-                results[pos] = result
-            else:
-                results[pos] = build(payload, index, line, value, raw)
+                results[pos] = self.build(payload, start + pos, None, item, None)
 
     def build(
         self, payload: tuple[Any, ...], index: int, line: int | None, value: Any, raw: bytes | None

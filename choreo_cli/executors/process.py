@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.errors import ResourceError
 from choreo_cli.executors.base import PipelineSpec, WorkerDied, describe_exit
 from choreo_cli.executors.batching import Batch, BatchExecutor
-from choreo_cli.executors.portable import encode_results
+from choreo_cli.executors.portable import Chunk, encode_chunk
 from choreo_cli.executors.runner import BatchRunner
 
 if TYPE_CHECKING:
@@ -236,9 +236,9 @@ class ProcessExecutor(BatchExecutor):
             return
         kind = message[0]
         if kind == "chunk":
-            _, elapsed, end, payloads = message
+            _, elapsed, end, chunk = message
             batch = proc.batches[0]
-            self._deliver(batch, payloads, elapsed)
+            self._deliver(batch, chunk, elapsed)
             if end:
                 proc.batches.popleft()
         elif kind == "ready":
@@ -303,14 +303,14 @@ def _worker_main(
                 break
             started = perf_counter()
 
-            def flush(payloads: list[tuple[Any, ...]]) -> None:
+            def flush(chunk: Chunk) -> None:
                 nonlocal started
                 now = perf_counter()
-                results.send_bytes(encode_results(payloads, "chunk", now - started, False))
+                results.send_bytes(encode_chunk(chunk, "chunk", now - started, False))
                 started = now
 
             rest = runner.run(message, flush, current)
-            results.send_bytes(encode_results(rest, "chunk", perf_counter() - started, True))
+            results.send_bytes(encode_chunk(rest, "chunk", perf_counter() - started, True))
     except OSError:
         runner.interrupt("the parent process is gone")
     errors = runner.close()

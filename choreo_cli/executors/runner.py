@@ -8,7 +8,7 @@ from time import perf_counter
 from typing import Any
 
 from choreo_cli.executors.base import ExecutorUnavailable, PipelineSpec, file_digest
-from choreo_cli.executors.portable import export_result
+from choreo_cli.executors.portable import Chunk, ChunkWriter
 from choreo_cli.items import Record
 
 # A batch's results go back in chunks at least this often (result lines within ~100 ms).
@@ -57,23 +57,24 @@ class BatchRunner:
     def run(
         self,
         batch: BatchArgs,
-        flush: Callable[[list[tuple[Any, ...]]], None] | None = None,
+        flush: Callable[[Chunk], None] | None = None,
         current: Any = None,
-    ) -> list[tuple[Any, ...]]:
-        """Run a batch; return the portable results not yet handed to ``flush``.
+    ) -> Chunk:
+        """Run a batch; return the chunk of the results not yet handed to ``flush``.
 
         ``current.value`` (shared memory, when given) is set to each record's index
         before it runs: if the process dies, the parent knows which record killed it.
         """
         start, positions, values, lines = batch
         coordinator = self.coordinator
-        steps = self._steps
         worker = None
         if threading.get_ident() != self._owner:
             worker = getattr(self._local, "worker", None)
             if worker is None:
                 worker = self._local.worker = coordinator.new_worker()
-        out: list[tuple[Any, ...]] = []
+        run = coordinator.run
+        chunk = ChunkWriter(self._steps)
+        add = chunk.add
         last = perf_counter()
         for k, value in enumerate(values):
             index = start + (k if positions is None else positions[k])
@@ -82,19 +83,18 @@ class BatchRunner:
                 current.value = index
             try:
                 if worker is None:
-                    result = coordinator.run(value, index=index, line=line)
+                    result = run(value, index=index, line=line)
                 else:
                     result = coordinator.run_item(Record(value, line), index, worker)
             except BaseException as exc:  # a defect in choreo must not lose the batch
                 result = coordinator.crashed(Record(value, line), index, exc)
-            out.append(export_result(result, steps))
+            add(result)
             if flush is not None:
                 now = perf_counter()
                 if now - last >= FLUSH_INTERVAL:
-                    flush(out)
-                    out = []
+                    flush(chunk.take())
                     last = now
-        return out
+        return chunk.take()
 
     def close(self) -> list[str]:
         """Tear down every resource; the teardown errors, as messages."""

@@ -16,9 +16,10 @@ from choreo_cli import Coordinator, Skip, Step, load_pipeline
 from choreo_cli.errors import Cancel, ResourceError
 from choreo_cli.executors import ExecutorUnavailable, build_executor
 from choreo_cli.executors.portable import (
+    ChunkWriter,
     RemoteError,
     ResultBuilder,
-    encode_results,
+    encode_chunk,
     export_exception,
     export_result,
     rebuild_exception,
@@ -182,7 +183,7 @@ def test_every_kind_of_result_survives_the_trip_between_processes() -> None:
     rebuilt = []
     for original in originals:
         builder = ResultBuilder(("One", "two"), dry_run=original is originals[-1])
-        payload = pickle.loads(encode_results([export_result(original, 2)]))[0][0]
+        payload = pickle.loads(pickle.dumps(export_result(original, 2)))
         item_line = original.line
         rebuilt.append(
             builder.build(payload, original.index, item_line, original.input, original.raw)
@@ -213,9 +214,56 @@ def test_an_exception_comes_back_with_its_type_name_and_message() -> None:
 
 def test_a_bag_value_that_does_not_pickle_becomes_its_repr() -> None:
     payload = (0.1, {"work": threading.Lock(), "fine": 3}, None, None)
-    (decoded,) = pickle.loads(encode_results([payload]))[0]
-    assert decoded[1]["work"].startswith("<unlocked _thread.lock object")
+    chunk = (2, [{"work": threading.Lock()}, {"fine": 3}], None, [(1, payload)])
+    (count, jobs, pres, others) = pickle.loads(encode_chunk(chunk))[0]
+    assert (count, pres, jobs[1]) == (2, None, {"fine": 3})
+    assert jobs[0]["work"].startswith("<unlocked _thread.lock object")
+    ((k, decoded),) = others
+    assert k == 1 and decoded[1]["work"].startswith("<unlocked _thread.lock object")
     assert decoded[1]["fine"] == 3
+
+
+def test_a_chunk_rebuilds_the_results_of_every_kind_in_their_places() -> None:
+    """Clean results travel as two columns, the others whole; each lands at its position."""
+
+    def job(ctx: Any, record: Any) -> Any:
+        if isinstance(record, dict) and record.get("fail"):
+            raise ValueError("bad")
+        return None if record == "none" else {"seen": record}
+
+    coordinator = Coordinator(timings=False)  # as in a worker (a timed result travels whole)
+    coordinator.add_step(Step(name="Only", job=job))
+    items: list[Any] = [
+        Record({"id": 0}, 1, b"raw\n", 10),
+        InvalidLine(2, ValueError("not JSON")),  # made in the parent: not sent
+        Record({"id": 2, "fail": True}, 3, None, 12),
+        "none",
+        Record({"id": 4}, 5),
+    ]
+    positions = [0, 2, 3, 4]
+    originals = [coordinator.run(items[pos], index=20 + pos) for pos in positions]
+    writer = ChunkWriter(step_count=1)
+    for original in originals[:2]:
+        writer.add(original)
+    first = pickle.loads(encode_chunk(writer.take()))[0]
+    for original in originals[2:]:
+        writer.add(original)
+    second = pickle.loads(encode_chunk(writer.take()))[0]
+    assert first[0] == 2 and [k for k, _ in first[3]] == [1]  # the failed one travels whole
+    assert second[1:3] == ([None, {"Only".casefold(): {"seen": {"id": 4}}}], None)
+
+    builder = ResultBuilder(("Only",))
+    results: list[Result | None] = [None] * len(items)
+    builder.build_chunk(results, first, items, positions, 0, 20)
+    builder.build_chunk(results, second, items, positions, 2, 20)
+    assert results[1] is None
+    rebuilt = [results[pos] for pos in positions]
+    assert [r.index for r in rebuilt if r is not None] == [10, 12, 23, 24]
+    expected = [coordinator.run(items[pos], index=20 + pos) for pos in positions]
+    assert lines_of(iter(rebuilt)) == lines_of(iter(expected))  # type: ignore[arg-type]
+    assert [r.clean for r in rebuilt if r is not None] == [True, False, True, True]
+    assert rebuilt[0] is not None and rebuilt[0].raw == b"raw\n"
+    assert rebuilt[0].bag.job("ONLY") == {"seen": {"id": 0}}
 
 
 def test_build_executor_names_what_is_wrong(pipeline_file: Path) -> None:
