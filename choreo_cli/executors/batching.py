@@ -13,13 +13,18 @@ import abc
 import collections
 import itertools
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from choreo_cli.executors.base import PipelineSpec
 from choreo_cli.executors.portable import Chunk, ResultBuilder
 from choreo_cli.executors.runner import BatchArgs
 from choreo_cli.items import InvalidLine, Record
+from choreo_cli.records import reason_for
 
 if TYPE_CHECKING:
     from choreo_cli.coordinator import Step
@@ -32,8 +37,10 @@ class Batch:
 
     __slots__ = (
         "args",
+        "clean",
         "filled",
         "items",
+        "lines",
         "positions",
         "received",
         "results",
@@ -42,10 +49,12 @@ class Batch:
         "yielded",
     )
 
-    def __init__(self, start: int, items: list[Any]) -> None:
+    def __init__(self, start: int, items: Sequence[Any]) -> None:
         self.start = start
         self.items = items
-        self.results: list[Result | None] = [None] * len(items)
+        self.lines: LineItems | None = None  # run_lines: the input lines, else None
+        self.clean = 0  # run_lines: how many of its records came back clean
+        self.results: list[Any] = [None] * len(items)
         self.filled = 0
         self.positions: Sequence[int] = []  # offsets of the items sent to a worker
         self.received = 0  # how many of those came back
@@ -61,6 +70,45 @@ class Batch:
     def unreported(self) -> Sequence[int]:
         """Offsets of sent items whose result has not come back."""
         return self.positions[self.received :]
+
+
+class LineItems(Sequence[Any]):
+    """The input lines of a run_lines batch, read as items (Record or InvalidLine) on demand.
+
+    Only the rare paths read an item (a record that failed, was cancelled or whose
+    worker died): a clean record's line is written from its index and line number.
+    """
+
+    __slots__ = ("data", "keep_raw", "numbers", "start")
+
+    def __init__(
+        self, data: list[bytes], numbers: Sequence[int], start: int, keep_raw: bool
+    ) -> None:
+        self.data = data
+        self.numbers = numbers
+        self.start = start
+        self.keep_raw = keep_raw
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, pos: Any) -> Any:
+        if not isinstance(pos, int):
+            raise TypeError("LineItems reads one item at a time")
+        data = self.data[pos]
+        line = self.numbers[pos]
+        raw = data + b"\n" if self.keep_raw else None
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            return InvalidLine(line, reason_for(data, exc), raw, self.start + pos)
+        return Record(value, line, raw, self.start + pos)
+
+
+# What a run_lines batch holds for a record that came back clean.
+CLEAN: Any = object()
+# A line ``bytes.strip()`` would leave empty (JsonlReader skips it, and so does run_lines).
+_BLANK = re.compile(rb"^[ \t\r\x0b\x0c]*$", re.MULTILINE)
 
 
 class BatchSizer:
@@ -128,6 +176,10 @@ class BatchExecutor(abc.ABC):
     def interrupted(self) -> bool:
         """True once ``interrupt()`` was called."""
         return self._interrupted
+
+    def clean_steps(self) -> dict[str, str]:
+        """The ``steps`` of a record that ran every step without an error (for run_lines)."""
+        return self._local.clean_steps()
 
     def interrupt(self, reason: str = "interrupted") -> None:
         """No new batch is sent; workers are told to stop their records before the next step.
@@ -238,6 +290,105 @@ class BatchExecutor(abc.ABC):
             # Poll only while there are results to hand on; else wait for some.
             self._wait(0 if progressed else 0.1)
 
+    def run_lines(
+        self,
+        batches: Iterable[list[bytes]],
+        *,
+        clean_line: bytes,
+        put: Callable[[bytes], Any],
+        emit: Callable[[Result], Any],
+        keep_raw: bool = False,
+    ) -> Iterator[int]:
+        """Run JSON Lines given as lists of lines; see ``Coordinator.run_lines``.
+
+        The workers parse the lines. A record that ran every step without an error comes
+        back as a count: its line is ``clean_line % (index, line)``, handed to ``put``.
+        Every other record's Result goes to ``emit``; a true return stops the reading
+        (the records already read still get their lines). Lines come out in input order.
+        Yields, after each batch, how many clean records it held.
+        """
+        if self._interrupted:
+            return
+        self._ordered = True
+        source = iter(batches)
+        alive: collections.deque[Batch] = collections.deque()
+        unsent = self._unsent
+        limit = self.workers * self.batches_per_worker
+        pending: list[bytes] = []
+        number = 0  # the line number of the last line taken from ``pending``
+        next_index = 0
+        exhausted = stopped = False
+        while True:
+            while not stopped and not self._interrupted and len(alive) < limit:
+                size = self._sizer.size
+                while not exhausted and len(pending) < size:
+                    try:
+                        pending.extend(next(source))
+                    except StopIteration:
+                        exhausted = True
+                if not pending:
+                    break
+                lines = pending[:size]
+                del pending[:size]
+                batch = _line_batch(lines, number + 1, next_index, keep_raw)
+                number += len(lines)
+                if batch is None:  # every line was blank
+                    continue
+                next_index += len(batch.items)
+                alive.append(batch)
+                unsent.append(batch)
+                while unsent and self._capacity() > 0:
+                    self._submit(unsent.popleft())
+            if self._interrupted:
+                while unsent:
+                    self._cancel(unsent.popleft())
+            while unsent and self._capacity() > 0:
+                self._submit(unsent.popleft())
+            progressed = False
+            if alive:
+                head = alive[0]
+                results = head.results
+                count = len(results)
+                done = head.yielded
+                end = count if head.done else results.index(None, done)
+                if end > done:
+                    head.yielded = end
+                    progressed = True
+                    clean = 0
+                    numbers = head.lines.numbers  # type: ignore[union-attr]
+                    first = head.start
+                    for index, line, result in zip(
+                        range(first + done, first + end),
+                        numbers[done:end],
+                        itertools.islice(results, done, end),
+                        strict=True,
+                    ):
+                        if result is CLEAN:
+                            put(clean_line % (index, line))
+                            clean += 1
+                        elif emit(result):
+                            stopped = True
+                    yield clean
+                if end == count:
+                    alive.popleft()
+                    progressed = True
+            if not alive:
+                if (exhausted and not pending) or stopped or self._interrupted:
+                    return
+                continue
+            self._wait(0 if progressed else 0.1)
+
+    def _line_result(
+        self, lines: LineItems, pos: int, index: int, payload: tuple[Any, ...]
+    ) -> Result:
+        """The Result of a run_lines record that did not come back clean."""
+        item = lines[pos]
+        if type(item) is InvalidLine:
+            # Made here, as for an invalid line of run_many (the worker said no more).
+            return self._local.run(item, index=index)
+        assert type(item) is Record
+        return self._builder.build(payload, index, item.line, item.value, item.raw)
+
     def _read_batch(self, iterator: Iterator[Any], start: int) -> tuple[Batch | None, bool]:
         """The next batch of items (None when there was none), and whether the input ended."""
         size = self._sizer.size
@@ -294,6 +445,24 @@ class BatchExecutor(abc.ABC):
         count = chunk[0]
         self._sizer.observe(count, elapsed)
         first = batch.received
+        lines = batch.lines
+        if lines is not None:
+            # run_lines: a clean record is a mark (its line is made from two numbers).
+            positions = batch.positions
+            results = batch.results
+            if type(positions) is range and positions.step == 1 and not positions.start:
+                results[first : first + count] = repeat(CLEAN, count)
+            else:
+                for pos in positions[first : first + count]:
+                    results[pos] = CLEAN
+            others = chunk[3]
+            for k, payload in others:
+                pos = positions[first + k]
+                results[pos] = self._line_result(lines, pos, batch.start + pos, payload)
+            batch.clean += count - len(others)
+            batch.filled += count
+            batch.received = first + count
+            return
         self._builder.build_chunk(
             batch.results, chunk, batch.items, batch.positions, first, batch.start
         )
@@ -323,13 +492,47 @@ class BatchExecutor(abc.ABC):
 
     def _resubmit(self, batch: Batch) -> None:
         """Send the items of ``batch`` still without a result again (their worker died first)."""
-        if batch.received:
+        if batch.received and batch.lines is not None:
+            unreported = list(batch.unreported)
+            source = batch.lines
+            data = b"\n".join([source.data[pos] for pos in unreported])
+            line_numbers = [source.numbers[pos] for pos in unreported]
+            batch.args = (batch.start, unreported, data, line_numbers)
+        elif batch.received:
             positions = batch.unreported
             items = batch.items
             values = [_value(items[pos]) for pos in positions]
             lines = [getattr(items[pos], "line", None) for pos in positions]
-            batch.args = (batch.start, positions, values, lines)
+            # Each record's own number (a resumed run's are not start + position).
+            numbers = [record_number(items[pos], batch.start + pos) for pos in positions]
+            batch.args = (0, numbers, values, lines)
         self._unsent.appendleft(batch)
+
+
+def _line_batch(lines: list[bytes], first_line: int, start: int, keep_raw: bool) -> Batch | None:
+    """The batch of the records of ``lines`` (blank ones skipped), or None if all are blank."""
+    data = b"\n".join(lines)
+    numbers: Sequence[int]
+    if _BLANK.search(data) is None:  # the common case: no line to skip
+        kept = lines
+        numbers = range(first_line, first_line + len(lines))
+    else:
+        kept = []
+        numbers = []
+        for number, line in enumerate(lines, first_line):
+            if line.strip():
+                kept.append(line)
+                numbers.append(number)
+        if not kept:
+            return None
+        data = b"\n".join(kept)
+    items = LineItems(kept, numbers, start, keep_raw)
+    batch = Batch(start, items)
+    batch.lines = items
+    batch.positions = range(len(kept))
+    # The worker splits ``data`` at each newline (no line holds one) and parses the lines.
+    batch.args = (start, None, data, numbers)
+    return batch
 
 
 _RECORDS = frozenset((Record,))

@@ -84,14 +84,18 @@ class DaskExecutor(BatchExecutor):
         Client, LocalCluster = distributed.Client, distributed.LocalCluster
         try:
             if self.scheduler is None:
-                self._cluster = LocalCluster(
-                    n_workers=self.workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address=None,
-                    silence_logs=logging.ERROR,
-                )
+                dask: Any = importlib.import_module("dask")
+                # Tasks go to the workers as soon as submitted (the default holds all but
+                # one per thread in the scheduler: a round trip between two batches).
+                with dask.config.set({"distributed.scheduler.worker-saturation": "inf"}):
+                    self._cluster = LocalCluster(
+                        n_workers=self.workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        host="127.0.0.1",
+                        dashboard_address=None,
+                        silence_logs=logging.ERROR,
+                    )
                 self._client = Client(self._cluster, set_as_default=False)
             else:
                 self._client = Client(self.scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)

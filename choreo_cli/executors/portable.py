@@ -149,10 +149,12 @@ class ChunkWriter:
     >>> writer.add(result); chunk = writer.take()  # doctest: +SKIP
     """
 
-    __slots__ = ("jobs", "others", "pres", "step_count")
+    __slots__ = ("jobs", "maps", "others", "pres", "step_count")
 
-    def __init__(self, step_count: int) -> None:
+    def __init__(self, step_count: int, *, maps: bool = True) -> None:
         self.step_count = step_count
+        # False: a clean record's bag is not sent (run_lines writes its line from two numbers).
+        self.maps = maps
         self.jobs: list[Any] = []
         self.pres: list[Any] = []
         self.others: list[tuple[int, tuple[Any, ...]]] = []
@@ -163,6 +165,10 @@ class ChunkWriter:
     def add(self, result: Result) -> None:
         """Add the next record's Result."""
         if result.clean and result.duration is None:
+            if not self.maps:
+                self.jobs.append(None)
+                self.pres.append(None)
+                return
             bag = result.bag
             names = bag._names
             if names is None or len(names) == self.step_count:  # the steps' own names
@@ -255,7 +261,7 @@ class ResultBuilder:
         self,
         results: list[Result | None],
         chunk: Chunk,
-        items: list[Any],
+        items: Sequence[Any],
         positions: Sequence[int],
         first: int,
         start: int,

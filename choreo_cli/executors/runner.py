@@ -7,15 +7,19 @@ from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
 
+import orjson
+
 from choreo_cli.executors.base import ExecutorUnavailable, PipelineSpec, file_digest
 from choreo_cli.executors.portable import Chunk, ChunkWriter
-from choreo_cli.items import Record
+from choreo_cli.items import InvalidLine, Record
+from choreo_cli.records import reason_for
 
 # A batch's results go back in chunks at least this often (result lines within ~100 ms).
 FLUSH_INTERVAL = 0.05
 
 # What the parent sends for a batch: (first index, positions or None, values, lines or None).
-# Positions are offsets from the first index, None when they are 0, 1, 2...
+# Positions are offsets from the first index, None when they are 0, 1, 2... For run_lines
+# ``values`` is bytes: the input lines joined with newlines, parsed here.
 BatchArgs = tuple[int, Sequence[int] | None, Sequence[Any], Sequence[int | None] | None]
 
 
@@ -73,8 +77,14 @@ class BatchRunner:
             if worker is None:
                 worker = self._local.worker = coordinator.new_worker()
         run = coordinator.run
-        chunk = ChunkWriter(self._steps)
+        parse = type(values) is bytes
+        if parse:
+            assert isinstance(values, bytes)
+            values = values.split(b"\n")
+        chunk = ChunkWriter(self._steps, maps=not parse)
         add = chunk.add
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
         last = perf_counter()
         for k, value in enumerate(values):
             index = start + (k if positions is None else positions[k])
@@ -82,6 +92,13 @@ class BatchRunner:
             if current is not None:
                 current.value = index
             try:
+                if parse:
+                    try:
+                        value = loads(value)
+                    except decode_error as exc:
+                        invalid = InvalidLine(line, reason_for(value, exc), None, index)  # type: ignore[arg-type]
+                        add(coordinator.run(invalid, index=index))
+                        continue
                 if worker is None:
                     result = run(value, index=index, line=line)
                 else:

@@ -295,6 +295,95 @@ def test_process_gives_the_thread_executors_lines_in_order_and_unordered(
     assert sum(line.startswith("closed") for line in counts) == 3
 
 
+def fused_lines(runner: Any, data: bytes, *, keep_raw: bool = False) -> tuple[list[bytes], int]:
+    """The result lines of ``runner.run_lines`` (what `choreo run` writes), and the clean count;
+    each emitted Result's raw bytes are checked against its input line."""
+    writer = ResultWriter(io.BytesIO())
+    clean_line = writer.clean_line(dict.fromkeys(["work", "after"], "succeeded"))
+    assert clean_line is not None
+    out: list[bytes] = []
+    source = data.split(b"\n")
+
+    def emit(result: Result) -> bool:
+        out.append(writer.encode(result))
+        if keep_raw:
+            assert result.raw == source[result.line - 1] + b"\n"  # type: ignore[operator]
+        return False
+
+    batches = JsonlReader(io.BytesIO(data)).iter_line_lists(max_lines=7)
+    counts = list(
+        runner.run_lines(
+            batches, clean_line=clean_line, put=out.append, emit=emit, keep_raw=keep_raw
+        )
+    )
+    writer.close()
+    return out, sum(counts)
+
+
+def with_blank_lines(data: bytes) -> bytes:
+    lines = data.split(b"\n")
+    lines[3:3] = [b"", b"  \r"]
+    lines[40:40] = [b"\t"]
+    return b"\n".join(lines)
+
+
+def test_process_run_lines_writes_the_thread_executors_lines(pipeline_file: Path) -> None:
+    """The fused loop of `choreo run`: workers parse the lines, clean records come back as counts."""
+    data = with_blank_lines(make_input(300))
+    pipeline = load_pipeline(pipeline_file)
+    serial = pipeline.coordinator(workers=1, timings=False)
+    with serial:
+        expected, expected_clean = fused_lines(serial, data)
+    assert len(expected) == 301 and expected_clean > 200  # blank lines: no record
+    with ProcessExecutor(load_pipeline(pipeline_file), workers=2) as executor:
+        assert fused_lines(executor, data) == (expected, expected_clean)
+        assert fused_lines(executor, data, keep_raw=True) == (expected, expected_clean)
+
+
+def test_a_worker_that_dies_in_run_lines_fails_only_its_records(pipeline_file: Path) -> None:
+    data = make_input(200, die=152)
+    with ProcessExecutor(load_pipeline(pipeline_file), workers=2) as executor:
+        lines, _ = fused_lines(executor, data)
+    indices = [int(line.split(b",")[0].split(b":")[1]) for line in lines]
+    assert indices == list(range(201))
+    died = [i for i, line in zip(indices, lines, strict=True) if b'"WorkerDied"' in line]
+    assert 152 + 1 in died  # the killer (index 153: line 21 is not JSON)
+    assert died == list(range(died[0], 154))  # the tail of its batch, ending with it
+    with load_pipeline(pipeline_file).coordinator(workers=1, timings=False) as serial:
+        expected, _ = fused_lines(serial, make_input(200))
+    assert [x for i, x in enumerate(lines) if i not in died] == [
+        x for i, x in enumerate(expected) if i not in died
+    ]
+
+
+def test_an_interrupted_run_lines_gives_every_record_read_one_line(pipeline_file: Path) -> None:
+    import json
+
+    data = b"".join(json.dumps({"id": i, "nap": 0.002}).encode() + b"\n" for i in range(5000))
+    writer = ResultWriter(io.BytesIO())
+    clean_line = writer.clean_line({"work": "succeeded", "after": "succeeded"})
+    assert clean_line is not None
+    out: list[bytes] = []
+    with ProcessExecutor(load_pipeline(pipeline_file), workers=2) as executor:
+
+        def put(line: bytes) -> None:
+            out.append(line)
+            if len(out) == 20:
+                executor.interrupt("test")
+
+        def emit(result: Result) -> bool:
+            out.append(writer.encode(result))
+            return False
+
+        batches = JsonlReader(io.BytesIO(data)).iter_line_lists()
+        list(executor.run_lines(batches, clean_line=clean_line, put=put, emit=emit))
+    writer.close()
+    indices = [json.loads(line)["index"] for line in out]
+    assert indices == list(range(len(out)))
+    assert 20 < len(out) < 5000
+    assert json.loads(out[-1])["status"] == "cancelled"
+
+
 def test_a_worker_that_dies_fails_only_its_records_and_is_replaced(pipeline_file: Path) -> None:
     data = make_input(200, die=152)
     with ProcessExecutor(load_pipeline(pipeline_file), workers=2) as executor:
@@ -442,6 +531,17 @@ def test_dask_gives_the_thread_executors_lines_and_builds_resources_once_per_wor
     counts = dask_counts.read_text().split("\n")
     assert sum(line.startswith("built") for line in counts) == 2  # one per Dask worker
     assert sum(line.startswith("closed") for line in counts) == 2
+
+
+def test_dask_run_lines_writes_the_thread_executors_lines(
+    pipeline_file: Path, dask_scheduler: str
+) -> None:
+    data = with_blank_lines(make_input(120))
+    pipeline = load_pipeline(pipeline_file)
+    with pipeline.coordinator(workers=1, timings=False) as serial:
+        expected = fused_lines(serial, data, keep_raw=True)
+    with build_executor("dask", pipeline, workers=2, scheduler=dask_scheduler) as executor:
+        assert fused_lines(executor, data, keep_raw=True) == expected
 
 
 def test_an_interrupted_dask_run_cancels_pending_batches(
