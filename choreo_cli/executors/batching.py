@@ -120,6 +120,11 @@ class BatchSizer:
         self._max = max_size
         self._per_record: float | None = None
 
+    @property
+    def measured(self) -> bool:
+        """True once a batch came back: until then batches are of one record."""
+        return self._per_record is not None
+
     def observe(self, count: int, elapsed: float) -> None:
         if count <= 0:
             return
@@ -237,10 +242,13 @@ class BatchExecutor(abc.ABC):
         alive: collections.deque[Batch] = collections.deque()
         unsent = self._unsent
         ready = self._ready
-        limit = self.workers * self.batches_per_worker
+        sizer = self._sizer
         next_index = 0
         exhausted = False
         while True:
+            # Until a batch came back, one single-record batch per worker (no more: their
+            # round trips would delay the batches sized from what came back).
+            limit = self.workers * (self.batches_per_worker if sizer.measured else 1)
             while not exhausted and not self._interrupted and len(alive) < limit:
                 batch, exhausted = self._read_batch(iterator, next_index)
                 if batch is None:
@@ -313,14 +321,15 @@ class BatchExecutor(abc.ABC):
         source = iter(batches)
         alive: collections.deque[Batch] = collections.deque()
         unsent = self._unsent
-        limit = self.workers * self.batches_per_worker
+        sizer = self._sizer
         pending: list[bytes] = []
         number = 0  # the line number of the last line taken from ``pending``
         next_index = 0
         exhausted = stopped = False
         while True:
+            limit = self.workers * (self.batches_per_worker if sizer.measured else 1)
             while not stopped and not self._interrupted and len(alive) < limit:
-                size = self._sizer.size
+                size = sizer.size
                 while not exhausted and len(pending) < size:
                     try:
                         pending.extend(next(source))

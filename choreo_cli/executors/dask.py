@@ -205,7 +205,10 @@ class DaskExecutor(BatchExecutor):
         if finished:
             # One round trip fetches every finished batch (one at a time below if it fails).
             with contextlib.suppress(Exception):
-                data = dict(zip(finished, self._client.gather(finished), strict=True))
+                # From the workers themselves when the cluster is local (not through the
+                # scheduler: one hop less); a remote one may not let us reach its workers.
+                fetched = self._client.gather(finished, direct=self._cluster is not None)
+                data = dict(zip(finished, fetched, strict=True))
         for future in done:
             batch = self._futures.pop(future)
             if future.status == "finished":
