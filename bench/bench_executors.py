@@ -29,6 +29,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from choreo_cli import load_pipeline
 from choreo_cli.executors import build_executor
@@ -251,7 +252,48 @@ def trivial_part(root: Path, trivial: Path, args: argparse.Namespace) -> list[bo
             f"({count / other:,.0f} vs {count / thread:,.0f} records/s)"
         )
 
+    print(
+        f"  (library level, run_lines over the {count:,} JSON lines, results to /dev/null: the "
+        "fused loop `choreo run` uses; medians of the rounds; no target)"
+    )
+    thread_runs = []
+    for name in ("process", "dask"):
+        runs = []
+        for _ in range(args.rounds):
+            thread_runs.append(lines_seconds(trivial, "thread", 1, big))
+            runs.append(lines_seconds(trivial, name, 2, big))
+        thread = statistics.median(thread_runs)
+        other = statistics.median(runs)
+        print(
+            f"    {name}: {thread / other:.2f}x the thread executor "
+            f"({count / other:,.0f} vs {count / thread:,.0f} records/s; "
+            f"{name} {min(runs):.2f}-{max(runs):.2f} s)"
+        )
+
     return results
+
+
+def lines_seconds(path: Path, executor: str, workers: int, data: Path) -> float:
+    """Seconds of ``run_lines`` over the lines of ``data`` (start-up left out), as `choreo run`
+    runs it: lines written with the writer's clean-line template, to /dev/null."""
+    from choreo_cli.output import build_writer
+    from choreo_cli.records import JsonlReader
+
+    with build_executor(executor, load_pipeline(path), workers=workers) as running:
+        runner: Any = running.coordinator if executor == "thread" else running  # type: ignore[attr-defined]
+        writer = build_writer(os.devnull, include_input=False, include_data=False, on_written=None)
+        clean_line = writer.clean_line(runner.clean_steps())
+        with data.open("rb") as stream:
+            started = time.perf_counter()
+            for _ in runner.run_lines(
+                JsonlReader(stream).iter_line_lists(),
+                clean_line=clean_line,
+                put=writer.put,
+                emit=writer.write,
+            ):
+                writer.drain_if_full()
+            writer.close()
+            return time.perf_counter() - started
 
 
 def io_part(nap: Path, async_nap: Path, args: argparse.Namespace) -> list[bool]:
