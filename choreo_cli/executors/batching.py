@@ -363,20 +363,26 @@ class BatchExecutor(abc.ABC):
                 if end > done:
                     head.yielded = end
                     progressed = True
-                    clean = 0
                     numbers = head.lines.numbers  # type: ignore[union-attr]
                     first = head.start
-                    for index, line, result in zip(
-                        range(first + done, first + end),
-                        numbers[done:end],
-                        itertools.islice(results, done, end),
-                        strict=True,
-                    ):
-                        if result is CLEAN:
-                            put(clean_line % (index, line))
-                            clean += 1
-                        elif emit(result):
-                            stopped = True
+                    indices = range(first + done, first + end)
+                    if head.clean == head.filled:  # every one clean: no loop in Python
+                        pairs = zip(indices, numbers[done:end], strict=True)
+                        _consume(map(put, map(clean_line.__mod__, pairs)))
+                        clean = end - done
+                    else:
+                        clean = 0
+                        for index, line, result in zip(
+                            indices,
+                            numbers[done:end],
+                            itertools.islice(results, done, end),
+                            strict=True,
+                        ):
+                            if result is CLEAN:
+                                put(clean_line % (index, line))
+                                clean += 1
+                            elif emit(result):
+                                stopped = True
                     yield clean
                 if end == count:
                     alive.popleft()
@@ -544,6 +550,8 @@ def _line_batch(lines: list[bytes], first_line: int, start: int, keep_raw: bool)
     return batch
 
 
+# Runs an iterator to its end, keeping nothing.
+_consume = collections.deque[Any](maxlen=0).extend
 _RECORDS = frozenset((Record,))
 _index_of = operator.attrgetter("index")
 _value_of = operator.attrgetter("value")
