@@ -145,6 +145,7 @@ def compile_line_runner(
         dry=coordinator._flags.dry_run,
         timings=coordinator.timings,
         clean_exit=clean_exit,
+        reuse_bag=True,
     )
     raw = "data + NEWLINE" if keep_raw else "None"
     namespace["NEWLINE"] = b"\n"
@@ -175,8 +176,12 @@ def compile_line_runner(
         stripped = line.lstrip(" ")
         pad = "            " + " " * (len(line) - len(stripped))
         if stripped.startswith("EXIT "):
+            # A record that did not end clean: its Result keeps the bag, so the worker
+            # gets a new one.
             source += [
-                pad + f"if emit({stripped[len('EXIT ') :]}) or flags.interrupted:",
+                pad + f"result = {stripped[len('EXIT ') :]}",
+                pad + "worker.ctx.bag = DataBag(names)",
+                pad + "if emit(result) or flags.interrupted:",
                 pad + "    yield clean",
                 pad + "    return",
                 pad + "continue",
@@ -199,28 +204,36 @@ def _record_body(
     dry: bool,
     timings: bool,
     clean_exit: list[str] | None = None,
+    reuse_bag: bool = False,
 ) -> list[str]:
     """The code of one record, at indent 0; ``EXIT x`` marks where the record ends with x.
 
     ``clean_exit``: the code that ends a record without errors, instead of building its
-    Result.
+    Result. ``reuse_bag``: empty the worker's DataBag for the record instead of making
+    one (the code at each ``EXIT`` must then give the worker a new bag, since the Result
+    keeps the old one).
     """
     # Reading the clock twice is a third of the cost of a trivial record: without timings
     # (choreo run writes none) ``duration`` is None.
-    lines = [
-        "started = perf_counter()" if timings else "started = None",
-        "bag = _new(DataBag)",
+    lines = ["started = perf_counter()" if timings else "started = None", "ctx = worker.ctx"]
+    if reuse_bag:
+        lines += ["bag = ctx.bag"]
+    else:
+        lines += ["bag = _new(DataBag)", "ctx.bag = bag"]
+    lines += [
         "bag._job = bag._pre = None",
         "bag._names = names",
-        "ctx = worker.ctx",
-        "ctx.bag = bag",
         "ctx.record = value",
         "ctx.index = index",
         "ctx.line = line",
-        "ctx._conv = None",
-        "ctx.timed_out = False",
-        "errors = skipped = None",
     ]
+    # Only record conversion (the general call path) fills ``_conv``, and only a timeout
+    # sets ``timed_out``: a plan without them has nothing of the kind to reset.
+    if any(spec.adapter is not None for p in plan for spec in (p.pre, p.job) if spec):
+        lines.append("ctx._conv = None")
+    if any(p.timeout is not None for p in plan):
+        lines.append("ctx.timed_out = False")
+    lines.append("errors = skipped = None")
     for i, planned in enumerate(plan):
         namespace[f"frame_{i}"] = planned.frame
         namespace[f"key_{i}"] = planned.key

@@ -22,25 +22,31 @@ LINES = st.lists(
 )
 
 
-def through_run_many(coordinator: Coordinator, data: bytes) -> tuple[bytes, list[bytes | None]]:
+def through_run_many(
+    coordinator: Coordinator, data: bytes
+) -> tuple[bytes, list[bytes | None], list[Any]]:
     writer = ResultWriter(io.BytesIO())
     results = list(coordinator.run_many(JsonlReader(io.BytesIO(data), keep_raw=True)))
     writer.close()
-    return b"".join(writer.encode(r) for r in results), [
-        r.raw for r in results if r.status != "succeeded"
-    ]
+    return (
+        b"".join(writer.encode(r) for r in results),
+        [r.raw for r in results if r.status != "succeeded"],
+        [r.bag.as_dict() for r in results if not r.clean and r.status != "invalid"],
+    )
 
 
 def through_run_lines(
     coordinator: Coordinator, data: bytes, *, max_lines: int
-) -> tuple[bytes, list[bytes | None], int]:
+) -> tuple[bytes, list[bytes | None], list[Any], int]:
     writer = ResultWriter(io.BytesIO())
     clean_line = writer.clean_line(coordinator.clean_steps())
     assert clean_line is not None
     out: list[bytes] = []
     raws: list[bytes | None] = []
+    emitted: list[Result] = []
 
     def emit(result: Result) -> bool:
+        emitted.append(result)
         out.append(writer.encode(result))
         if result.status != "succeeded":
             raws.append(result.raw)
@@ -57,7 +63,9 @@ def through_run_lines(
         )
     )
     writer.close()
-    return b"".join(out), raws, sum(counts)
+    # Read at the end: a Result's bag must not be touched by the records after it.
+    bags = [r.bag.as_dict() for r in emitted if r.status != "invalid"]
+    return b"".join(out), raws, bags, sum(counts)
 
 
 @settings(derandomize=True, database=None, max_examples=200, deadline=None)
@@ -67,12 +75,13 @@ def test_run_lines_writes_exactly_what_run_many_writes(
 ) -> None:
     data = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
     calls: list[tuple[str, str]] = []
-    expected, expected_raws = through_run_many(build(table, calls), data)
+    expected, expected_raws, expected_bags = through_run_many(build(table, calls), data)
     expected_calls = list(calls)
     calls.clear()
-    got, raws, clean = through_run_lines(build(table, calls), data, max_lines=max_lines)
+    got, raws, bags, clean = through_run_lines(build(table, calls), data, max_lines=max_lines)
     assert got == expected
     assert raws == expected_raws
+    assert bags == expected_bags
     assert calls == expected_calls
     assert clean == expected.count(b'"status":"succeeded","error":null,"errors":[]')
 
