@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from choreo_cli.context import Context, DataBag, _RunFlags
+from choreo_cli.event_loop import new_event_loop, run
 
 if TYPE_CHECKING:
     import asyncio
@@ -46,15 +47,17 @@ class Worker:
         self.ctx = ctx
         return ctx
 
-    def run_coroutine(self, coro: Any) -> Any:
-        import asyncio  # only pipelines with async callables pay for importing it
-
+    def open_loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop, made on first use (see event_loop.py)."""
         loop = self.loop
         if loop is None:
-            loop = self.loop = asyncio.new_event_loop()
+            loop = self.loop = new_event_loop()
             # A coordinator used without ``with`` or close() must not leak the loop.
             weakref.finalize(self, loop.close)
-        return loop.run_until_complete(coro)
+        return loop
+
+    def run_coroutine(self, coro: Any) -> Any:
+        return run(self.loop or self.open_loop(), coro)
 
     def close(self, pool: ResourcePool) -> list[BaseException]:
         if self.loop is not None:
@@ -97,6 +100,8 @@ class ThreadPool:
             try:
                 if self._prebuild:
                     coordinator._pool.build_worker(worker.resources._local)
+                if _has_async(coordinator):
+                    worker.open_loop()  # before the first record, not during it
             except Exception as exc:
                 self._started.put(exc)
             else:
@@ -120,3 +125,12 @@ class ThreadPool:
         for thread in self._threads:
             thread.join()
         return self._errors
+
+
+def _has_async(coordinator: Coordinator) -> bool:
+    """True if a step of the coordinator has an async precheck or job."""
+    return any(
+        spec is not None and spec.is_async
+        for planned in coordinator._plan
+        for spec in (planned.pre, planned.job)
+    )
