@@ -365,10 +365,13 @@ def _consume(
 def _clean_line(
     options: RunOptions, coordinator: Coordinator, checkpoint: Checkpoint | None, writer: Any
 ) -> bytes | None:
-    """The clean-line template when the fused serial loop (``Coordinator.run_lines``) can
-    run this command, else None: it runs one record at a time in this process, and
-    writes a clean record's line from its index and line number alone."""
-    if options.executor != "thread" or coordinator.workers != 1 or checkpoint is not None:
+    """The clean-line template when ``run_lines`` can run this command, else None.
+
+    ``run_lines`` writes a clean record's line from its index and line number alone.
+    The thread executor has it for one worker (the fused serial loop); the process and
+    Dask executors for any number (their workers parse the lines).
+    """
+    if checkpoint is not None or (options.executor == "thread" and coordinator.workers != 1):
         return None
     line: bytes | None = writer.clean_line(coordinator.clean_steps())
     return line
