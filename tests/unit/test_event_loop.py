@@ -111,7 +111,7 @@ def test_a_five_ms_sleep_lasts_about_five_ms(loop: Loop) -> None:
     durations = [_sleep_seconds(loop, 0.005) for _ in range(40)]
     assert min(durations) >= 0.005
     # Generous: a wake-up on a busy shared machine can be late by a scheduler tick.
-    assert statistics.median(durations) < 0.0075, durations
+    assert statistics.median(durations) < 0.008, durations
 
 
 def test_waiting_does_not_spin(loop: Loop) -> None:
