@@ -297,8 +297,10 @@ def _record_body(
             "result.duration = perf_counter() - started" if timings else "result.duration = None",
             "EXIT result",
         ]
+    # Only a retry records attempts: without one, no error means a clean record.
+    retries = any(p.retry is not None for p in plan)
     lines += [
-        "if errors is None and ctx._attempts is None:",
+        "if errors is None and ctx._attempts is None:" if retries else "if errors is None:",
         *(f"    {line}" for line in clean_exit),
         f"EXIT finish(ctx, raw, started, errors, skipped, {len(plan)})",
     ]
