@@ -132,6 +132,26 @@ def test_a_worker_that_dies_mid_record_fails_it_and_the_run_goes_on(
     assert run.lines[-1]["status"] == "succeeded"
 
 
+def test_a_dask_worker_that_dies_mid_record_fails_its_batches_and_the_run_goes_on(
+    run_choreo: RunChoreo, pipeline: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("distributed")
+    write_input(tmp_path / "in.jsonl", 600, die=152)
+    run = run_choreo(
+        ["run", pipeline, "-i", "in.jsonl", "--executor", "dask", "-w", "2"], timeout=120
+    )
+    assert run.code == 1
+    assert run.indices == list(range(601))
+    killed = [line for line in run.lines if (line["error"] or {}).get("type") == "KilledWorker"]
+    # The nanny restarts the worker and Dask retries the task elsewhere, up to its
+    # allowed failures; then the batch holding the killer (line 154: id 152, after the line
+    # that is not JSON) fails, with any batch that was queued on the dying workers.
+    assert 154 in [line["line"] for line in killed]
+    assert "workers died while running it" in killed[0]["error"]["message"]
+    assert run.lines[0]["status"] == "succeeded"  # the first batches ran before it
+    assert "records: 601" in run.stderr
+
+
 def test_sigterm_stops_a_process_run_with_no_hole_in_the_output(
     start_choreo: StartChoreo, pipeline: Path, tmp_path: Path, parse_results: ParseResults
 ) -> None:

@@ -15,6 +15,7 @@ import pytest
 from choreo_cli import Coordinator, Skip, Step, load_pipeline
 from choreo_cli.errors import Cancel, ResourceError
 from choreo_cli.executors import ExecutorUnavailable, build_executor
+from choreo_cli.executors.batching import BatchSizer
 from choreo_cli.executors.portable import (
     ChunkWriter,
     RemoteError,
@@ -338,6 +339,42 @@ def test_process_run_lines_writes_the_thread_executors_lines(pipeline_file: Path
     with ProcessExecutor(load_pipeline(pipeline_file), workers=2) as executor:
         assert fused_lines(executor, data) == (expected, expected_clean)
         assert fused_lines(executor, data, keep_raw=True) == (expected, expected_clean)
+
+
+def test_run_lines_batches_hold_at_most_max_batch_bytes_of_lines(pipeline_file: Path) -> None:
+    data = with_blank_lines(make_input(120))
+    pipeline = load_pipeline(pipeline_file)
+    with pipeline.coordinator(workers=1, timings=False) as serial:
+        expected = fused_lines(serial, data, keep_raw=True)
+    sent: list[bytes] = []
+    with ProcessExecutor(load_pipeline(pipeline_file), workers=2) as executor:
+        executor.max_batch_bytes = 40  # about two lines (a longer line goes alone)
+        submit = executor._submit
+
+        def record_size(batch: Any) -> None:
+            sent.append(batch.args[2])  # the lines, joined with newlines
+            submit(batch)
+
+        executor._submit = record_size  # type: ignore[method-assign]
+        assert fused_lines(executor, data, keep_raw=True) == expected
+    assert len(sent) > 40
+    assert all(len(lines) - lines.count(b"\n") <= 40 or b"\n" not in lines for lines in sent)
+    assert any(b"\n" in lines for lines in sent)
+
+
+def test_the_batch_sizer_weighs_each_batch_by_its_records() -> None:
+    sizer = BatchSizer(target_seconds=0.1, max_size=100_000, growth=16)
+    assert not sizer.measured and sizer.size == 1
+    sizer.observe(1, 0.01)  # the first record pays the cold start: 10 ms
+    assert sizer.measured and sizer.size == 10
+    sizer.observe(10, 10 * 0.0001)  # ten records at 0.1 ms outweigh it
+    # 10 ms + (0.1 - 10 ms) * 10 / 10.7: 0.75 ms (a plain moving average said 7 ms)
+    assert sizer._per_record == pytest.approx(0.000748, rel=0.01)
+    assert sizer.size == 133  # 0.1 s of records at 0.75 ms (at most 16 times the last size)
+    for _ in range(30):  # batches of one size: a plain moving average, 0.3 each
+        sizer.observe(100, 100 * 0.001)
+    assert sizer._per_record == pytest.approx(0.001)
+    assert sizer.size == 100
 
 
 def test_a_worker_that_dies_in_run_lines_fails_only_its_records(pipeline_file: Path) -> None:
