@@ -326,7 +326,7 @@ class LiveProgress:
         row: list[Any] = []
         if self.total_bytes:
             fraction = min(self.bytes_read / self.total_bytes, 1.0)
-            row.append(ProgressBar(total=1.0, completed=fraction, width=30))
+            row.append(ProgressBar(total=1.0, completed=fraction, width=20))
             row.append(Text(f"{fraction:4.0%}"))
         text = Text(f"{done:,} records  {done / elapsed:,.0f}/s ")
         styles = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}
