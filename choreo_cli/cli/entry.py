@@ -1,4 +1,4 @@
-"""The console script: answers ``--version`` without importing typer, else runs the app."""
+"""The console script: quick paths for ``--version`` and plain ``run`` lines, else typer."""
 
 from __future__ import annotations
 
@@ -28,6 +28,21 @@ def main() -> None:
 
         sys.stdout.write(f"choreo {get_version()}\n")
         return
+    if sys.argv[1:2] == ["run"]:
+        # Plain `choreo run` command lines are read without typer (~0.2 s of start-up);
+        # anything else, --help included, goes to typer below.
+        from choreo_cli.cli.run_options import read_plain_run_args
+
+        options = read_plain_run_args(sys.argv[2:])
+        if options is not None:
+            from choreo_cli.cli.run_session import execute
+
+            try:
+                code = int(execute(options))
+            except KeyboardInterrupt:
+                # Ctrl-C before the run's own handlers were installed (or after).
+                code = 130
+            sys.exit(code)
     from choreo_cli.cli.app import main as run_app
 
     run_app()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from choreo_cli.cli.run_options import RunOptions
 from choreo_cli.exit_codes import ExitCode
+
+__all__ = ["ExecutorName", "RunOptions", "run"]
 
 
 class ExecutorName(str, enum.Enum):
@@ -18,30 +20,6 @@ class ExecutorName(str, enum.Enum):
     thread = "thread"
     process = "process"
     dask = "dask"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunOptions:
-    """Everything `choreo run` was asked to do, parsed from the command line."""
-
-    pipeline: Path
-    input: str = "-"
-    output: str = "-"
-    workers: int | None = None
-    ordered: bool = True
-    fail_fast: bool = False
-    set_values: tuple[str, ...] = ()
-    include_input: bool = False
-    include_data: bool = False
-    progress: bool | None = None
-    quiet: bool = False
-    summary_json: Path | None = None
-    log_level: str = "WARNING"
-    rejects: Path | None = None
-    checkpoint: Path | None = None
-    dry_run: bool = False
-    executor: str = "thread"
-    scheduler: str | None = None
 
 
 def run(

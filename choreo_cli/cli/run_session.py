@@ -19,7 +19,7 @@ from choreo_cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from choreo_cli.checkpoint import Checkpoint
-    from choreo_cli.cli.run import RunOptions
+    from choreo_cli.cli.run_options import RunOptions
     from choreo_cli.console import Console
     from choreo_cli.coordinator import Coordinator
     from choreo_cli.result import Result

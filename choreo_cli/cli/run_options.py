@@ -1,0 +1,131 @@
+"""`choreo run`'s options: the RunOptions object, and a quick reading of plain command lines.
+
+typer (with the pydantic models it builds to check option values) takes about 0.2 s to
+start, as long as choreo takes for 300,000 trivial records. A `choreo run` command line
+made only of known options with plainly valid values is read here instead; anything
+else (--help, a value to check or refuse, an option written another way) is left to
+typer, which stays the definition of the command: its help, its messages, its checks.
+tests/unit/test_run_options.py holds the two to the same result for any command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+EXECUTORS = ("thread", "process", "dask")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Everything `choreo run` was asked to do, parsed from the command line."""
+
+    pipeline: Path
+    input: str = "-"
+    output: str = "-"
+    workers: int | None = None
+    ordered: bool = True
+    fail_fast: bool = False
+    set_values: tuple[str, ...] = ()
+    include_input: bool = False
+    include_data: bool = False
+    progress: bool | None = None
+    quiet: bool = False
+    summary_json: Path | None = None
+    log_level: str = "WARNING"
+    rejects: Path | None = None
+    checkpoint: Path | None = None
+    dry_run: bool = False
+    executor: str = "thread"
+    scheduler: str | None = None
+
+
+# Option -> (RunOptions field, kind). Kinds: "str", "path", "workers", "executor", "set"
+# (repeatable) take a value; a bool is a flag that sets the field to it.
+OPTIONS: dict[str, tuple[str, Any]] = {
+    "--input": ("input", "str"),
+    "-i": ("input", "str"),
+    "--output": ("output", "str"),
+    "-o": ("output", "str"),
+    "--workers": ("workers", "workers"),
+    "-w": ("workers", "workers"),
+    "--ordered": ("ordered", True),
+    "--unordered": ("ordered", False),
+    "--fail-fast": ("fail_fast", True),
+    "--set": ("set_values", "set"),
+    "--include-input": ("include_input", True),
+    "--include-data": ("include_data", True),
+    "--progress": ("progress", True),
+    "--no-progress": ("progress", False),
+    "--quiet": ("quiet", True),
+    "-q": ("quiet", True),
+    "--summary-json": ("summary_json", "path"),
+    "--log-level": ("log_level", "str"),
+    "--rejects": ("rejects", "path"),
+    "--checkpoint": ("checkpoint", "path"),
+    "--dry-run": ("dry_run", True),
+    "--executor": ("executor", "executor"),
+    "--scheduler": ("scheduler", "str"),
+}
+
+
+def read_plain_run_args(args: list[str]) -> RunOptions | None:
+    """RunOptions for ``choreo run ARGS`` when ARGS are plain, else None (ask typer).
+
+    Plain: one PIPELINE, and options spelt as listed in OPTIONS (a value as the next
+    argument, or after ``=`` for a long option), each value non-empty and not starting with ``-`` (but
+    ``-`` itself), ``--workers`` a positive whole number without sign or leading zero,
+    ``--executor`` one of EXECUTORS.
+
+    >>> read_plain_run_args(["p.yaml", "-i", "in.jsonl", "-w", "4", "--set", "a=1", "-q"])
+    RunOptions(pipeline=PosixPath('p.yaml'), input='in.jsonl', output='-', workers=4, ordered=True, fail_fast=False, set_values=('a=1',), include_input=False, include_data=False, progress=None, quiet=True, summary_json=None, log_level='WARNING', rejects=None, checkpoint=None, dry_run=False, executor='thread', scheduler=None)
+    >>> read_plain_run_args(["p.yaml", "--help"]) is None
+    True
+    """
+    values: dict[str, Any] = {}
+    sets: list[str] = []
+    pipeline: str | None = None
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        position += 1
+        if not arg.startswith("-") or arg == "-":
+            if pipeline is not None or not arg or arg == "-":
+                return None
+            pipeline = arg
+            continue
+        # Only a long option takes its value after "=": "-i=x" is -i with the value "=x".
+        name, equals, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name not in OPTIONS:
+            return None
+        field, kind = OPTIONS[name]
+        if isinstance(kind, bool):
+            if equals:
+                return None
+            values[field] = kind
+            continue
+        if not equals:
+            if position == len(args):
+                return None
+            value = args[position]
+            position += 1
+        if not value or (value.startswith("-") and value != "-"):
+            return None
+        if kind == "set":
+            sets.append(value)
+        elif kind == "workers":
+            if not value.isdecimal() or not value.isascii() or value.startswith("0"):
+                return None
+            values[field] = int(value)
+        elif kind == "executor":
+            if value not in EXECUTORS:
+                return None
+            values[field] = value
+        elif kind == "path":
+            values[field] = Path(value)
+        else:
+            values[field] = value
+    if pipeline is None:
+        return None
+    return RunOptions(pipeline=Path(pipeline), set_values=tuple(sets), **values)
