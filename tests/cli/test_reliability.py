@@ -171,13 +171,17 @@ def test_interrupted_records_are_not_marked_and_run_again(
     (tmp_path / "in.jsonl").write_bytes(_jsonl(*({"n": n, "sleep": 0.01} for n in range(400))))
     args = ["run", "pipeline.yaml", "-i", "in.jsonl", "--checkpoint", "run.ckpt", "-w", "4"]
     process = start_choreo([*args, "-o", "first.jsonl"])
-    time.sleep(0.8)
+    # Signal once records run (a fixed delay can land before the first record on a slow
+    # machine): 20 of the 400 records have started, about a second of work remains.
+    deadline = time.monotonic() + 20
+    while len(_calls(tmp_path)) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=20)
     assert process.returncode == 143, stderr
     first = json.loads("[" + ",".join((tmp_path / "first.jsonl").read_text().split()) + "]")
     interrupted = {line["line"] for line in first} - set(_finished(first))
-    assert interrupted, "the signal came too late to interrupt a record in flight"
+    assert interrupted, "no record was waiting to start when the signal came"
     marked = _marked(tmp_path / "run.ckpt")
     assert marked == set(_finished(first))
     resumed = run_choreo([*args, "-o", "second.jsonl"])
