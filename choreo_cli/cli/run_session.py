@@ -8,7 +8,7 @@ import signal
 import stat
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -335,6 +335,38 @@ def _run(
     return summary.exit_code
 
 
+def _result_handler(
+    options: RunOptions,
+    state: RunState,
+    reader: Any,
+    writer: Any,
+    summary: Any,
+    progress: Any,
+    rejects: _Rejects | None,
+) -> Callable[[Result], bool]:
+    """What happens to each Result: written, counted, shown, kept as a reject; True when
+    the run must start no other record (``--fail-fast``)."""
+    write = writer.write
+    add = summary.add
+    fail_fast = options.fail_fast
+    advance = progress.advance if progress.enabled else None
+
+    def handle(result: Result) -> bool:
+        write(result)
+        add(result)
+        if advance is not None:
+            advance(result, reader.bytes_read)
+        if result.status != "succeeded":
+            if rejects is not None:
+                rejects.add(result)
+            if fail_fast:
+                state.stop = True
+                return True
+        return False
+
+    return handle
+
+
 def _consume(
     options: RunOptions,
     coordinator: Coordinator,
@@ -346,20 +378,10 @@ def _consume(
     progress: Any,
     rejects: _Rejects | None,
 ) -> None:
-    write = writer.write
-    add = summary.add
-    fail_fast = options.fail_fast
-    advance = progress.advance if progress.enabled else None
+    handle = _result_handler(options, state, reader, writer, summary, progress, rejects)
     for result in coordinator.run_many(items, ordered=options.ordered):
-        write(result)
-        add(result)
-        if advance is not None:
-            advance(result, reader.bytes_read)
-        if result.status != "succeeded":
-            if rejects is not None:
-                rejects.add(result)
-            if fail_fast:
-                state.stop = True
+        # With fail-fast the records already started still end and get their lines.
+        handle(result)
 
 
 def _clean_line(
@@ -391,24 +413,7 @@ def _consume_lines(
     regular: bool,
 ) -> None:
     """``_consume``'s work for the fused loop: only records with errors come back as Results."""
-    write = writer.write
-    add = summary.add
-    fail_fast = options.fail_fast
-    advance = progress.advance if progress.enabled else None
-
-    def emit(result: Result) -> bool:
-        write(result)
-        add(result)
-        if advance is not None:
-            advance(result, reader.bytes_read)
-        if result.status != "succeeded":
-            if rejects is not None:
-                rejects.add(result)
-            if fail_fast:
-                state.stop = True
-                return True
-        return False
-
+    emit = _result_handler(options, state, reader, writer, summary, progress, rejects)
     batches: Iterable[list[bytes]] = reader.iter_line_lists()
     if not regular:
         # Only a pipe can block a read for ever: a regular file needs no guard.
@@ -420,7 +425,7 @@ def _consume_lines(
     for clean in runs:
         summary.add_clean(clean, steps)
         writer.drain_if_full()
-        if advance is not None:
+        if progress.enabled:
             progress.advance_succeeded(clean, reader.bytes_read)
 
 
