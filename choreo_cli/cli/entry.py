@@ -28,9 +28,9 @@ def main() -> None:
 
         sys.stdout.write(f"choreo {get_version()}\n")
         return
-    if sys.argv[1:2] == ["run"]:
+    if sys.argv[1:2] == ["run"] and "_CHOREO_COMPLETE" not in os.environ:
         # Plain `choreo run` command lines are read without typer (~0.2 s of start-up);
-        # anything else, --help included, goes to typer below.
+        # anything else, --help and shell completion included, goes to typer below.
         from choreo_cli.cli.run_options import read_plain_run_args
 
         options = read_plain_run_args(sys.argv[2:])
