@@ -678,6 +678,16 @@ def test_one_worker_writes_and_counts_exactly_what_two_workers_do(
     assert runs["1"][3].count(b"\n") == 16
 
 
+def test_a_command_line_only_typer_reads_runs_the_same(
+    statuses: Path, run_choreo: RunChoreo
+) -> None:
+    # "-w2" (a value stuck to a short option) is not a plain command line: typer reads it.
+    plain = run_choreo(["run", "pipeline.yaml", "-w", "2", "-q"], input=MIXED)
+    by_typer = run_choreo(["run", "pipeline.yaml", "-w2", "-q"], input=MIXED)
+    assert (by_typer.code, by_typer.stdout, by_typer.stderr) == (1, plain.stdout, "")
+    assert plain.code == 1 and len(plain.lines) == 7
+
+
 def test_log_messages_go_to_stderr_only(
     write_pipeline: WritePipeline, run_choreo: RunChoreo
 ) -> None:
