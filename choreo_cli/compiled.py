@@ -1,4 +1,4 @@
-"""Compile a coordinator's steps into one Python function that runs a record.
+"""Compile a coordinator's steps into the Python functions that run records.
 
 The per-record path is choreo's hot loop. A loop over step descriptions pays, for every
 step of every record, for unpacking the description and testing how to call each
@@ -8,6 +8,10 @@ calls and storing what they return. The rare paths (a Skip, an error, an interru
 call back into the coordinator, so the semantics live in one place (coordinator.py) and
 this module only decides *how* the common path is spelled. This is what dataclasses and
 attrs do for ``__init__``.
+
+The same record code is spelt three ways: ``run`` (one record), ``run_serial`` (a stream
+of items, one worker) and ``run_lines`` (JSON lines parsed in the loop, and the line of a
+record without errors written from a template: `choreo run`'s loop).
 """
 
 from __future__ import annotations
