@@ -49,7 +49,7 @@ def compile_runner(
         namespace, plan, dry=coordinator._flags.dry_run, timings=coordinator.timings
     )
     single = ["def run(value, index, line, raw, worker):"]
-    single += ["    " + line.replace("EXIT ", "return ") for line in body]
+    single += _spell(body, 1, lambda result: [f"return {result}"])
     serial = [
         "def run_serial(records, worker):",
         "    if flags.interrupted:",
@@ -71,26 +71,41 @@ def compile_runner(
         "            value = item",
         "            line = raw = None",
     ]
+    # A record's end: hand its Result over, then stop reading if interrupted.
+    serial += _spell(
+        body,
+        2,
+        lambda result: [f"yield {result}", "if flags.interrupted:", "    return", "continue"],
+    )
+    source = "\n".join(single) + "\n\n\n" + "\n".join(serial) + "\n"
+    run, run_serial = _define(source, ("run", "run_serial"), namespace, coordinator)
+    return run, run_serial
+
+
+def _spell(body: list[str], indent: int, end: Callable[[str], list[str]]) -> list[str]:
+    """``body`` indented ``indent`` levels, each ``EXIT x`` replaced by the lines ``end(x)``."""
+    lines: list[str] = []
     for line in body:
         stripped = line.lstrip(" ")
-        pad = "        " + " " * (len(line) - len(stripped))
+        pad = "    " * indent + " " * (len(line) - len(stripped))
         if stripped.startswith("EXIT "):
-            # A record's end: hand its Result over, then stop reading if interrupted.
-            serial += [
-                pad + "yield " + stripped[len("EXIT ") :],
-                pad + "if flags.interrupted:",
-                pad + "    return",
-                pad + "continue",
-            ]
+            lines += [pad + code for code in end(stripped[len("EXIT ") :])]
         else:
-            serial.append(pad + stripped)
-    source = "\n".join(single) + "\n\n\n" + "\n".join(serial) + "\n"
+            lines.append(pad + stripped)
+    return lines
+
+
+def _define(
+    source: str, names: tuple[str, ...], namespace: dict[str, Any], coordinator: Coordinator
+) -> list[Any]:
+    """Run ``source`` in ``namespace``; return the functions ``names`` it defines, each with
+    the source as its docstring (what runs, for whoever debugs it)."""
     code = compile(source, f"<choreo steps of coordinator {id(coordinator):#x}>", "exec")
     exec(code, namespace)
-    run: RecordRunner = namespace["run"]
-    run_serial: SerialRunner = namespace["run_serial"]
-    run.__doc__ = run_serial.__doc__ = source  # what runs, for whoever debugs it
-    return run, run_serial
+    functions = [namespace[name] for name in names]
+    for function in functions:
+        function.__doc__ = source
+    return functions
 
 
 def _namespace(coordinator: Coordinator) -> dict[str, Any]:
@@ -176,28 +191,23 @@ def compile_line_runner(
         "            index += 1",
         f"            raw = {raw}",
     ]
-    for line in body:
-        stripped = line.lstrip(" ")
-        pad = "            " + " " * (len(line) - len(stripped))
-        if stripped.startswith("EXIT "):
-            # A record that did not end clean: its Result keeps the bag, so the worker
-            # gets a new one.
-            source += [
-                pad + f"result = {stripped[len('EXIT ') :]}",
-                pad + "worker.ctx.bag = DataBag(names)",
-                pad + "if emit(result) or flags.interrupted:",
-                pad + "    yield clean",
-                pad + "    return",
-                pad + "continue",
-            ]
-        else:
-            source.append(pad + stripped)
+    # A record that did not end clean: its Result keeps the bag, so the worker gets a new one.
+    source += _spell(
+        body,
+        3,
+        lambda result: [
+            f"result = {result}",
+            "worker.ctx.bag = DataBag(names)",
+            "if emit(result) or flags.interrupted:",
+            "    yield clean",
+            "    return",
+            "continue",
+        ],
+    )
     source += ["        number += len(lines)", "        yield clean"]
-    text = "\n".join(source) + "\n"
-    code = compile(text, f"<choreo line runner of coordinator {id(coordinator):#x}>", "exec")
-    exec(code, namespace)
-    run_lines: LineRunner = namespace["run_lines"]
-    run_lines.__doc__ = text
+    run_lines: LineRunner = _define(
+        "\n".join(source) + "\n", ("run_lines",), namespace, coordinator
+    )[0]
     return run_lines
 
 
