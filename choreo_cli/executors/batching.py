@@ -227,6 +227,16 @@ class BatchExecutor(abc.ABC):
     def close(self) -> None:
         """Stop the workers; raise ResourceError when a worker's teardown failed."""
 
+    def _send_unsent(self) -> None:
+        """Send the batches read but not sent while workers have room; once the run is
+        interrupted, cancel them instead (their records get their cancelled results)."""
+        unsent = self._unsent
+        if self._interrupted:
+            while unsent:
+                self._cancel(unsent.popleft())
+        while unsent and self._capacity() > 0:
+            self._submit(unsent.popleft())
+
     @abc.abstractmethod
     def _tell_workers(self) -> None:
         """Tell the workers the run was interrupted (from a signal handler: flags only)."""
@@ -275,13 +285,8 @@ class BatchExecutor(abc.ABC):
                 if batch.positions:
                     unsent.append(batch)
                     # Sent as soon as read: the workers start while the next is read.
-                    while unsent and self._capacity() > 0:
-                        self._submit(unsent.popleft())
-            if self._interrupted:
-                while unsent:
-                    self._cancel(unsent.popleft())
-            while unsent and self._capacity() > 0:
-                self._submit(unsent.popleft())
+                    self._send_unsent()
+            self._send_unsent()
             # At most one batch's results are handed on per turn, then the loop reads
             # and sends again: the workers never wait while results are written.
             progressed = False
@@ -365,13 +370,8 @@ class BatchExecutor(abc.ABC):
                 next_index += len(batch.items)
                 alive.append(batch)
                 unsent.append(batch)
-                while unsent and self._capacity() > 0:
-                    self._submit(unsent.popleft())
-            if self._interrupted:
-                while unsent:
-                    self._cancel(unsent.popleft())
-            while unsent and self._capacity() > 0:
-                self._submit(unsent.popleft())
+                self._send_unsent()
+            self._send_unsent()
             progressed = False
             if alive:
                 head = alive[0]
