@@ -302,7 +302,7 @@ class BatchExecutor(abc.ABC):
                     if end > done:
                         head.yielded = end
                         progressed = True
-                        yield from itertools.islice(results, done, end)  # type: ignore[misc]
+                        yield from itertools.islice(results, done, end)
                     if end == count:
                         alive.popleft()
                         progressed = True
@@ -503,7 +503,7 @@ class BatchExecutor(abc.ABC):
         r = first + count
         if not self._ordered:
             results = batch.results
-            self._ready.extend(results[pos] for pos in batch.positions[first:r])  # type: ignore[misc]
+            self._ready.extend(results[pos] for pos in batch.positions[first:r])
         batch.filled += count
         batch.received = r
 

@@ -9,17 +9,24 @@ the same content, and its step modules importable there.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import itertools
 import logging
+import mmap
+import os
 import pickle
 import queue
+import struct
+import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from choreo_cli.errors import ResourceError
-from choreo_cli.executors.base import PipelineSpec
+from choreo_cli.executors.base import PipelineSpec, WorkerDied
 from choreo_cli.executors.batching import Batch, BatchExecutor
 from choreo_cli.executors.portable import encode_chunk, rebuild_exception
 from choreo_cli.executors.runner import BatchArgs, BatchRunner
@@ -29,6 +36,8 @@ if TYPE_CHECKING:
 
 # Batches in flight per worker thread: one running, the others hiding the round trips.
 PER_THREAD = 3
+# How many times a batch Dask gave up on (KilledWorker) is submitted again as a new task.
+KILLED_RESUBMITS = 1
 CONNECT_TIMEOUT = "10s"
 
 # Settings of the LocalCluster choreo starts itself (a cluster given by --scheduler keeps
@@ -57,6 +66,10 @@ LOCAL_CLUSTER_CONFIG = {
     # spill, pause or restart it: once a second is enough for batches that hold no data
     # (about 0.01 of a core).
     "distributed.worker.memory.monitor-interval": "1s",
+    # A worker that dies counts against every batch queued on it, not only the one it was
+    # running; a batch run again skips the records its last attempt ran (run_batch), so
+    # retrying is safe: the default of 3 would fail a batch queued on 4 dying workers.
+    "distributed.scheduler.allowed-failures": 10,
 }
 
 
@@ -100,6 +113,7 @@ class DaskExecutor(BatchExecutor):
         self._closed = False
         # Finished futures, put there by Dask's callback thread.
         self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._tokens = itertools.count(1)  # names a batch across its attempts
 
     def open(self, *, prebuild_workers: bool = True) -> DaskExecutor:
         """Connect (or start a local cluster) and build the resources on every worker.
@@ -211,8 +225,11 @@ class DaskExecutor(BatchExecutor):
         assert client is not None and batch.args is not None
         # Pickled here: Dask would otherwise walk every record looking for futures in it.
         args = pickle.dumps(batch.args, protocol=pickle.HIGHEST_PROTOCOL)
-        future = client.submit(run_batch, self._spec, args, pure=False)
-        batch.ticket = future
+        # A batch keeps its token when sent again: the new attempt finds what the last one
+        # ran before its worker died (see run_batch).
+        _, token, killed = batch.ticket or (None, next(self._tokens), 0)
+        future = client.submit(run_batch, self._spec, args, token, pure=False)
+        batch.ticket = (future, token, killed)
         self._futures[future] = batch
         future.add_done_callback(self._done.put)
 
@@ -257,7 +274,21 @@ class DaskExecutor(BatchExecutor):
             elif future.status == "cancelled" and self._interrupted:
                 self._cancel(batch)
             else:
-                self._fail(batch, _future_error(future))
+                self._failed(batch, _future_error(future))
+
+    def _failed(self, batch: Batch, error: BaseException) -> None:
+        """A batch's task failed: Dask gave up on it after its allowed failures (workers
+        that died while it was queued or running there), or it could not run at all."""
+        _, token, killed = batch.ticket
+        if type(error).__name__ != "KilledWorker":
+            self._fail(batch, error)
+        elif killed < KILLED_RESUBMITS and not self._interrupted:
+            # Workers died while it waited on them, or its attempts on other machines
+            # could not see where the last one stopped: once more, as a new task.
+            batch.ticket = (None, token, killed + 1)
+            self._resubmit(batch)
+        else:
+            self._fail(batch, WorkerDied(f"Dask gave up on this record's batch: {error}"))
 
 
 def _future_error(future: Any) -> BaseException:
@@ -272,22 +303,176 @@ def _future_error(future: Any) -> BaseException:
 
 # -- on the Dask workers ------------------------------------------------------------------
 
-_RUNNERS: dict[str, BatchRunner] = {}
-_RUNNERS_LOCK = threading.Lock()
+# A progress slot's record index once its batch has ended (every record ran).
+BATCH_ENDED = 1 << 62
+# How long a batch waits for a process that ran it before and stopped answering to be
+# gone (the scheduler can learn of a death a moment before the process has ended).
+DEATH_WAIT_SECONDS = 2.0
+_HEADER = 128  # the worker's address, UTF-8, NUL-padded
+_SLOTS = 64  # one per thread that runs batches (threads past that are not tracked)
+_SLOT = struct.Struct("<qq")  # (batch token, index of the record running)
 
 
-def _runner(spec: PipelineSpec) -> BatchRunner:
-    with _RUNNERS_LOCK:
-        runner = _RUNNERS.get(spec.run_id)
-        if runner is None:
-            runner = _RUNNERS[spec.run_id] = BatchRunner(spec)
-        return runner
+def progress_dir(run_id: str) -> Path:
+    """Where this machine's Dask workers record what they are running, for run ``run_id``."""
+    return Path(tempfile.gettempdir()) / f"choreo-dask-{run_id}"
+
+
+class ProgressFile:
+    """This worker process's record of the batch and record each of its threads is running.
+
+    A small file, mapped into memory: writing an index costs a store, and what was written
+    stays in the file when the process dies. When Dask runs a batch again (its worker
+    died), the new attempt reads the files of dead processes on this machine: the records
+    before the one that was running ran already, and that one killed the worker.
+    """
+
+    def __init__(self, run_id: str, address: str) -> None:
+        directory = progress_dir(run_id)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        self.path = directory / str(os.getpid())
+        size = _HEADER + _SLOTS * _SLOT.size
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._map[: _HEADER - 1] = address.encode()[: _HEADER - 1].ljust(_HEADER - 1, b"\0")
+        for k in range(_SLOTS):
+            _SLOT.pack_into(self._map, _HEADER + k * _SLOT.size, 0, -1)
+        self._claimed = 0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def slot(self) -> tuple[Any, Any]:
+        """This thread's (token, index) cells: ctypes integers backed by the file."""
+        slot = getattr(self._local, "slot", None)
+        if slot is None:
+            with self._lock:
+                k = self._claimed
+                self._claimed += 1
+            if k < _SLOTS:
+                offset = _HEADER + k * _SLOT.size
+                slot = (
+                    ctypes.c_int64.from_buffer(self._map, offset),
+                    ctypes.c_int64.from_buffer(self._map, offset + 8),
+                )
+            else:
+                slot = (ctypes.c_int64(), ctypes.c_int64())
+            self._local.slot = slot
+        return slot
+
+    def remove(self) -> None:
+        """Remove this process's file, and those of dead processes; the folder once empty."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        directory = self.path.parent
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                if entry.name.isdigit() and not _alive(int(entry.name)):
+                    os.unlink(entry.path)
+            directory.rmdir()
+
+
+def earlier_deaths(run_id: str, token: int) -> Callable[[int], BaseException | None] | None:
+    """What an earlier attempt of batch ``token`` on this machine left: None when there was
+    none (the common case), else a function giving the WorkerDied error of each record that
+    attempt ran or died running (None for a record it never started)."""
+    deaths: list[tuple[int, str]] = []  # (index running when it died, which worker)
+    me = os.getpid()
+    try:
+        entries = [entry for entry in os.scandir(progress_dir(run_id)) if entry.name.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        pid = int(entry.name)
+        if pid == me:
+            continue
+        try:
+            data = Path(entry.path).read_bytes()
+        except OSError:
+            continue
+        running = [
+            index
+            for k in range(_SLOTS)
+            for found, index in [_SLOT.unpack_from(data, _HEADER + k * _SLOT.size)]
+            if found == token and index >= 0
+        ]
+        if not running or not _gone(pid):
+            continue
+        address = data[:_HEADER].rstrip(b"\0").decode(errors="replace")
+        deaths.extend((index, f"Dask worker {address} (process {pid}) died") for index in running)
+    if not deaths:
+        return None
+    killers = {index: who for index, who in deaths if index != BATCH_ENDED}
+    last, who_last = max(deaths)
+
+    def died(index: int) -> BaseException | None:
+        if index in killers:
+            return WorkerDied(f"{killers[index]} while running this record")
+        if index < last:
+            return WorkerDied(f"{who_last} after this record ran, before its result came back")
+        return None
+
+    return died
+
+
+def _alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie, dead but not yet reaped, is not alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
+
+
+def _gone(pid: int) -> bool:
+    """True once process ``pid`` has ended, waiting a moment for one that is ending."""
+    deadline = time.monotonic() + DEATH_WAIT_SECONDS
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False  # still running (a worker cut off from the scheduler): not a death
+        time.sleep(0.02)
+    return True
+
+
+class _WorkerRun:
+    """One run's pipeline on this worker, and its progress file."""
+
+    __slots__ = ("progress", "runner")
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        from distributed import get_worker
+
+        self.runner = BatchRunner(spec)
+        self.progress = ProgressFile(spec.run_id, get_worker().address)
+
+
+_RUNS: dict[str, _WorkerRun] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def _run_of(spec: PipelineSpec) -> _WorkerRun:
+    with _RUNS_LOCK:
+        run = _RUNS.get(spec.run_id)
+        if run is None:
+            run = _RUNS[spec.run_id] = _WorkerRun(spec)
+        return run
 
 
 def open_runner(spec: PipelineSpec) -> list[str]:
     """Load the pipeline and build its resources on this worker; the error, if any."""
     try:
-        _runner(spec)
+        _run_of(spec)
     except BaseException as exc:
         from choreo_cli.errors import ChoreoError
 
@@ -297,16 +482,29 @@ def open_runner(spec: PipelineSpec) -> list[str]:
     return []
 
 
-def run_batch(spec: PipelineSpec, batch: bytes) -> bytes:
-    """Run one pickled batch on this worker; its portable results, pickled, with the time taken."""
+def run_batch(spec: PipelineSpec, batch: bytes, token: int = 0) -> bytes:
+    """Run one pickled batch on this worker; its portable results, pickled, with the time taken.
+
+    ``token`` names the batch across attempts: records an earlier attempt ran or died
+    running (its worker died) are not run again; they come back failed with WorkerDied.
+    """
     started = perf_counter()
     args: BatchArgs = pickle.loads(batch)
-    chunk = _runner(spec).run(args)
+    run = _run_of(spec)
+    cell_token, current = run.progress.slot()
+    current.value = -1
+    cell_token.value = token
+    died = earlier_deaths(spec.run_id, token) if token else None
+    chunk = run.runner.run(args, None, current, died=died)
+    current.value = BATCH_ENDED
     return encode_chunk(chunk, perf_counter() - started)
 
 
 def close_runner(run_id: str) -> list[str]:
     """Tear down this worker's resources of run ``run_id``; the teardown errors."""
-    with _RUNNERS_LOCK:
-        runner = _RUNNERS.pop(run_id, None)
-    return [] if runner is None else runner.close()
+    with _RUNS_LOCK:
+        run = _RUNS.pop(run_id, None)
+    if run is None:
+        return []
+    run.progress.remove()
+    return run.runner.close()

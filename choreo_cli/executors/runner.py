@@ -63,11 +63,15 @@ class BatchRunner:
         batch: BatchArgs,
         flush: Callable[[Chunk], None] | None = None,
         current: Any = None,
+        *,
+        died: Callable[[int], BaseException | None] | None = None,
     ) -> Chunk:
         """Run a batch; return the chunk of the results not yet handed to ``flush``.
 
         ``current.value`` (shared memory, when given) is set to each record's index
         before it runs: if the process dies, the parent knows which record killed it.
+        ``died`` gives the error of a record an earlier attempt of this batch ran or died
+        running (its worker died): such a record is not run again, it fails with that error.
         """
         start, positions, values, lines = batch
         coordinator = self.coordinator
@@ -80,7 +84,7 @@ class BatchRunner:
         parse = type(values) is bytes
         if parse:
             assert isinstance(values, bytes)
-            if worker is None and positions is None and type(lines) is range:
+            if worker is None and positions is None and type(lines) is range and died is None:
                 return self._run_lines(start, values.split(b"\n"), lines, flush, current)
             values = values.split(b"\n")
         chunk = ChunkWriter(self._steps, maps=not parse)
@@ -91,6 +95,11 @@ class BatchRunner:
         for k, value in enumerate(values):
             index = start + (k if positions is None else positions[k])
             line = None if lines is None else lines[k]
+            if died is not None:
+                error = died(index)
+                if error is not None:
+                    add(coordinator.crashed(Record(value, line), index, error))
+                    continue
             if current is not None:
                 current.value = index
             try:
