@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.errors import ResourceError
 from choreo_cli.executors.base import PipelineSpec, WorkerDied
 from choreo_cli.executors.batching import Batch, BatchExecutor
-from choreo_cli.executors.portable import encode_chunk, rebuild_exception
+from choreo_cli.executors.portable import Chunk, encode_chunk, rebuild_exception
 from choreo_cli.executors.runner import BatchArgs, BatchRunner
 
 if TYPE_CHECKING:
@@ -266,11 +266,12 @@ class DaskExecutor(BatchExecutor):
             if future.status == "finished":
                 try:
                     raw = data[future] if future in data else future.result()
-                    elapsed, chunk = pickle.loads(raw)
+                    parts = [pickle.loads(part) for part in pickle.loads(raw)]
                 except Exception as exc:
                     self._fail(batch, exc)
                 else:
-                    self._deliver(batch, chunk, elapsed)
+                    for elapsed, chunk in parts:
+                        self._deliver(batch, chunk, elapsed)
             elif future.status == "cancelled" and self._interrupted:
                 self._cancel(batch)
             else:
@@ -319,12 +320,14 @@ def progress_dir(run_id: str) -> Path:
 
 
 class ProgressFile:
-    """This worker process's record of the batch and record each of its threads is running.
+    """This worker process's record of what each of its threads is running, kept on disk.
 
-    A small file, mapped into memory: writing an index costs a store, and what was written
-    stays in the file when the process dies. When Dask runs a batch again (its worker
-    died), the new attempt reads the files of dead processes on this machine: the records
-    before the one that was running ran already, and that one killed the worker.
+    Per thread that runs batches, a slot of the memory-mapped file holds the batch's token
+    and the index of the record running (writing it costs a store; what was written stays
+    in the file when the process dies), and a journal file the batch's results as they are
+    flushed. When Dask runs a batch again (its worker died), the new attempt reads what a
+    dead process on this machine left: results before the record that was running come
+    back from the journal, that record killed the worker and is not run again.
     """
 
     def __init__(self, run_id: str, address: str) -> None:
@@ -344,42 +347,120 @@ class ProgressFile:
         self._claimed = 0
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._slots: list[_Slot] = []
 
-    def slot(self) -> tuple[Any, Any]:
-        """This thread's (token, index) cells: ctypes integers backed by the file."""
-        slot = getattr(self._local, "slot", None)
+    def slot(self) -> _Slot | None:
+        """This thread's slot (None past the first 64 threads: those are not tracked)."""
+        slot: _Slot | None = getattr(self._local, "slot", None)
         if slot is None:
             with self._lock:
                 k = self._claimed
                 self._claimed += 1
-            if k < _SLOTS:
-                offset = _HEADER + k * _SLOT.size
-                slot = (
-                    ctypes.c_int64.from_buffer(self._map, offset),
-                    ctypes.c_int64.from_buffer(self._map, offset + 8),
-                )
-            else:
-                slot = (ctypes.c_int64(), ctypes.c_int64())
+            if k >= _SLOTS:
+                return None
+            slot = _Slot(self._map, k, Path(f"{self.path}.{k}"))
+            self._slots.append(slot)
             self._local.slot = slot
         return slot
 
     def remove(self) -> None:
-        """Remove this process's file, and those of dead processes; the folder once empty."""
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        """Remove this process's files, and those of dead processes; the folder once empty."""
+        for slot in self._slots:
+            slot.close()
         directory = self.path.parent
         with contextlib.suppress(OSError):
             for entry in os.scandir(directory):
-                if entry.name.isdigit() and not _alive(int(entry.name)):
+                pid = entry.name.partition(".")[0]
+                if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
                     os.unlink(entry.path)
             directory.rmdir()
 
 
-def earlier_deaths(run_id: str, token: int) -> Callable[[int], BaseException | None] | None:
-    """What an earlier attempt of batch ``token`` on this machine left: None when there was
-    none (the common case), else a function giving the WorkerDied error of each record that
-    attempt ran or died running (None for a record it never started)."""
-    deaths: list[tuple[int, str]] = []  # (index running when it died, which worker)
+class _Slot:
+    """One thread's cells in the progress file, and its journal of flushed results."""
+
+    __slots__ = ("_fd", "current", "journal", "token")
+
+    def __init__(self, view: mmap.mmap, k: int, journal: Path) -> None:
+        offset = _HEADER + k * _SLOT.size
+        self.token = ctypes.c_int64.from_buffer(view, offset)
+        self.current = ctypes.c_int64.from_buffer(view, offset + 8)
+        self.journal = journal
+        self._fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+
+    def begin(self, token: int) -> None:
+        # In this order: a death at any point leaves no journal that names another batch.
+        self.current.value = -1
+        os.ftruncate(self._fd, 0)
+        self.token.value = token
+
+    def write(self, part: bytes) -> None:
+        os.write(self._fd, _FRAME.pack(self.token.value, len(part)) + part)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+_FRAME = struct.Struct("<qQ")  # (batch token, length) before each journalled part
+
+
+class _Earlier:
+    """What a dead attempt of a batch left: its journalled parts, the record it was running."""
+
+    def __init__(self, parts: list[bytes], index: int, who: str) -> None:
+        self.parts = parts
+        self.index = index
+        self.who = who
+
+    def resume(self, args: BatchArgs) -> tuple[BatchArgs | None, Callable[[int], Any]]:
+        """The batch's records left to run (None: none), and the errors of those not to run.
+
+        Before the tail go the parts the dead attempt journalled, then (JSON lines) the
+        clean records it ran since: a record that did not end clean is journalled at once,
+        so the others were clean. Otherwise those records' results were lost with it.
+        """
+        start, positions, values, _ = args
+        parse = type(values) is bytes
+        count = values.count(b"\n") + 1 if parse else len(values)
+        covered = sum(pickle.loads(part)[1][0] for part in self.parts)
+        index, who = self.index, self.who
+        ended = index == BATCH_ENDED
+
+        def number(k: int) -> int:
+            return start + (k if positions is None else positions[k])
+
+        stop = count if ended else next((k for k in range(count) if number(k) == index), count)
+        if parse and stop > covered:
+            self.parts.append(encode_chunk((stop - covered, None, None, []), 0.0))
+            covered = stop
+        last_ran = number(stop - 1) if stop > covered else -1
+
+        def died(record: int) -> BaseException | None:
+            if record == index:
+                return WorkerDied(f"{who} while running this record")
+            if record <= last_ran:
+                return WorkerDied(f"{who} after this record ran, before its result came back")
+            return None
+
+        return (_tail(args, covered) if covered < count else None), died
+
+
+def _tail(args: BatchArgs, skip: int) -> BatchArgs:
+    """``args`` without its first ``skip`` records."""
+    start, positions, values, lines = args
+    # JSON lines arrive joined with newlines (none is inside a line).
+    values = b"\n".join(values.split(b"\n")[skip:]) if type(values) is bytes else values[skip:]
+    lines = None if lines is None else lines[skip:]
+    if positions is None:
+        return (start + skip, None, values, lines)
+    return (start, positions[skip:], values, lines)
+
+
+def earlier_attempt(run_id: str, token: int) -> _Earlier | None:
+    """What the furthest dead attempt of batch ``token`` on this machine left, or None
+    (the common case: this is its first attempt, or the last ran on another machine)."""
+    found: list[tuple[int, int, str, Path]] = []  # (index, pid, worker, journal)
     me = os.getpid()
     try:
         entries = [entry for entry in os.scandir(progress_dir(run_id)) if entry.name.isdigit()]
@@ -394,28 +475,31 @@ def earlier_deaths(run_id: str, token: int) -> Callable[[int], BaseException | N
         except OSError:
             continue
         running = [
-            index
+            (k, index)
             for k in range(_SLOTS)
-            for found, index in [_SLOT.unpack_from(data, _HEADER + k * _SLOT.size)]
-            if found == token and index >= 0
+            for tag, index in [_SLOT.unpack_from(data, _HEADER + k * _SLOT.size)]
+            if tag == token and index >= 0
         ]
         if not running or not _gone(pid):
             continue
         address = data[:_HEADER].rstrip(b"\0").decode(errors="replace")
-        deaths.extend((index, f"Dask worker {address} (process {pid}) died") for index in running)
-    if not deaths:
+        for k, index in running:
+            found.append((index, pid, address, Path(f"{entry.path}.{k}")))
+    if not found:
         return None
-    killers = {index: who for index, who in deaths if index != BATCH_ENDED}
-    last, who_last = max(deaths)
-
-    def died(index: int) -> BaseException | None:
-        if index in killers:
-            return WorkerDied(f"{killers[index]} while running this record")
-        if index < last:
-            return WorkerDied(f"{who_last} after this record ran, before its result came back")
-        return None
-
-    return died
+    index, pid, address, journal = max(found)
+    parts: list[bytes] = []
+    with contextlib.suppress(OSError):
+        data = journal.read_bytes()
+        at = 0
+        while at + _FRAME.size <= len(data):
+            tag, length = _FRAME.unpack_from(data, at)
+            at += _FRAME.size
+            if tag != token or at + length > len(data):
+                break
+            parts.append(data[at : at + length])
+            at += length
+    return _Earlier(parts, index, f"Dask worker {address} (process {pid}) died")
 
 
 def _alive(pid: int) -> bool:
@@ -483,21 +567,43 @@ def open_runner(spec: PipelineSpec) -> list[str]:
 
 
 def run_batch(spec: PipelineSpec, batch: bytes, token: int = 0) -> bytes:
-    """Run one pickled batch on this worker; its portable results, pickled, with the time taken.
+    """Run one pickled batch on this worker: its results, as a pickled list of parts, each
+    a pickled (time taken, chunk) for consecutive records of the batch.
 
-    ``token`` names the batch across attempts: records an earlier attempt ran or died
-    running (its worker died) are not run again; they come back failed with WorkerDied.
+    ``token`` names the batch across attempts: when an earlier attempt's worker died,
+    this one takes back the results it journalled and does not run again the records it
+    ran or died running (those whose results were lost fail with WorkerDied).
     """
     started = perf_counter()
-    args: BatchArgs = pickle.loads(batch)
+    args: BatchArgs | None = pickle.loads(batch)
     run = _run_of(spec)
-    cell_token, current = run.progress.slot()
-    current.value = -1
-    cell_token.value = token
-    died = earlier_deaths(spec.run_id, token) if token else None
-    chunk = run.runner.run(args, None, current, died=died)
-    current.value = BATCH_ENDED
-    return encode_chunk(chunk, perf_counter() - started)
+    slot = run.progress.slot() if token else None
+    if slot is None:
+        chunk = run.runner.run(args)  # type: ignore[arg-type]
+        return pickle.dumps([encode_chunk(chunk, perf_counter() - started)])
+    slot.begin(token)
+    parts: list[bytes] = []
+    died = None
+    earlier = earlier_attempt(spec.run_id, token)
+    if earlier is not None:
+        assert args is not None
+        args, died = earlier.resume(args)
+        parts = earlier.parts
+        for part in parts:
+            slot.write(part)
+
+    def flush(chunk: Chunk) -> None:
+        nonlocal started
+        now = perf_counter()
+        part = encode_chunk(chunk, now - started)
+        started = now
+        slot.write(part)
+        parts.append(part)
+
+    if args is not None:
+        flush(run.runner.run(args, flush, slot.current, died=died, eager=True))
+    slot.current.value = BATCH_ENDED
+    return pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def close_runner(run_id: str) -> list[str]:

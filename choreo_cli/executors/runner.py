@@ -65,6 +65,7 @@ class BatchRunner:
         current: Any = None,
         *,
         died: Callable[[int], BaseException | None] | None = None,
+        eager: bool = False,
     ) -> Chunk:
         """Run a batch; return the chunk of the results not yet handed to ``flush``.
 
@@ -72,6 +73,9 @@ class BatchRunner:
         before it runs: if the process dies, the parent knows which record killed it.
         ``died`` gives the error of a record an earlier attempt of this batch ran or died
         running (its worker died): such a record is not run again, it fails with that error.
+        With ``eager``, a record of JSON lines that did not end clean is flushed at once:
+        clean ones are counts, so what was flushed tells every result up to the record
+        running (the Dask executor keeps it on disk, for an attempt after a death).
         """
         start, positions, values, lines = batch
         coordinator = self.coordinator
@@ -85,7 +89,7 @@ class BatchRunner:
         if parse:
             assert isinstance(values, bytes)
             if worker is None and positions is None and type(lines) is range and died is None:
-                return self._run_lines(start, values.split(b"\n"), lines, flush, current)
+                return self._run_lines(start, values.split(b"\n"), lines, flush, current, eager)
             values = values.split(b"\n")
         chunk = ChunkWriter(self._steps, maps=not parse)
         add = chunk.add
@@ -119,7 +123,7 @@ class BatchRunner:
             add(result)
             if flush is not None:
                 now = perf_counter()
-                if now - last >= FLUSH_INTERVAL:
+                if now - last >= FLUSH_INTERVAL or (eager and parse and chunk.others):
                     flush(chunk.take())
                     last = now
         return chunk.take()
@@ -131,6 +135,7 @@ class BatchRunner:
         lines: range,
         flush: Callable[[Chunk], None] | None,
         current: Any,
+        eager: bool = False,
     ) -> Chunk:
         """``run`` for consecutive JSON lines on the runner's own thread: the common case of
         run_lines, kept tight (a clean record costs a count)."""
@@ -160,7 +165,7 @@ class BatchRunner:
             count += 1
             if flush is not None:
                 now = perf_counter()
-                if now - last >= FLUSH_INTERVAL:
+                if now - last >= FLUSH_INTERVAL or (eager and others):
                     flush((count, None, None, others))
                     count = 0
                     others = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import textwrap
 import threading
@@ -595,3 +596,22 @@ def test_an_interrupted_dask_run_cancels_pending_batches(
     assert [r.index for r in results] == list(range(len(results)))
     assert len(results) < 400
     assert results[-1].status == "cancelled"
+
+
+def test_a_dask_worker_that_dies_fails_only_the_record_it_was_running(
+    pipeline_file: Path, dask_scheduler: str
+) -> None:
+    # The cluster is given by address, as a remote one: Dask's own retry (allowed-failures)
+    # runs the batch again on the other worker, which takes back what the dead one ran.
+    data = make_input(400, die=152)
+    pipeline = load_pipeline(pipeline_file)
+    with pipeline.coordinator(workers=1, timings=False) as serial:
+        expected, _ = fused_lines(serial, make_input(400))
+    with build_executor("dask", pipeline, workers=2, scheduler=dask_scheduler) as executor:
+        got, _ = fused_lines(executor, data)
+    assert len(got) == len(expected)
+    differ = [k for k, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b]
+    assert len(differ) == 1
+    died = json.loads(got[differ[0]])
+    assert (died["index"], died["error"]["type"]) == (153, "WorkerDied")  # id 152, after line 21
+    assert died["error"]["message"].endswith("died while running this record")
