@@ -368,6 +368,8 @@ class _RecordFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if hasattr(record, "choreo_record"):
+            return True  # found where it was logged (a worker process sent it)
         record.choreo_record = ""
         if record.name.startswith("choreo.step."):
             from choreo_cli.context import Context
@@ -385,6 +387,11 @@ class _RecordFilter(logging.Filter):
                     break
                 frame = frame.f_back
         return True
+
+
+def record_filter() -> logging.Filter:
+    """A filter giving each record ``choreo_record``: which record a step logged about."""
+    return _RecordFilter()
 
 
 def setup_logging(level: str | int = "WARNING", stream: TextIO | None = None) -> logging.Logger:
@@ -419,7 +426,7 @@ def setup_logging(level: str | int = "WARNING", stream: TextIO | None = None) ->
     else:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    handler.addFilter(_RecordFilter())
+    handler.addFilter(record_filter())
     setattr(handler, _HANDLER_MARK, True)
     logger.addHandler(handler)
     logger.setLevel(level)

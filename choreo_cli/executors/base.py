@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from choreo_cli.errors import ChoreoError
+from choreo_cli.executors import logs
 
 if TYPE_CHECKING:
     from choreo_cli.coordinator import Step
@@ -82,6 +84,8 @@ class PipelineSpec:
     dry_run: bool
     digest: str
     run_id: str
+    # choreo's own log level: workers send the step loggers' lines from it up.
+    log_level: int = logging.WARNING
 
     @classmethod
     def for_file(
@@ -99,6 +103,7 @@ class PipelineSpec:
             dry_run=dry_run,
             digest=file_digest(absolute),
             run_id=os.urandom(8).hex(),
+            log_level=logs.forwarded_level(),
         )
 
 

@@ -26,6 +26,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from choreo_cli.errors import ResourceError
+from choreo_cli.executors import logs
 from choreo_cli.executors.base import PipelineSpec, WorkerDied
 from choreo_cli.executors.batching import Batch, BatchExecutor
 from choreo_cli.executors.portable import Chunk, encode_chunk, rebuild_exception
@@ -158,6 +159,8 @@ class DaskExecutor(BatchExecutor):
             raise ResourceError(f"the Dask cluster at {self.scheduler} has no worker")
         self._slots = max(1, sum(nthreads.values())) * PER_THREAD
         self.workers = max(1, sum(nthreads.values()))
+        # ctx.log lines logged on the workers, logged again here (executors/logs.py).
+        self._client.subscribe_topic(logs.topic(self._spec.run_id), logs.replay_event)
         errors = self._on_each_worker(open_runner, self._spec)
         if errors:
             self._on_each_worker(close_runner, self._spec.run_id)
@@ -532,13 +535,18 @@ def _gone(pid: int) -> bool:
 class _WorkerRun:
     """One run's pipeline on this worker, and its progress file."""
 
-    __slots__ = ("progress", "runner")
+    __slots__ = ("log", "progress", "runner")
 
     def __init__(self, spec: PipelineSpec) -> None:
         from distributed import get_worker
 
+        worker = get_worker()
+        topic = logs.topic(spec.run_id)
+        self.log = logs.install(
+            lambda record: worker.log_event(topic, pickle.dumps(record)), spec.log_level
+        )
         self.runner = BatchRunner(spec)
-        self.progress = ProgressFile(spec.run_id, get_worker().address)
+        self.progress = ProgressFile(spec.run_id, worker.address)
 
 
 _RUNS: dict[str, _WorkerRun] = {}
@@ -613,4 +621,7 @@ def close_runner(run_id: str) -> list[str]:
     if run is None:
         return []
     run.progress.remove()
-    return run.runner.close()
+    try:
+        return run.runner.close()
+    finally:
+        logs.uninstall(run.log)

@@ -22,6 +22,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from choreo_cli.errors import ResourceError
+from choreo_cli.executors import logs
 from choreo_cli.executors.base import PipelineSpec, WorkerDied, describe_exit
 from choreo_cli.executors.batching import Batch, BatchExecutor
 from choreo_cli.executors.portable import Chunk, encode_chunk
@@ -168,6 +169,8 @@ class ProcessExecutor(BatchExecutor):
                 continue
             if message[0] == "closed":
                 return [f"worker process {proc.pid}: {e}" for e in message[1]]
+            if message[0] == "log":
+                logs.replay(message[1])
 
     def _kill_all(self) -> None:
         for proc in self._procs:
@@ -235,7 +238,9 @@ class ProcessExecutor(BatchExecutor):
             self._bury(proc)
             return
         kind = message[0]
-        if kind == "chunk":
+        if kind == "log":
+            logs.replay(message[1])
+        elif kind == "chunk":
             _, elapsed, end, chunk = message
             batch = proc.batches[0]
             self._deliver(batch, chunk, elapsed)
@@ -277,18 +282,24 @@ class ProcessExecutor(BatchExecutor):
 
 
 def _worker_main(
-    spec: PipelineSpec, tasks: Connection, results: Connection, flag: Any, current: Any
+    spec: PipelineSpec,
+    tasks: Connection,
+    results: Connection,
+    flag: Any,
+    current: Any,
 ) -> None:
     """A worker process: load the pipeline, build resources, run batches until told to close."""
     # The parent coordinates interruption (design §6): a Ctrl-C on the terminal reaches
     # the whole process group, and a worker must finish its records' results, not die.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    outbox = _Outbox(results)
+    logs.install(outbox.log, spec.log_level)
     try:
         runner = BatchRunner(spec)
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            results.send_bytes(pickle.dumps(("failed", _startup_message(exc))))
+            outbox.send(pickle.dumps(("failed", _startup_message(exc))))
         return
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     # Batches are read on their own thread so that the parent's sends never wait for
@@ -296,7 +307,7 @@ def _worker_main(
     threading.Thread(target=_receive, args=(tasks, inbox, runner), daemon=True).start()
     threading.Thread(target=_watch, args=(flag, runner), daemon=True).start()
     try:
-        results.send_bytes(pickle.dumps(("ready", os.getpid())))
+        outbox.send(pickle.dumps(("ready", os.getpid())))
         while True:
             message = inbox.get()
             if message is None:
@@ -306,16 +317,33 @@ def _worker_main(
             def flush(chunk: Chunk) -> None:
                 nonlocal started
                 now = perf_counter()
-                results.send_bytes(encode_chunk(chunk, "chunk", now - started, False))
+                outbox.send(encode_chunk(chunk, "chunk", now - started, False))
                 started = now
 
             rest = runner.run(message, flush, current)
-            results.send_bytes(encode_chunk(rest, "chunk", perf_counter() - started, True))
+            outbox.send(encode_chunk(rest, "chunk", perf_counter() - started, True))
     except OSError:
         runner.interrupt("the parent process is gone")
     errors = runner.close()
     with contextlib.suppress(OSError):
-        results.send_bytes(pickle.dumps(("closed", errors)))
+        outbox.send(pickle.dumps(("closed", errors)))
+
+
+class _Outbox:
+    """A worker's results pipe, written by the batch loop and by any thread that logs."""
+
+    __slots__ = ("_connection", "_lock")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            self._connection.send_bytes(data)
+
+    def log(self, attributes: dict[str, Any]) -> None:
+        self.send(pickle.dumps(("log", attributes), protocol=_PROTOCOL))
 
 
 def _receive(tasks: Connection, inbox: queue.SimpleQueue[Any], runner: BatchRunner) -> None:
