@@ -5,8 +5,11 @@ The compiled runner calls plain callables directly; everything else goes through
 
 from __future__ import annotations
 
+import contextvars
 import threading
-from typing import TYPE_CHECKING, Any
+import types
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from choreo_cli.errors import Cancel, StepDefinitionError, StepTimeout, UnassignableInput
 from choreo_cli.signatures import CallSpec, Mismatch, json_type_name
@@ -15,6 +18,8 @@ if TYPE_CHECKING:
     from choreo_cli.context import Context, _RunFlags
     from choreo_cli.coordinator import Planned, Step
     from choreo_cli.workers import Worker
+
+T = TypeVar("T")
 
 
 class InputMismatch(Exception):
@@ -32,25 +37,7 @@ def invoke(
     flags: _RunFlags,
 ) -> Any:
     """The general call path: record conversion, async callables, timeout and retry."""
-    adapter = spec.adapter
-    if adapter is not None and spec.takes_record and value is not None:
-        conv = ctx._conv
-        if conv is None:
-            conv = ctx._conv = {}
-        try:
-            arg = conv[adapter]
-        except KeyError:
-            try:
-                arg = conv[adapter] = adapter(value)
-            except Mismatch as exc:
-                raise InputMismatch(
-                    UnassignableInput(
-                        f"step {ctx.step!r}: {spec.name} declares its record as "
-                        f"{spec.annotation}, but got a JSON {json_type_name(value)} ({exc})"
-                    )
-                ) from None
-    else:
-        arg = value
+    arg = converted(spec, ctx, value)
     if planned is None or (
         planned.timeout is None and (planned.retry is None or spec is not planned.job)
     ):
@@ -58,6 +45,29 @@ def invoke(
     if planned.retry is None or spec is not planned.job:
         return call(spec, ctx, arg, worker, planned.timeout)
     return retry(planned, ctx, arg, worker, flags)
+
+
+def converted(spec: CallSpec, ctx: Context, value: Any) -> Any:
+    """The record as the callable declares it (converted once per record), or the raw value."""
+    adapter = spec.adapter
+    if adapter is None or not spec.takes_record or value is None:
+        return value
+    conv = ctx._conv
+    if conv is None:
+        conv = ctx._conv = {}
+    try:
+        return conv[adapter]
+    except KeyError:
+        try:
+            arg = conv[adapter] = adapter(value)
+        except Mismatch as exc:
+            raise InputMismatch(
+                UnassignableInput(
+                    f"step {ctx.step!r}: {spec.name} declares its record as "
+                    f"{spec.annotation}, but got a JSON {json_type_name(value)} ({exc})"
+                )
+            ) from None
+        return arg
 
 
 def call(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timeout: float | None) -> Any:
@@ -81,7 +91,6 @@ def retry(planned: Planned, ctx: Context, arg: Any, worker: Worker, flags: _RunF
     """Call a job up to ``retry.attempts`` times; only the last failure counts."""
     policy = planned.retry
     spec = planned.job
-    log = ctx.log
     attempt = 0
     while True:
         attempt += 1
@@ -95,21 +104,33 @@ def retry(planned: Planned, ctx: Context, arg: Any, worker: Worker, flags: _RunF
         except Exception as exc:
             if attempt >= policy.attempts or not isinstance(exc, policy.on):
                 raise
-            wait = policy.wait(attempt)
-            log.warning(
-                "attempt %d of %d failed (%s: %s); retrying in %.3g s",
-                attempt,
-                policy.attempts,
-                type(exc).__name__,
-                exc,
-                wait,
-            )
-            if flags.wait_interrupted(wait):
-                raise Abandoned(
-                    f"interrupted while waiting to retry step {planned.name!r}"
-                ) from exc
-            if ctx.timed_out:  # a timed-out attempt left ctx behind: use a fresh one
-                ctx = worker.renew_context(ctx)
+            ctx = wait_to_retry(planned, ctx, worker, flags, attempt, exc)
+
+
+def wait_to_retry(
+    planned: Planned,
+    ctx: Context,
+    worker: Worker,
+    flags: _RunFlags,
+    attempt: int,
+    exc: Exception,
+) -> Context:
+    """Log the failed attempt, wait the policy's delay; the Context for the next attempt."""
+    policy = planned.retry
+    wait = policy.wait(attempt)
+    ctx.log.warning(
+        "attempt %d of %d failed (%s: %s); retrying in %.3g s",
+        attempt,
+        policy.attempts,
+        type(exc).__name__,
+        exc,
+        wait,
+    )
+    if flags.wait_interrupted(wait):
+        raise Abandoned(f"interrupted while waiting to retry step {planned.name!r}") from exc
+    if ctx.timed_out:  # a timed-out attempt left ctx behind: use a fresh one
+        ctx = worker.renew_context(ctx)
+    return ctx
 
 
 def check_options(step: Step, job_name: str) -> None:
@@ -176,3 +197,128 @@ def call_with_deadline(
     if ok:
         return value
     raise value
+
+
+# -- the async call path of a worker thread's serving task (see workers.ThreadPool) ----------
+
+
+def ainvoke(
+    spec: CallSpec,
+    ctx: Context,
+    value: Any,
+    worker: Worker,
+    planned: Planned | None,
+    flags: _RunFlags,
+) -> Awaitable[Any]:
+    """``invoke`` for an async callable, for a record that runs in a task on its worker's
+    loop: what to await. The callable's coroutine is awaited in place, not run as a task
+    of its own: the same semantics, for one task and one run of the loop less per call
+    (see workers.ThreadPool._serve_async)."""
+    arg = converted(spec, ctx, value)
+    if planned is None or (
+        planned.timeout is None and (planned.retry is None or spec is not planned.job)
+    ):
+        return awaited(spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx), worker)
+    if planned.retry is None or spec is not planned.job:
+        return acall(spec, ctx, arg, worker, planned.timeout)
+    return aretry(planned, ctx, arg, worker, flags)
+
+
+@types.coroutine
+def awaited(coro: Coroutine[Any, Any, T], worker: Worker) -> Generator[Any, Any, T]:
+    """Await ``coro`` as a task of its own would run it: each of its steps in a copy of the
+    context (what it sets in contextvars does not outlive the call).
+
+    What the coroutine yields (the futures it waits on) goes up to the awaiting task, and
+    what the task sends or throws (a result, a cancellation) comes back down to it.
+    """
+    run = contextvars.copy_context().run
+    try:
+        try:
+            yielded = run(coro.send, None)
+            while True:
+                try:
+                    sent = yield yielded
+                except GeneratorExit:
+                    run(coro.close)
+                    raise
+                except BaseException as exc:
+                    yielded = run(coro.throw, exc)
+                else:
+                    yielded = run(coro.send, sent)
+        except StopIteration as stop:
+            result: T = stop.value
+    except BaseException as exc:
+        escaped = _escaped(worker)
+        if escaped is None or escaped is exc:
+            raise
+        raise escaped from None
+    _settle(worker)
+    return result
+
+
+async def acall(
+    spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timeout: float | None
+) -> Any:
+    """One attempt of an async callable, as ``call`` makes it."""
+    coro = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
+    if timeout is None:
+        return await awaited(coro, worker)
+    import asyncio
+
+    try:  # wait_for runs the coroutine as a task of its own
+        result = await asyncio.wait_for(coro, timeout)
+    except asyncio.TimeoutError:
+        _settle(worker)
+        ctx.timed_out = True
+        raise timed_out(ctx, spec, timeout) from None
+    except BaseException as exc:
+        escaped = _escaped(worker)
+        if escaped is None or escaped is exc:
+            raise
+        raise escaped from None
+    _settle(worker)
+    return result
+
+
+async def aretry(planned: Planned, ctx: Context, arg: Any, worker: Worker, flags: _RunFlags) -> Any:
+    """``retry`` for an async job."""
+    policy = planned.retry
+    spec = planned.job
+    attempt = 0
+    while True:
+        attempt += 1
+        if ctx._attempts is None:
+            ctx._attempts = {}
+        ctx._attempts[planned.name] = attempt
+        try:
+            return await acall(spec, ctx, arg, worker, planned.timeout)
+        except Cancel:
+            raise
+        except Exception as exc:
+            if attempt >= policy.attempts or not isinstance(exc, policy.on):
+                raise
+            ctx = wait_to_retry(planned, ctx, worker, flags, attempt, exc)
+
+
+def _escaped(worker: Worker) -> BaseException | None:
+    """What was raised out of the loop while a call was awaited, taken: a call run with
+    ``run()`` would have raised that, whatever the callable went on to do."""
+    escaped = worker.escaped
+    worker.escaped = None
+    return escaped
+
+
+def _settle(worker: Worker) -> None:
+    """Raise, at the end of an awaited call that returned, what a task of its own would
+    have ended with: what was raised out of the loop meanwhile, or a cancellation the
+    callable requested for its task and never let be delivered (the worker then goes on
+    in a fresh task, see workers.ThreadPool._serve_async)."""
+    escaped = worker.escaped
+    if escaped is not None:
+        worker.escaped = None
+        raise escaped
+    if worker.task is not None and getattr(worker.task, "_must_cancel", False):
+        import asyncio
+
+        raise asyncio.CancelledError()

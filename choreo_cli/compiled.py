@@ -9,14 +9,15 @@ call back into the coordinator, so the semantics live in one place (coordinator.
 this module only decides *how* the common path is spelled. This is what dataclasses and
 attrs do for ``__init__``.
 
-The same record code is spelt three ways: ``run`` (one record), ``run_serial`` (a stream
-of items, one worker) and ``run_lines`` (JSON lines parsed in the loop, and the line of a
-record without errors written from a template: `choreo run`'s loop).
+The same record code is spelt four ways: ``run`` (one record), ``run_serial`` (a stream
+of items, one worker), ``run_lines`` (JSON lines parsed in the loop, and the line of a
+record without errors written from a template: `choreo run`'s loop) and ``run_async``
+(one record, awaiting its async callables on the worker's event loop: the thread pool's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 RecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Any]
 SerialRunner = Callable[[Iterable[Any], Any], Iterator[Any]]
+AsyncRecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Awaitable[Any]]
 LineRunner = Callable[
     [Iterable[list[bytes]], Any, bytes, Callable[[bytes], None], Callable[[Any], Any]],
     Iterator[int],
@@ -80,6 +82,26 @@ def compile_runner(
     source = "\n".join(single) + "\n\n\n" + "\n".join(serial) + "\n"
     run, run_serial = _define(source, ("run", "run_serial"), namespace, coordinator)
     return run, run_serial
+
+
+def compile_async_runner(coordinator: Coordinator, plan: list[Planned]) -> AsyncRecordRunner:
+    """Compile the steps into ``async def run_async(value, index, line, raw, worker)``: the
+    code of ``run``, for a record run by a task on the worker's event loop (the thread
+    pool's, see workers.py), which awaits each async callable in place."""
+    from asyncio import events
+
+    namespace = _namespace(coordinator)
+    namespace["ainvoke"] = coordinator._ainvoke
+    namespace["leave_loop"] = events._set_running_loop
+    body = _record_body(
+        namespace, plan, dry=coordinator._flags.dry_run, timings=coordinator.timings, awaiting=True
+    )
+    source = ["async def run_async(value, index, line, raw, worker):"]
+    source += _spell(body, 1, lambda result: [f"return {result}"])
+    run_async: AsyncRecordRunner = _define(
+        "\n".join(source) + "\n", ("run_async",), namespace, coordinator
+    )[0]
+    return run_async
 
 
 def _spell(body: list[str], indent: int, end: Callable[[str], list[str]]) -> list[str]:
@@ -219,13 +241,15 @@ def _record_body(
     timings: bool,
     clean_exit: list[str] | None = None,
     reuse_bag: bool = False,
+    awaiting: bool = False,
 ) -> list[str]:
     """The code of one record, at indent 0; ``EXIT x`` marks where the record ends with x.
 
     ``clean_exit``: the code that ends a record without errors, instead of building its
     Result. ``reuse_bag``: empty the worker's DataBag for the record instead of making
     one (the code at each ``EXIT`` must then give the worker a new bag, since the Result
-    keeps the old one).
+    keeps the old one). ``awaiting``: the code of an ``async def`` that runs on the
+    worker's event loop (see compile_async_runner).
     """
     # Reading the clock twice is a third of the cost of a trivial record: without timings
     # (choreo run writes none) ``duration`` is None.
@@ -261,7 +285,7 @@ def _record_body(
         ]
         job_indent = ""
         if planned.pre is not None:
-            call = _call(namespace, f"pre_{i}", planned.pre, f"step_{i}.pre", general)
+            call = _call(namespace, f"pre_{i}", planned.pre, f"step_{i}.pre", general, awaiting)
             lines += [
                 "try:",
                 *(f"    {c}" for c in call),
@@ -287,6 +311,7 @@ def _record_body(
             planned.job,
             f"step_{i}.job",
             general or planned.retry is not None,
+            awaiting,
         )
         job = [
             "try:",
@@ -322,9 +347,32 @@ def _record_body(
 
 
 def _call(
-    namespace: dict[str, Any], slot: str, spec: Any, spec_expr: str, general: bool
+    namespace: dict[str, Any],
+    slot: str,
+    spec: Any,
+    spec_expr: str,
+    general: bool,
+    awaiting: bool = False,
 ) -> list[str]:
     """The lines that call one callable and leave what it returned in ``v``."""
+    if not awaiting:
+        return _plain_call(namespace, slot, spec, spec_expr, general)
+    if spec.is_async:
+        return [f"v = await ainvoke({spec_expr}, ctx, value, worker)", "ctx = worker.ctx"]
+    # A plain callable called from a coroutine: it must not see the worker's loop running
+    # (it may run a loop of its own, with asyncio.run, as on a thread without one).
+    return [
+        "leave_loop(None)",
+        "try:",
+        *(f"    {line}" for line in _plain_call(namespace, slot, spec, spec_expr, general)),
+        "finally:",
+        "    leave_loop(worker.loop)",
+    ]
+
+
+def _plain_call(
+    namespace: dict[str, Any], slot: str, spec: Any, spec_expr: str, general: bool
+) -> list[str]:
     if general or spec.is_async or (spec.adapter is not None and spec.check is None):
         # Record conversion, async, timeout or retry: the coordinator's general path.
         return [f"v = invoke({spec_expr}, ctx, value, worker)", "ctx = worker.ctx"]

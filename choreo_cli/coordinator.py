@@ -7,14 +7,16 @@ import dataclasses
 import queue
 import threading
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from choreo_cli.calling import check_options, invoke
+from choreo_cli.calling import ainvoke, check_options, invoke
 from choreo_cli.compiled import (
+    AsyncRecordRunner,
     LineRunner,
     RecordRunner,
     SerialRunner,
+    compile_async_runner,
     compile_line_runner,
     compile_runner,
 )
@@ -106,6 +108,7 @@ class Coordinator(RecordEnds):
         self._step_names: tuple[str, ...] = ()
         self._runner: RecordRunner | None = None
         self._serial: SerialRunner | None = None
+        self._async_runner: AsyncRecordRunner | None = None
         self._line_runners: dict[bool, LineRunner] = {}
         self._by_spec: dict[int, Planned] = {}
         self._clean: type[Result] = clean_result_type((), would_run=dry_run)
@@ -147,7 +150,7 @@ class Coordinator(RecordEnds):
             self._by_spec[id(pre)] = planned
         self._names = {**self._names, key: step.name}
         self._step_names = (*self._step_names, step.name)
-        self._runner = self._serial = None
+        self._runner = self._serial = self._async_runner = None
         self._line_runners = {}
         self._clean = clean_result_type(self._step_names, would_run=self._flags.dry_run)
 
@@ -343,6 +346,33 @@ class Coordinator(RecordEnds):
             return self._invalid(item, index if item.index is None else item.index)
         return self._execute(item, index, None, None, worker)
 
+    def run_item_async(self, item: Any, index: int, worker: Worker) -> Awaitable[Result]:
+        """``run_item`` for a task on the worker's event loop, which awaits what this
+        returns: async callables are awaited in place (the thread pool's workers run their
+        records so, see workers.py)."""
+        cls = type(item)
+        runner = self._async_runner or self._compile_async()
+        if cls is Record:
+            number = index if item.index is None else item.index
+            return runner(item.value, number, item.line, item.raw, worker)
+        if cls is InvalidLine:
+            return _resolved(self._invalid(item, index if item.index is None else item.index))
+        return runner(item, index, None, None, worker)
+
+    def has_async_steps(self) -> bool:
+        """True if a step has an async precheck or job."""
+        return any(
+            spec is not None and spec.is_async
+            for planned in self._plan
+            for spec in (planned.pre, planned.job)
+        )
+
+    def _compile_async(self) -> AsyncRecordRunner:
+        with self._lock:
+            if self._async_runner is None:
+                self._async_runner = compile_async_runner(self, self._plan)
+            return self._async_runner
+
     def _execute(
         self, value: Any, index: int, line: int | None, raw: bytes | None, worker: Worker
     ) -> Result:
@@ -360,3 +390,11 @@ class Coordinator(RecordEnds):
     def _invoke(self, spec: CallSpec, ctx: Context, value: Any, worker: Worker) -> Any:
         """The general call path (conversion, async, timeout, retry): see calling.py."""
         return invoke(spec, ctx, value, worker, self._by_spec.get(id(spec)), self._flags)
+
+    def _ainvoke(self, spec: CallSpec, ctx: Context, value: Any, worker: Worker) -> Awaitable[Any]:
+        """The general call path of an async callable in ``run_item_async``: see calling.py."""
+        return ainvoke(spec, ctx, value, worker, self._by_spec.get(id(spec)), self._flags)
+
+
+async def _resolved(result: Result) -> Result:
+    return result

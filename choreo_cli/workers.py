@@ -25,12 +25,16 @@ class Worker:
     callable must not keep ``ctx`` beyond the record it was given for.
     """
 
-    __slots__ = ("__weakref__", "ctx", "loop", "resources")
+    __slots__ = ("__weakref__", "ctx", "escaped", "loop", "resources", "task")
 
     def __init__(self, resources: Resources, values: Mapping[str, Any], flags: _RunFlags) -> None:
         self.resources = resources
         self.ctx = Context(values, resources, DataBag(), None, 0, None, flags)
         self.loop: asyncio.AbstractEventLoop | None = None
+        # What another task or a callback raised out of the loop while an async callable
+        # was awaited in place: that call raises it (calling.acall, ThreadPool._serve_async).
+        self.escaped: BaseException | None = None
+        self.task: asyncio.Task[Any] | None = None  # the thread pool's serving task
 
     def renew_context(self, old: Context) -> Context:
         """Give the worker a fresh Context for the rest of ``old``'s record.
@@ -60,6 +64,7 @@ class Worker:
         return run(self.loop or self.open_loop(), coro)
 
     def close(self, pool: ResourcePool) -> list[BaseException]:
+        self.task = None
         if self.loop is not None:
             self.loop.close()
             self.loop = None
@@ -106,18 +111,75 @@ class ThreadPool:
                 self._started.put(exc)
             else:
                 self._started.put(None)
-            while True:
-                task = self._tasks.get()
-                if task is None:
-                    return
-                seq, item, outq = task
-                try:
-                    result = coordinator.run_item(item, seq, worker)
-                except BaseException as exc:  # a defect must not hang the reader waiting for it
-                    result = coordinator.crashed(item, seq, exc)
-                outq.put((seq, result))
+            if worker.loop is not None:
+                self._serve_async(worker)
+            else:
+                self._serve(worker)
         finally:
             self._errors.extend(coordinator.close_worker(worker))
+
+    def _serve(self, worker: Worker) -> None:
+        coordinator = self._coordinator
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            seq, item, outq = task
+            try:
+                result = coordinator.run_item(item, seq, worker)
+            except BaseException as exc:  # a defect must not hang the reader waiting for it
+                result = coordinator.crashed(item, seq, exc)
+            outq.put((seq, result))
+
+    def _serve_async(self, worker: Worker) -> None:
+        """Run the worker's records in one long-running task on its event loop.
+
+        A record's async callables are then awaited in place (``run_item_async``): no task
+        and no run of the loop of their own per call, which is most of what a call costs
+        in the time the thread holds the GIL. With dozens of threads taking turns at the
+        GIL, each such microsecond delays the others (issue 6: the efficiency of 64 workers
+        whose job sleeps 5 ms).
+
+        Two things a call run with ``run()`` would see are kept: a KeyboardInterrupt or
+        SystemExit that another task or a callback raises out of the loop is raised by the
+        call being awaited (``Worker.escaped``) and the loop goes on; and a cancellation
+        requested but never delivered (a callable that cancels its own task and returns)
+        ends that call only: the worker goes on in a fresh task.
+        """
+        loop = worker.loop or worker.open_loop()
+        while True:
+            task = loop.create_task(self._serve_in_task(worker))
+            while True:
+                try:
+                    if run(loop, task):
+                        return
+                    break  # a fresh task for the next records
+                except BaseException as exc:
+                    if task.done():
+                        break
+                    worker.escaped = exc
+
+    async def _serve_in_task(self, worker: Worker) -> bool:
+        """Records until shutdown (True), or until this task must not go on (False)."""
+        import asyncio
+
+        coordinator = self._coordinator
+        tasks = self._tasks
+        this = worker.task = asyncio.current_task()
+        while True:
+            # A blocking get: between records the loop has nothing to run, as a loop run
+            # per call had not either.
+            got = tasks.get()
+            if got is None:
+                return True
+            seq, item, outq = got
+            try:
+                result = await coordinator.run_item_async(item, seq, worker)
+            except BaseException as exc:  # a defect must not hang the reader waiting for it
+                result = coordinator.crashed(item, seq, exc)
+            outq.put((seq, result))
+            if _cancel_requested(this):
+                return False
 
     def shutdown(self) -> list[BaseException]:
         for _ in self._threads:
@@ -125,6 +187,15 @@ class ThreadPool:
         for thread in self._threads:
             thread.join()
         return self._errors
+
+
+def _cancel_requested(task: asyncio.Task[Any] | None) -> bool:
+    """True if ``task`` has a cancellation requested and not undone (``cancelling()``
+    is 3.11+; ``_must_cancel``: requested and not yet delivered)."""
+    if task is None:
+        return False
+    cancelling = getattr(task, "cancelling", None)
+    return bool(getattr(task, "_must_cancel", False) or (cancelling and cancelling()))
 
 
 def _has_async(coordinator: Coordinator) -> bool:
