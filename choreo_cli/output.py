@@ -118,6 +118,7 @@ class ResultWriter:
         self._stop = threading.Event()
         # Lines of clean results, by whether they have a line number: (open, whole line).
         self._templates: dict[bool, tuple[bytes, bytes]] = {}
+        self._skip_templates: dict[tuple[Any, ...], bytes | None] = {}
         self._flusher = threading.Thread(target=self._flush_loop, name="choreo-output", daemon=True)
         self._flusher.start()
 
@@ -205,7 +206,32 @@ class ResultWriter:
             if not self._include_input and not self._include_data:
                 return template[1] % args
             return self._with_values(template[0] % args, result)
+        if result.status == "succeeded" and not result.attempts:
+            return self._encode_skipped(result)
         return self._encode_full(result)
+
+    def _encode_skipped(self, result: WrittenResult) -> bytes:
+        """The line of a record that ran every step but some prechecks skipped their jobs
+        (the common line of a re-run): a template per skip pattern, the messages put in."""
+        errors = result.errors
+        try:
+            key = (result.line is not None, *[(e.step, e.phase, e.type) for e in errors])
+            messages = [orjson.dumps(_utf8(str(e.exception))) for e in errors]
+        except Exception:
+            return self._encode_full(result)  # a message str() cannot give, or not UTF-8
+        template = self._skip_templates.get(key, b"")
+        if template == b"":
+            template = self._skip_templates[key] = _skip_template(result, len(errors))
+        if template is None:
+            return self._encode_full(result)
+        head = (
+            template % (result.index, result.line, *messages)
+            if key[0]
+            else template % (result.index, *messages)
+        )
+        if not self._include_input and not self._include_data:
+            return head + b"}\n"
+        return self._with_values(head, result)
 
     def _encode_full(self, result: WrittenResult) -> bytes:
         error = result.error
@@ -349,6 +375,29 @@ def _clean_template(steps: dict[str, str], has_line: bool) -> tuple[bytes, bytes
     tail = b',"status":"succeeded","error":null,"errors":[],"steps":' + orjson.dumps(steps)
     opened = head + tail.replace(b"%", b"%%")
     return opened, opened + b"}\n"
+
+
+def _skip_template(result: WrittenResult, count: int) -> bytes | None:
+    """A %-format template (object left open) of ``result``'s line, each of its ``count``
+    error messages replaced by a ``%s`` slot for the message's JSON bytes; None when a
+    step name holds the NUL characters that mark the slots."""
+    if any("\0" in name for name in result.steps):
+        return None
+    has_line = result.line is not None
+    data: dict[str, Any] = {
+        "index": 0,
+        "line": 0 if has_line else None,
+        "status": "succeeded",
+        "error": None,
+        "errors": [{**_error_json(e), "message": f"\0{k}\0"} for k, e in enumerate(result.errors)],
+        "steps": result.steps,
+    }
+    line = orjson.dumps(data, option=_OPTIONS).replace(b"%", b"%%")
+    line = line.replace(b'{"index":0,"line":0', b'{"index":%d,"line":%d', 1)
+    line = line.replace(b'{"index":0,"line":null', b'{"index":%d,"line":null', 1)
+    for k in range(count):
+        line = line.replace(b'"\\u0000%d\\u0000"' % k, b"%s", 1)
+    return line[:-2]
 
 
 def dump_value(value: Any) -> bytes:

@@ -13,6 +13,8 @@ from choreo_cli.exit_codes import ExitCode
 
 STATUSES = ("succeeded", "failed", "cancelled", "invalid")
 STEP_COUNTS = ("ran", "skipped", "failed", "cancelled", "would_run")
+# The step outcomes of a succeeded record, and what each counts as.
+_SUCCEEDED_COUNTS = {"succeeded": "ran", "skipped": "skipped", "would_run": "would_run"}
 _SIGNAL_CODES = {
     int(signal.SIGINT): ExitCode.INTERRUPTED,
     int(signal.SIGTERM): ExitCode.TERMINATED,
@@ -66,6 +68,8 @@ class RunSummary:
         }
         self._clean = 0
         self._clean_steps: dict[str, str] | None = None
+        # Other succeeded records: pattern of (step, phase) errors -> [count, step outcomes].
+        self._patterns: dict[tuple[tuple[str | None, str | None], ...], list[Any]] = {}
 
     # -- feeding --------------------------------------------------------------------------
 
@@ -79,6 +83,19 @@ class RunSummary:
                 self._clean += 1
             return
         status = result.status
+        if status == "succeeded":
+            # Ran every step, some skipped (or retried): counted per pattern of errors.
+            key = tuple([(e.step, e.phase) for e in result.errors])
+            seen = self._patterns.get(key)
+            if seen is not None:
+                seen[0] += 1
+                return
+            steps = dict(result.steps)
+            if all(outcome in _SUCCEEDED_COUNTS for outcome in steps.values()):
+                for name in steps:
+                    self._step(name)
+                self._patterns[key] = [1, steps]
+                return
         self._counts[status] += 1
         error = result.error
         for name, outcome in result.steps.items():
@@ -141,13 +158,17 @@ class RunSummary:
     def counts(self) -> dict[str, int]:
         """Records by status (``succeeded``, ``failed``, ``cancelled``, ``invalid``)."""
         counts = dict(self._counts)
-        counts["succeeded"] += self._clean
+        counts["succeeded"] += self._clean + self._patterned
         return counts
 
     @property
     def total(self) -> int:
         """Records processed in this run (resumed ones are not)."""
-        return sum(self._counts.values()) + self._clean
+        return sum(self._counts.values()) + self._clean + self._patterned
+
+    @property
+    def _patterned(self) -> int:
+        return sum(count for count, _ in self._patterns.values())
 
     @property
     def steps(self) -> dict[str, dict[str, int]]:
@@ -157,6 +178,9 @@ class RunSummary:
             for name, outcome in self._clean_steps.items():
                 key = "would_run" if outcome == "would_run" else "ran"
                 steps[name][key] += self._clean
+        for count, outcomes in self._patterns.values():
+            for name, outcome in outcomes.items():
+                steps[name][_SUCCEEDED_COUNTS[outcome]] += count
         return steps
 
     @property
