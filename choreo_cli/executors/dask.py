@@ -139,7 +139,9 @@ class DaskExecutor(BatchExecutor):
                         processes=True,
                         host="127.0.0.1",
                         dashboard_address=None,
-                        silence_logs=logging.ERROR,
+                        # choreo reports a worker's death per record itself; Dask's own
+                        # lines about it ("Couldn't gather keys") would only add noise.
+                        silence_logs=logging.CRITICAL,
                     )
                 self._client = Client(self._cluster, set_as_default=False)
             else:
