@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from choreo_cli.calling import awaited
 from choreo_cli.context import DataBag
 from choreo_cli.errors import Skip
 from choreo_cli.items import InvalidLine, Record
@@ -92,6 +93,7 @@ def compile_async_runner(coordinator: Coordinator, plan: list[Planned]) -> Async
 
     namespace = _namespace(coordinator)
     namespace["ainvoke"] = coordinator._ainvoke
+    namespace["awaited"] = awaited
     namespace["leave_loop"] = events._set_running_loop
     body = _record_body(
         namespace, plan, dry=coordinator._flags.dry_run, timings=coordinator.timings, awaiting=True
@@ -358,7 +360,11 @@ def _call(
     if not awaiting:
         return _plain_call(namespace, slot, spec, spec_expr, general)
     if spec.is_async:
-        return [f"v = await ainvoke({spec_expr}, ctx, value, worker)", "ctx = worker.ctx"]
+        if general or spec.adapter is not None:
+            return [f"v = await ainvoke({spec_expr}, ctx, value, worker)", "ctx = worker.ctx"]
+        namespace[slot] = spec.fn
+        args = "ctx, value" if spec.takes_record else "ctx"
+        return [f"v = await awaited({slot}({args}), worker)"]
     # A plain callable called from a coroutine: it must not see the worker's loop running
     # (it may run a loop of its own, with asyncio.run, as on a thread without one).
     return [
