@@ -24,7 +24,7 @@ from choreo_cli.executors import logs
 from choreo_cli.executors.base import PipelineSpec, WorkerDied
 from choreo_cli.executors.batching import Batch, BatchExecutor
 from choreo_cli.executors.dask_attempts import BATCH_ENDED, ProgressFile, earlier_attempt
-from choreo_cli.executors.portable import Chunk, encode_chunk, rebuild_exception
+from choreo_cli.executors.portable import Chunk, encode_chunk, merge_chunks, rebuild_exception
 from choreo_cli.executors.runner import BatchArgs, BatchRunner
 
 if TYPE_CHECKING:
@@ -373,17 +373,24 @@ def run_batch(spec: PipelineSpec, batch: bytes, token: int = 0) -> bytes:
         for part in parts:
             slot.write(part)
 
+    # Journalled as they come (a record that did not end clean comes alone), returned as
+    # one part: the parent unpickles a part per batch, not one per such record.
+    chunks: list[Chunk] = []
+    elapsed = 0.0
+
     def flush(chunk: Chunk) -> None:
-        nonlocal started
+        nonlocal started, elapsed
         now = perf_counter()
-        part = encode_chunk(chunk, now - started)
+        slot.write(encode_chunk(chunk, now - started))
+        elapsed += now - started
         started = now
-        slot.write(part)
-        parts.append(part)
+        chunks.append(chunk)
 
     if args is not None:
         flush(run.runner.run(args, flush, slot.current, died=died, eager=True))
     slot.current.value = BATCH_ENDED
+    if chunks:
+        parts.append(encode_chunk(merge_chunks(chunks), elapsed))
     return pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
 
 

@@ -192,6 +192,31 @@ class ChunkWriter:
         )
 
 
+def merge_chunks(chunks: Sequence[Chunk]) -> Chunk:
+    """One chunk of the results of consecutive ``chunks``.
+
+    >>> merge_chunks([(2, None, None, [(1, ("x",))]), (1, [{"a": 1}], None, [])])
+    (3, [None, None, {'a': 1}], None, [(1, ('x',))])
+    """
+    if len(chunks) == 1:
+        return chunks[0]
+    count = 0
+    jobs: list[Any] = []
+    pres: list[Any] = []
+    others: list[tuple[int, tuple[Any, ...]]] = []
+    for size, job_maps, pre_maps, rest in chunks:
+        jobs.extend(job_maps if job_maps is not None else repeat(None, size))
+        pres.extend(pre_maps if pre_maps is not None else repeat(None, size))
+        others.extend((count + k, payload) for k, payload in rest)
+        count += size
+    return (
+        count,
+        None if jobs.count(None) == count else jobs,
+        None if pres.count(None) == count else pres,
+        others,
+    )
+
+
 def encode_chunk(chunk: Chunk, *head: Any) -> bytes:
     """Pickle ``(*head, chunk)``; a bag value that does not pickle becomes its repr."""
     try:
