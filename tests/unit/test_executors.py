@@ -24,6 +24,7 @@ from choreo_cli.executors.portable import (
     encode_chunk,
     export_exception,
     export_result,
+    merge_chunks,
     rebuild_exception,
 )
 from choreo_cli.executors.process import ProcessExecutor
@@ -266,6 +267,40 @@ def test_a_chunk_rebuilds_the_results_of_every_kind_in_their_places() -> None:
     assert [r.clean for r in rebuilt if r is not None] == [True, False, True, True]
     assert rebuilt[0] is not None and rebuilt[0].raw == b"raw\n"
     assert rebuilt[0].bag.job("ONLY") == {"seen": {"id": 0}}
+
+
+def test_merged_chunks_rebuild_the_results_of_the_chunks_one_by_one() -> None:
+    """A Dask batch returns the chunks it journalled one by one as one chunk."""
+
+    def job(ctx: Any, record: Any) -> Any:
+        if record % 3 == 1:
+            raise ValueError(f"bad {record}")
+        return record if record % 2 else None
+
+    coordinator = Coordinator(timings=False)
+    coordinator.add_step(Step(name="Only", job=job))
+    items: list[Any] = list(range(9))
+    writer = ChunkWriter(step_count=1)
+    chunks = []
+    for cut in ([0], [1, 2, 3], [4], [5, 6, 7, 8]):
+        for pos in cut:
+            writer.add(coordinator.run(items[pos], index=pos))
+        chunks.append(writer.take())
+    merged = merge_chunks(chunks)
+    assert merged[0] == 9 and [k for k, _ in merged[3]] == [1, 4, 7]
+    builder = ResultBuilder(("Only",))
+    one: list[Result | None] = [None] * 9
+    builder.build_chunk(one, merged, items, range(9), 0, 0)
+    apart: list[Result | None] = [None] * 9
+    first = 0
+    for chunk in chunks:
+        builder.build_chunk(apart, chunk, items, range(9), first, 0)
+        first += chunk[0]
+    assert lines_of(iter(one)) == lines_of(iter(apart))  # type: ignore[arg-type]
+    assert [r.bag.job("only") for r in one if r is not None] == [
+        r.bag.job("only") for r in apart if r is not None
+    ]
+    assert merge_chunks([(2, None, None, []), (1, None, None, [])]) == (3, None, None, [])
 
 
 def test_build_executor_names_what_is_wrong(pipeline_file: Path) -> None:
