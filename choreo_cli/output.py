@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -34,16 +34,18 @@ class WrittenResult(Protocol):
     index: int
     line: int | None
     input: Any
-    status: str
     error: Any
     bag: Any
     clean: bool
 
     @property
+    def status(self) -> str: ...
+
+    @property
     def errors(self) -> Sequence[Any]: ...
 
     @property
-    def steps(self) -> dict[str, str]: ...
+    def steps(self) -> Mapping[str, str]: ...
 
     @property
     def attempts(self) -> dict[str, int]: ...
@@ -118,7 +120,7 @@ class ResultWriter:
         self._stop = threading.Event()
         # Lines of clean results, by whether they have a line number: (open, whole line).
         self._templates: dict[bool, tuple[bytes, bytes]] = {}
-        self._skip_templates: dict[tuple[Any, ...], bytes | None] = {}
+        self._skip_lines = SkipLines()
         self._flusher = threading.Thread(target=self._flush_loop, name="choreo-output", daemon=True)
         self._flusher.start()
 
@@ -211,24 +213,9 @@ class ResultWriter:
         return self._encode_full(result)
 
     def _encode_skipped(self, result: WrittenResult) -> bytes:
-        """The line of a record that ran every step but some prechecks skipped their jobs
-        (the common line of a re-run): a template per skip pattern, the messages put in."""
-        errors = result.errors
-        try:
-            key = (result.line is not None, *[(e.step, e.phase, e.type) for e in errors])
-            messages = [orjson.dumps(_utf8(str(e.exception))) for e in errors]
-        except Exception:
-            return self._encode_full(result)  # a message str() cannot give, or not UTF-8
-        template = self._skip_templates.get(key, b"")
-        if template == b"":
-            template = self._skip_templates[key] = _skip_template(result, len(errors))
-        if template is None:
+        head = self._skip_lines.head(result)
+        if head is None:
             return self._encode_full(result)
-        head = (
-            template % (result.index, result.line, *messages)
-            if key[0]
-            else template % (result.index, *messages)
-        )
         if not self._include_input and not self._include_data:
             return head + b"}\n"
         return self._with_values(head, result)
@@ -369,12 +356,50 @@ def _utf8(text: str) -> str:
     return text
 
 
-def _clean_template(steps: dict[str, str], has_line: bool) -> tuple[bytes, bytes]:
+def _clean_template(steps: Mapping[str, str], has_line: bool) -> tuple[bytes, bytes]:
     """%-format templates (object left open, whole line) for a result without errors."""
     head = b'{"index":%d,"line":' + (b"%d" if has_line else b"null")
     tail = b',"status":"succeeded","error":null,"errors":[],"steps":' + orjson.dumps(steps)
     opened = head + tail.replace(b"%", b"%%")
     return opened, opened + b"}\n"
+
+
+class SkipLines:
+    """Lines of records that ran every step while some prechecks skipped their jobs (the
+    common line of a re-run), from a template per skip pattern with the messages put in.
+
+    >>> from choreo_cli.coordinator import Coordinator, Step
+    >>> from choreo_cli.errors import Skip
+    >>> def exists(ctx, record):
+    ...     raise Skip("exists")
+    >>> coordinator = Coordinator()
+    >>> coordinator.add_step(Step(name="create", precheck=exists, job=print))
+    >>> SkipLines().head(coordinator.run({}, index=4, line=5)) + b"}"
+    b'{"index":4,"line":5,"status":"succeeded","error":null,"errors":[{"step":"create","phase":"precheck","type":"Skip","message":"exists"}],"steps":{"create":"skipped"}}'
+    """
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[Any, ...], bytes | None] = {}
+
+    def head(self, result: WrittenResult) -> bytes | None:
+        """The line of a succeeded ``result`` without retries, its object left open (no
+        ``input``/``data``); None when it is not one or its line needs the general path."""
+        if result.status != "succeeded" or result.attempts:
+            return None
+        errors = result.errors
+        try:
+            key = (result.line is not None, *[(e.step, e.phase, e.type) for e in errors])
+            messages = [orjson.dumps(_utf8(str(e.exception))) for e in errors]
+        except Exception:
+            return None  # a message str() cannot give, or not UTF-8: the general path says so
+        template = self._templates.get(key, b"")
+        if template == b"":
+            template = self._templates[key] = _skip_template(result, len(errors))
+        if template is None:
+            return None
+        if key[0]:
+            return template % (result.index, result.line, *messages)
+        return template % (result.index, *messages)
 
 
 def _skip_template(result: WrittenResult, count: int) -> bytes | None:

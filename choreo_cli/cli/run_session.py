@@ -367,6 +367,19 @@ def _result_handler(
     return handle
 
 
+def _tally_handler(reader: Any, summary: Any, progress: Any) -> Callable[[Result], None]:
+    """What happens to a record whose line a worker wrote: counted and shown."""
+    add = summary.add
+    advance = progress.advance if progress.enabled else None
+
+    def tally(result: Result) -> None:
+        add(result)
+        if advance is not None:
+            advance(result, reader.bytes_read)
+
+    return tally
+
+
 def _consume(
     options: RunOptions,
     coordinator: Coordinator,
@@ -419,8 +432,17 @@ def _consume_lines(
         # Only a pipe can block a read for ever: a regular file needs no guard.
         batches = state.feed(batches)
     steps = coordinator.clean_steps()
+    extra: dict[str, Any] = {}
+    if options.executor != "thread":
+        # Process and Dask workers write the lines of succeeded records with skipped jobs.
+        extra["tally"] = _tally_handler(reader, summary, progress)
     runs = coordinator.run_lines(
-        batches, clean_line=clean_line, put=writer.put, emit=emit, keep_raw=rejects is not None
+        batches,
+        clean_line=clean_line,
+        put=writer.put,
+        emit=emit,
+        keep_raw=rejects is not None,
+        **extra,
     )
     for clean in runs:
         summary.add_clean(clean, steps)

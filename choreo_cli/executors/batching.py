@@ -109,6 +109,17 @@ class LineItems(Sequence[Any]):
 CLEAN: Any = object()
 
 
+class Written:
+    """What a run_lines batch holds for a record whose line the worker wrote: a succeeded
+    record with skipped jobs. ``pattern`` stands for its outcome (no index) in counts."""
+
+    __slots__ = ("line", "pattern")
+
+    def __init__(self, line: bytes, pattern: Result) -> None:
+        self.line = line
+        self.pattern = pattern
+
+
 class BatchSizer:
     """How many records the next batch gets, from the time workers took per record.
 
@@ -328,11 +339,14 @@ class BatchExecutor(abc.ABC):
         put: Callable[[bytes], Any],
         emit: Callable[[Result], Any],
         keep_raw: bool = False,
+        tally: Callable[[Result], Any] | None = None,
     ) -> Iterator[int]:
         """Run JSON Lines given as lists of lines; see ``Coordinator.run_lines``.
 
         The workers parse the lines. A record that ran every step without an error comes
         back as a count: its line is ``clean_line % (index, line)``, handed to ``put``.
+        A record that succeeded with skipped jobs comes back as its line, handed to
+        ``put``; ``tally`` gets a Result standing for its outcome (for the summary).
         Every other record's Result goes to ``emit``; a true return stops the reading
         (the records already read still get their lines). Lines come out in input order.
         Yields, after each batch, how many clean records it held.
@@ -400,6 +414,10 @@ class BatchExecutor(abc.ABC):
                             if result is CLEAN:
                                 put(clean_line % (index, line))
                                 clean += 1
+                            elif type(result) is Written:
+                                put(result.line)
+                                if tally is not None:
+                                    tally(result.pattern)
                             elif emit(result):
                                 stopped = True
                     yield clean
@@ -416,6 +434,8 @@ class BatchExecutor(abc.ABC):
         self, lines: LineItems, pos: int, index: int, payload: tuple[Any, ...]
     ) -> Result:
         """The Result of a run_lines record that did not come back clean."""
+        if len(payload) == 2:
+            return Written(payload[0], self._builder.skipped(payload[1]))  # type: ignore[return-value]
         item = lines[pos]
         if type(item) is InvalidLine:
             # Made here, as for an invalid line of run_many (the worker said no more).

@@ -47,7 +47,8 @@ PortableError = tuple[str, str, str]
 # The results of ``count`` consecutive records sent in a batch: (count, jobs, pres, others).
 # ``jobs`` and ``pres`` hold each record's bag maps (``DataBag._job``, ``DataBag._pre``), or
 # are None when every one is None. ``others`` lists (offset in the chunk, export_result
-# payload) for each record that is not plainly clean (its column entries are then None).
+# payload) for each record that is not plainly clean (its column entries are then None);
+# in run_lines a succeeded record with skipped jobs is (its line, the skipped steps) instead.
 Chunk = tuple[int, "list[Any] | None", "list[Any] | None", "list[tuple[int, tuple[Any, ...]]]"]
 
 
@@ -281,6 +282,23 @@ class ResultBuilder:
         self._names = names
         self._folded = {name.casefold(): name for name in names}
         self._clean = clean_result_type(names, would_run=dry_run)
+        self._would = dry_run
+        self._skipped: dict[tuple[str, ...], Result] = {}
+
+    def skipped(self, steps: tuple[str, ...]) -> Result:
+        """A Result standing for every succeeded record whose jobs ``steps`` were skipped
+        (no index, line or messages: what the summary counts)."""
+        result = self._skipped.get(steps)
+        if result is None:
+            names = self._names
+            errors = [ExecutionError(step, "precheck", Skip()) for step in steps]
+            skipped = [names.index(step) for step in steps]
+            result = Result(
+                -1, None, None, "succeeded", None, errors, DataBag(self._folded), None,
+                names, len(names), None, skipped, None, None, self._would,
+            )  # fmt: skip
+            self._skipped[steps] = result
+        return result
 
     def build_chunk(
         self,

@@ -12,6 +12,7 @@ import orjson
 from choreo_cli.executors.base import ExecutorUnavailable, PipelineSpec, file_digest
 from choreo_cli.executors.portable import Chunk, ChunkWriter, export_result
 from choreo_cli.items import InvalidLine, Record
+from choreo_cli.output import SkipLines
 from choreo_cli.records import reason_for
 
 # A batch's results go back in chunks at least this often (result lines within ~100 ms).
@@ -50,6 +51,7 @@ class BatchRunner:
         # Worker-scoped resources too: a failing factory is reported before any record.
         self.coordinator.open(prebuild_workers=True)
         self._steps = len(self.coordinator.steps)
+        self._skip_lines = SkipLines()
         self._owner = threading.get_ident()
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -142,6 +144,7 @@ class BatchRunner:
         coordinator = self.coordinator
         run = coordinator.run
         steps = self._steps
+        skip_line = self._skip_lines.head
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         count = 0
@@ -161,7 +164,14 @@ class BatchRunner:
             except BaseException as exc:  # a defect in choreo must not lose the batch
                 result = coordinator.crashed(Record(value, line), index, exc)
             if not result.clean or result.duration is not None:
-                others.append((count, export_result(result, steps)))
+                # A succeeded record with skipped jobs (a re-run's common case) travels as
+                # its finished line and which steps skipped: the parent writes and counts it.
+                head = skip_line(result) if result.status == "succeeded" else None
+                if head is not None:
+                    skipped = tuple([e.step for e in result.errors])
+                    others.append((count, (head + b"}\n", skipped)))
+                else:
+                    others.append((count, export_result(result, steps)))
             count += 1
             if flush is not None:
                 now = perf_counter()

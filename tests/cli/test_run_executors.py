@@ -114,6 +114,36 @@ def test_process_and_dask_write_the_thread_executors_bytes(
     assert len(list(tmp_path.glob("torn-down-*"))) >= 1 + 2 + 2 + 2
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_process_and_dask_runs_give_the_thread_runs_lines_counts_and_rejects(
+    run_choreo: RunChoreo, pipeline: Path, tmp_path: Path, dry_run: bool
+) -> None:
+    """`choreo run`'s own path (no --include-*): workers send clean records as counts and
+    the lines of records with skipped jobs as written; every other record whole."""
+    write_input(tmp_path / "in.jsonl", 400)
+    runs = {}
+    for executor in ("thread", "process", "dask"):
+        args = ["run", pipeline, "-i", "in.jsonl", "--executor", executor, "-w", "2"]
+        args += ["--summary-json", f"{executor}.json", "--rejects", f"{executor}.rejects"]
+        runs[executor] = run_choreo([*args, *(["--dry-run"] if dry_run else [])], timeout=90)
+    thread = runs["thread"]
+    statuses = {"cancelled", "failed", "invalid", "succeeded"}
+    assert set(thread.statuses) == statuses - ({"failed", "cancelled"} if dry_run else set())
+    assert any(line["steps"]["work"] == "skipped" for line in thread.lines)
+    for executor in ("process", "dask"):
+        run = runs[executor]
+        assert run.code == thread.code
+        assert run.stdout == thread.stdout, executor
+        summaries = [
+            json.loads((tmp_path / f"{name}.json").read_text()) for name in ("thread", executor)
+        ]
+        for summary in summaries:
+            del summary["wall_time"], summary["records_per_second"]
+        assert summaries[0] == summaries[1], executor
+        rejects = [(tmp_path / f"{name}.rejects").read_bytes() for name in ("thread", executor)]
+        assert rejects[0] == rejects[1], executor
+
+
 def test_a_worker_that_dies_mid_record_fails_it_and_the_run_goes_on(
     run_choreo: RunChoreo, pipeline: Path, tmp_path: Path
 ) -> None:
