@@ -155,6 +155,8 @@ class ThreadPool:
                         return
                     break  # a fresh task for the next records
                 except BaseException as exc:
+                    if loop.is_closed():
+                        raise
                     if task.done():
                         break
                     worker.escaped = exc
