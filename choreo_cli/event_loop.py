@@ -5,7 +5,7 @@ from __future__ import annotations
 import select
 import selectors
 from time import monotonic
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import asyncio
@@ -19,6 +19,8 @@ FD_SETSIZE = 1024
 POLL_INTERVAL = 0.001
 
 _EPOLL = hasattr(selectors, "EpollSelector")
+# Loop runs allowed to end a call's task after an error left the loop (one or two do).
+_END_ROUNDS = 10
 
 
 class PreciseEpollSelector(selectors.EpollSelector):
@@ -107,6 +109,11 @@ def run(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T]) -> T:
         loop.run_forever()
     except BaseException:
         live.clear()
+        if not task.done():
+            # A SystemExit or KeyboardInterrupt raised in a callable leaves the loop from
+            # inside a task, while this call's task still waits on it: ended now, else it
+            # would wake up in a later call and raise the same error there.
+            _end(loop, task)
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" warning
         raise
@@ -114,3 +121,17 @@ def run(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T]) -> T:
         live.clear()
         raise RuntimeError("Event loop stopped before Future completed.")
     return task.result()
+
+
+def _end(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and run ``loop`` until it is done (what it raises is dropped: the
+    caller is raising the error that left the loop)."""
+    task.cancel()
+    for _ in range(_END_ROUNDS):
+        if task.done():
+            return
+        loop.stop()  # one loop iteration: what is ready runs, then run_forever returns
+        try:
+            loop.run_forever()
+        except BaseException:
+            continue  # the same error, out of the task again

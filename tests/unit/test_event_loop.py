@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
 import selectors
@@ -254,6 +255,49 @@ def test_run_lets_base_exceptions_through_and_the_loop_stays_usable(
     with pytest.raises(exc_type):
         run(loop, leaves())
     assert _sleep_seconds(loop, 0.001) >= 0.001
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt])
+def test_an_error_out_of_a_wait_for_does_not_come_back_in_the_next_run(
+    loop: Loop, exc_type: type[BaseException]
+) -> None:
+    """A step's timeout wraps its call in wait_for: the error leaves the loop from the
+    inner task while the call's own task still waits; it must not raise again later."""
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+
+    async def leaves() -> None:
+        await asyncio.sleep(0)
+        raise exc_type(3)
+
+    async def value() -> int:
+        await asyncio.sleep(0.001)
+        return 7
+
+    with pytest.raises(exc_type):
+        run(loop, asyncio.wait_for(leaves(), 5))
+    assert run(loop, value()) == 7
+    assert run(loop, asyncio.wait_for(value(), 5)) == 7
+    gc.collect()
+    assert unhandled == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_system_exit_in_an_async_job_with_a_timeout_fails_only_its_record(
+    workers: int,
+) -> None:
+    async def job(ctx: Context, record: int) -> int:
+        await asyncio.sleep(0)
+        if record == 1:
+            sys.exit(3)
+        return record
+
+    coordinator = Coordinator(workers=workers)
+    coordinator.add_step(Step(name="work", job=job, timeout=5))
+    with coordinator:
+        results = list(coordinator.run_many(range(4)))
+    assert [r.status for r in results] == ["succeeded", "failed", "succeeded", "succeeded"]
+    assert results[1].error is not None and results[1].error.type == "SystemExit"
 
 
 def test_a_task_left_behind_by_an_interrupted_run_does_not_stop_a_later_run(
