@@ -89,22 +89,24 @@ def call(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timeout: float 
 
 def retry(planned: Planned, ctx: Context, arg: Any, worker: Worker, flags: _RunFlags) -> Any:
     """Call a job up to ``retry.attempts`` times; only the last failure counts."""
-    policy = planned.retry
-    spec = planned.job
     attempt = 0
     while True:
-        attempt += 1
-        if ctx._attempts is None:
-            ctx._attempts = {}
-        ctx._attempts[planned.name] = attempt
+        attempt = count_attempt(planned, ctx, attempt)
         try:
-            return call(spec, ctx, arg, worker, planned.timeout)
+            return call(planned.job, ctx, arg, worker, planned.timeout)
         except Cancel:
             raise
         except Exception as exc:
-            if attempt >= policy.attempts or not isinstance(exc, policy.on):
-                raise
             ctx = wait_to_retry(planned, ctx, worker, flags, attempt, exc)
+
+
+def count_attempt(planned: Planned, ctx: Context, previous: int) -> int:
+    """Record on ``ctx`` that attempt ``previous + 1`` of the step's job starts; return it."""
+    attempt = previous + 1
+    if ctx._attempts is None:
+        ctx._attempts = {}
+    ctx._attempts[planned.name] = attempt
+    return attempt
 
 
 def wait_to_retry(
@@ -115,8 +117,11 @@ def wait_to_retry(
     attempt: int,
     exc: Exception,
 ) -> Context:
-    """Log the failed attempt, wait the policy's delay; the Context for the next attempt."""
+    """Re-raise ``exc`` if the policy does not retry it (or attempts are used up); else log
+    the failed attempt, wait the policy's delay and return the Context for the next one."""
     policy = planned.retry
+    if attempt >= policy.attempts or not isinstance(exc, policy.on):
+        raise exc
     wait = policy.wait(attempt)
     ctx.log.warning(
         "attempt %d of %d failed (%s: %s); retrying in %.3g s",
@@ -283,21 +288,14 @@ async def acall(
 
 async def aretry(planned: Planned, ctx: Context, arg: Any, worker: Worker, flags: _RunFlags) -> Any:
     """``retry`` for an async job."""
-    policy = planned.retry
-    spec = planned.job
     attempt = 0
     while True:
-        attempt += 1
-        if ctx._attempts is None:
-            ctx._attempts = {}
-        ctx._attempts[planned.name] = attempt
+        attempt = count_attempt(planned, ctx, attempt)
         try:
-            return await acall(spec, ctx, arg, worker, planned.timeout)
+            return await acall(planned.job, ctx, arg, worker, planned.timeout)
         except Cancel:
             raise
         except Exception as exc:
-            if attempt >= policy.attempts or not isinstance(exc, policy.on):
-                raise
             ctx = wait_to_retry(planned, ctx, worker, flags, attempt, exc)
 
 
