@@ -9,7 +9,7 @@ import contextvars
 import threading
 import types
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from choreo_cli.errors import Cancel, StepDefinitionError, StepTimeout, UnassignableInput
 from choreo_cli.signatures import CallSpec, Mismatch, json_type_name
@@ -254,10 +254,7 @@ def awaited(coro: Coroutine[Any, Any, T], worker: Worker) -> Generator[Any, Any,
         except StopIteration as stop:
             result: T = stop.value
     except BaseException as exc:
-        escaped = _escaped(worker)
-        if escaped is None or escaped is exc:
-            raise
-        raise escaped from None
+        _raise_escaped(worker, exc)
     _settle(worker)
     return result
 
@@ -278,10 +275,7 @@ async def acall(
         ctx.timed_out = True
         raise timed_out(ctx, spec, timeout) from None
     except BaseException as exc:
-        escaped = _escaped(worker)
-        if escaped is None or escaped is exc:
-            raise
-        raise escaped from None
+        _raise_escaped(worker, exc)
     _settle(worker)
     return result
 
@@ -305,6 +299,15 @@ def _escaped(worker: Worker) -> BaseException | None:
     escaped = worker.escaped
     worker.escaped = None
     return escaped
+
+
+def _raise_escaped(worker: Worker, exc: BaseException) -> NoReturn:
+    """Raise what was raised out of the loop while the call was awaited, or else ``exc``
+    (what the call itself raised)."""
+    escaped = _escaped(worker)
+    if escaped is None or escaped is exc:
+        raise exc
+    raise escaped from None
 
 
 def _settle(worker: Worker) -> None:
