@@ -70,6 +70,10 @@ def job(ctx, record):
     if record.get("fail"):
         raise ValueError(record["fail"])
     return record.get("n")
+
+
+def noop(ctx, record):
+    return None
 """
 PIPELINE = "version: 1\nsteps:\n  - name: one\n    job: steps:job\n"
 
@@ -169,7 +173,10 @@ def test_interrupted_records_are_not_marked_and_run_again(
     basic: Path, start_choreo: StartChoreo, run_choreo: RunChoreo, tmp_path: Path
 ) -> None:
     (tmp_path / "in.jsonl").write_bytes(_jsonl(*({"n": n, "sleep": 0.01} for n in range(400))))
-    args = ["run", "pipeline.yaml", "-i", "in.jsonl", "--checkpoint", "run.ckpt", "-w", "4"]
+    # A second step that takes no time: a record in flight when the signal comes is in
+    # its first step and stops before the second, whether or not others were waiting.
+    (tmp_path / "two.yaml").write_text(PIPELINE + "  - name: two\n    job: steps:noop\n")
+    args = ["run", "two.yaml", "-i", "in.jsonl", "--checkpoint", "run.ckpt", "-w", "4"]
     process = start_choreo([*args, "-o", "first.jsonl"])
     # Signal once records run (a fixed delay can land before the first record on a slow
     # machine): 20 of the 400 records have started, about a second of work remains.
@@ -181,7 +188,7 @@ def test_interrupted_records_are_not_marked_and_run_again(
     assert process.returncode == 143, stderr
     first = json.loads("[" + ",".join((tmp_path / "first.jsonl").read_text().split()) + "]")
     interrupted = {line["line"] for line in first} - set(_finished(first))
-    assert interrupted, "no record was waiting to start when the signal came"
+    assert interrupted, "no record was in flight or waiting when the signal came"
     marked = _marked(tmp_path / "run.ckpt")
     assert marked == set(_finished(first))
     resumed = run_choreo([*args, "-o", "second.jsonl"])
