@@ -302,6 +302,7 @@ class Coordinator(RecordEnds):
         put: Callable[[bytes], Any],
         emit: Callable[[Result], Any],
         keep_raw: bool = False,
+        tally: Callable[[Result], Any] | None = None,
     ) -> Iterator[int]:
         """Run JSON Lines given as lists of lines (``JsonlReader.iter_line_lists``), one
         record at a time: the fast loop of `choreo run`, which never builds the Result of a
@@ -311,7 +312,8 @@ class Coordinator(RecordEnds):
         result line with two ``%d``), handed to ``put``. Every other record's Result goes
         to ``emit``; a true return stops the run there. Yields, after each list, how many
         clean records it held. ``keep_raw`` sets each emitted Result's ``raw``. Needs
-        ``workers == 1``.
+        ``workers == 1``. ``tally`` is for the executors' run_lines, whose workers write
+        some lines themselves; here every other record goes to ``emit``, so it is unused.
 
         >>> coordinator = Coordinator()
         >>> coordinator.add_step(Step(name="double", job=lambda ctx, record: record * 2))

@@ -347,15 +347,12 @@ def _result_handler(
     """What happens to each Result: written, counted, shown, kept as a reject; True when
     the run must start no other record (``--fail-fast``)."""
     write = writer.write
-    add = summary.add
+    tally = _tally_handler(reader, summary, progress)
     fail_fast = options.fail_fast
-    advance = progress.advance if progress.enabled else None
 
     def handle(result: Result) -> bool:
         write(result)
-        add(result)
-        if advance is not None:
-            advance(result, reader.bytes_read)
+        tally(result)
         if result.status != "succeeded":
             if rejects is not None:
                 rejects.add(result)
@@ -432,17 +429,14 @@ def _consume_lines(
         # Only a pipe can block a read for ever: a regular file needs no guard.
         batches = state.feed(batches)
     steps = coordinator.clean_steps()
-    extra: dict[str, Any] = {}
-    if options.executor != "thread":
-        # Process and Dask workers write the lines of succeeded records with skipped jobs.
-        extra["tally"] = _tally_handler(reader, summary, progress)
     runs = coordinator.run_lines(
         batches,
         clean_line=clean_line,
         put=writer.put,
         emit=emit,
         keep_raw=rejects is not None,
-        **extra,
+        # Process and Dask workers write the lines of succeeded records with skipped jobs.
+        tally=_tally_handler(reader, summary, progress),
     )
     for clean in runs:
         summary.add_clean(clean, steps)

@@ -434,8 +434,6 @@ class BatchExecutor(abc.ABC):
         self, lines: LineItems, pos: int, index: int, payload: tuple[Any, ...]
     ) -> Result:
         """The Result of a run_lines record that did not come back clean."""
-        if len(payload) == 2:
-            return Written(payload[0], self._builder.skipped(payload[1]))  # type: ignore[return-value]
         item = lines[pos]
         if type(item) is InvalidLine:
             # Made here, as for an invalid line of run_many (the worker said no more).
@@ -512,7 +510,10 @@ class BatchExecutor(abc.ABC):
             others = chunk[3]
             for k, payload in others:
                 pos = positions[first + k]
-                results[pos] = self._line_result(lines, pos, batch.start + pos, payload)
+                if len(payload) == 2:  # a line the worker wrote, and the steps it skipped
+                    results[pos] = Written(payload[0], self._builder.skipped(payload[1]))
+                else:
+                    results[pos] = self._line_result(lines, pos, batch.start + pos, payload)
             batch.clean += count - len(others)
             batch.filled += count
             batch.received = first + count
