@@ -71,6 +71,14 @@ class Batch:
         """Offsets of sent items whose result has not come back."""
         return self.positions[self.received :]
 
+    def take_arrived(self) -> tuple[int, int]:
+        """The offsets ``(first, end)`` of the results that arrived since the last call, up
+        to the first missing one (handed on in one run: no bookkeeping per result)."""
+        first = self.yielded
+        end = len(self.results) if self.done else self.results.index(None, first)
+        self.yielded = end
+        return first, end
+
 
 class LineItems(Sequence[Any]):
     """The input lines of a run_lines batch, read as items (Record or InvalidLine) on demand.
@@ -304,17 +312,11 @@ class BatchExecutor(abc.ABC):
             if ordered:
                 if alive:
                     head = alive[0]
-                    results = head.results
-                    count = len(results)
-                    done = head.yielded
-                    # The results that arrived, up to the first missing one: handed on
-                    # in one run (no bookkeeping per result).
-                    end = count if head.done else results.index(None, done)
+                    done, end = head.take_arrived()
                     if end > done:
-                        head.yielded = end
                         progressed = True
-                        yield from itertools.islice(results, done, end)
-                    if end == count:
+                        yield from itertools.islice(head.results, done, end)
+                    if end == len(head.items):
                         alive.popleft()
                         progressed = True
             else:
@@ -389,12 +391,8 @@ class BatchExecutor(abc.ABC):
             progressed = False
             if alive:
                 head = alive[0]
-                results = head.results
-                count = len(results)
-                done = head.yielded
-                end = count if head.done else results.index(None, done)
+                done, end = head.take_arrived()
                 if end > done:
-                    head.yielded = end
                     progressed = True
                     numbers = head.lines.numbers  # type: ignore[union-attr]
                     first = head.start
@@ -408,7 +406,7 @@ class BatchExecutor(abc.ABC):
                         for index, line, result in zip(
                             indices,
                             numbers[done:end],
-                            itertools.islice(results, done, end),
+                            itertools.islice(head.results, done, end),
                             strict=True,
                         ):
                             if result is CLEAN:
@@ -421,7 +419,7 @@ class BatchExecutor(abc.ABC):
                             elif emit(result):
                                 stopped = True
                     yield clean
-                if end == count:
+                if end == len(head.items):
                     alive.popleft()
                     progressed = True
             if not alive:
