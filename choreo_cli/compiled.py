@@ -27,6 +27,7 @@ from choreo_cli.calling import awaited
 from choreo_cli.context import DataBag
 from choreo_cli.errors import Skip
 from choreo_cli.items import InvalidLine, Record
+from choreo_cli.output import SkipTemplates
 from choreo_cli.records import reason_for
 
 if TYPE_CHECKING:
@@ -36,7 +37,14 @@ RecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Any]
 SerialRunner = Callable[[Iterable[Any], Any], Iterator[Any]]
 AsyncRecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Awaitable[Any]]
 LineRunner = Callable[
-    [Iterable[list[bytes]], Any, bytes, Callable[[bytes], None], Callable[[Any], Any]],
+    [
+        Iterable[list[bytes]],
+        Any,
+        bytes,
+        Callable[[bytes], None],
+        Callable[[Any], Any],
+        "Callable[[Any], Any] | None",
+    ],
     Iterator[int],
 ]
 
@@ -157,22 +165,28 @@ def _namespace(coordinator: Coordinator) -> dict[str, Any]:
 def compile_line_runner(
     coordinator: Coordinator, plan: list[Planned], *, keep_raw: bool
 ) -> LineRunner:
-    """Compile the steps into ``run_lines(batches, worker, clean_line, put, emit)``: the
-    serial loop of `choreo run`, fused with JSON parsing and the writing of clean lines.
+    """Compile the steps into ``run_lines(batches, worker, clean_line, put, emit, tally)``:
+    the serial loop of `choreo run`, fused with JSON parsing and the writing of lines.
 
     ``batches`` yields lists of input lines (bytes, without their ``\n``), as
     ``JsonlReader.iter_line_lists`` does. Each record that ran every step without an error
     costs no Record and no Result: ``put(clean_line % (index, line))`` writes its line.
-    Every other record (invalid, skipped with errors, failed, cancelled) is built by the
-    coordinator's rare paths and handed to ``emit(result)``; a true return stops reading.
-    The generator yields, after each batch, how many clean records it held; it stops
-    after the first record ended by an interruption.
+    With ``tally``, a record that succeeded with skipped jobs (a re-run's common record)
+    costs no Result either once its pattern is known: its line from the pattern's
+    template goes to ``put``, and ``tally`` gets the pattern's Result (for the counts).
+    Every other record (invalid, failed, cancelled, the first of a skip pattern) is built
+    by the coordinator's rare paths and handed to ``emit(result)``; a true return stops
+    reading. The generator yields, after each batch, how many clean records it held; it
+    stops after the first record ended by an interruption.
     """
+    skip_templates = SkipTemplates()
     namespace: dict[str, Any] = {
         **_namespace(coordinator),
         "loads": orjson.loads,
         "decode_error": orjson.JSONDecodeError,
         "reason": reason_for,
+        "skip_line": skip_templates.line,
+        "learn_skips": skip_templates.learn,
     }
     clean_exit = [
         "put(clean_line % (index, line))",
@@ -182,6 +196,23 @@ def compile_line_runner(
         "    return",
         "continue",
     ]
+    # A succeeded record whose prechecks skipped jobs (with Skip), of a known pattern: its
+    # line from a template (its bag is reused, as a clean record's). The first of a
+    # pattern teaches it.
+    skip_exit = [
+        "if tally is not None and pattern > 0:",
+        "    written = skip_line(pattern, index, line, errors)",
+        "    if written is not None:",
+        "        put(written[0])",
+        "        tally(written[1])",
+        "        if flags.interrupted:",
+        "            yield clean",
+        "            return",
+        "        continue",
+        f"    result = finish(ctx, raw, started, errors, skipped, {len(plan)})",
+        "    learn_skips(pattern, result)",
+        "    EXIT result",
+    ]
     body = _record_body(
         namespace,
         plan,
@@ -189,11 +220,12 @@ def compile_line_runner(
         timings=coordinator.timings,
         clean_exit=clean_exit,
         reuse_bag=True,
+        skip_exit=skip_exit,
     )
     raw = "data + NEWLINE" if keep_raw else "None"
     namespace["NEWLINE"] = b"\n"
     source = [
-        "def run_lines(batches, worker, clean_line, put, emit):",
+        "def run_lines(batches, worker, clean_line, put, emit, tally):",
         "    if flags.interrupted:",
         "        return",
         "    number = 0",
@@ -244,6 +276,7 @@ def _record_body(
     clean_exit: list[str] | None = None,
     reuse_bag: bool = False,
     awaiting: bool = False,
+    skip_exit: list[str] | None = None,
 ) -> list[str]:
     """The code of one record, at indent 0; ``EXIT x`` marks where the record ends with x.
 
@@ -251,7 +284,9 @@ def _record_body(
     Result. ``reuse_bag``: empty the worker's DataBag for the record instead of making
     one (the code at each ``EXIT`` must then give the worker a new bag, since the Result
     keeps the old one). ``awaiting``: the code of an ``async def`` that runs on the
-    worker's event loop (see compile_async_runner).
+    worker's event loop (see compile_async_runner). ``skip_exit``: code run before the
+    Result of a record that ran every step with errors (prechecks that skipped jobs) is
+    built; it may end the record itself.
     """
     # Reading the clock twice is a third of the cost of a trivial record: without timings
     # (choreo run writes none) ``duration`` is None.
@@ -274,6 +309,10 @@ def _record_body(
     if any(p.timeout is not None for p in plan):
         lines.append("ctx.timed_out = False")
     lines.append("errors = skipped = None")
+    if skip_exit:
+        # Bit i: the precheck of step i raised Skip; -1 (every bit, for good): another
+        # exception skipped a job.
+        lines.append("pattern = 0")
     for i, planned in enumerate(plan):
         namespace[f"frame_{i}"] = planned.frame
         namespace[f"key_{i}"] = planned.key
@@ -293,10 +332,13 @@ def _record_body(
                 *(f"    {c}" for c in call),
                 "except Skip as exc:",
                 f"    errors, skipped = on_skip(exc, {i}, bag, errors, skipped)",
+                *([f"    pattern |= {1 << i}"] if skip_exit else []),
                 "except BaseException as exc:",
                 f"    errors, skipped, stopped = on_precheck_error(exc, {i}, ctx, raw, started, errors, skipped)",
                 "    if stopped is not None:",
                 "        EXIT stopped",
+                # Another exception than Skip: its type is in the line (no template).
+                *(["    pattern = -1"] if skip_exit else []),
                 "else:",
                 "    if v is not None:",
                 "        if bag._pre is None:",
@@ -343,6 +385,7 @@ def _record_body(
     lines += [
         "if errors is None and ctx._attempts is None:" if retries else "if errors is None:",
         *(f"    {line}" for line in clean_exit),
+        *(skip_exit or []),
         f"EXIT finish(ctx, raw, started, errors, skipped, {len(plan)})",
     ]
     return lines

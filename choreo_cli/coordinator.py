@@ -312,8 +312,10 @@ class Coordinator(RecordEnds):
         result line with two ``%d``), handed to ``put``. Every other record's Result goes
         to ``emit``; a true return stops the run there. Yields, after each list, how many
         clean records it held. ``keep_raw`` sets each emitted Result's ``raw``. Needs
-        ``workers == 1``. ``tally`` is for the executors' run_lines, whose workers write
-        some lines themselves; here every other record goes to ``emit``, so it is unused.
+        ``workers == 1``. With ``tally``, a record that succeeded with skipped jobs (a
+        re-run's common record) is written as its line, handed to ``put``, once a record
+        of the same pattern (the same jobs skipped, by the same exception types) went to
+        ``emit``: ``tally`` gets that first Result, which stands for its outcome in counts.
 
         >>> coordinator = Coordinator()
         >>> coordinator.add_step(Step(name="double", job=lambda ctx, record: record * 2))
@@ -331,7 +333,7 @@ class Coordinator(RecordEnds):
             runner = self._line_runners[keep_raw] = compile_line_runner(
                 self, self._plan, keep_raw=keep_raw
             )
-        return runner(batches, self._worker(), clean_line, put, emit)
+        return runner(batches, self._worker(), clean_line, put, emit, tally)
 
     def clean_steps(self) -> dict[str, str]:
         """The ``steps`` of a record that ran every step without an error."""

@@ -402,6 +402,59 @@ class SkipLines:
         return template % (result.index, *messages)
 
 
+class SkipTemplates:
+    """Whole lines of records that succeeded while prechecks skipped jobs with Skip, for
+    the fused serial loop: a %-template per pattern (a number whose bit i says the job of
+    step i was skipped), learnt from the first Result of the pattern, which took the
+    general path.
+
+    >>> from choreo_cli.coordinator import Coordinator, Step
+    >>> from choreo_cli.errors import Skip
+    >>> from choreo_cli.result import ExecutionError
+    >>> def exists(ctx, record):
+    ...     raise Skip(f"{record} exists")
+    >>> coordinator = Coordinator()
+    >>> coordinator.add_step(Step(name="create", precheck=exists, job=print))
+    >>> first = coordinator.run(7, index=0, line=1)
+    >>> templates = SkipTemplates()
+    >>> templates.learn(1, first)
+    >>> line, pattern = templates.line(1, 1, 2, [ExecutionError("create", "precheck", Skip("8 exists"))])
+    >>> line
+    b'{"index":1,"line":2,"status":"succeeded","error":null,"errors":[{"step":"create","phase":"precheck","type":"Skip","message":"8 exists"}],"steps":{"create":"skipped"}}\\n'
+    >>> pattern is first
+    True
+    """
+
+    def __init__(self) -> None:
+        # pattern -> (the template of a whole line, the Result the summary counts), or
+        # None for a pattern whose lines take the general path
+        self._known: dict[int, tuple[bytes, WrittenResult] | None] = {}
+
+    def line(
+        self, pattern: int, index: int, number: int, errors: Sequence[Any]
+    ) -> tuple[bytes, WrittenResult] | None:
+        """The line of record ``index`` (at line ``number``) and the Result standing for
+        its outcome; None until its pattern was learnt, or when a message needs the
+        general path (str() fails, or the text is not UTF-8)."""
+        entry = self._known.get(pattern)
+        if entry is None:
+            return None
+        try:
+            messages = [orjson.dumps(_utf8(str(e.exception))) for e in errors]
+        except Exception:
+            return None
+        return entry[0] % (index, number, *messages), entry[1]
+
+    def learn(self, pattern: int, result: WrittenResult) -> None:
+        """Learn ``pattern`` from ``result``, which took the general path."""
+        if pattern in self._known or result.line is None:
+            return
+        template = None
+        if result.status == "succeeded" and not result.attempts:
+            template = _skip_template(result, len(result.errors))
+        self._known[pattern] = None if template is None else (template + b"}\n", result)
+
+
 def _skip_template(result: WrittenResult, count: int) -> bytes | None:
     """A %-format template (object left open) of ``result``'s line, each of its ``count``
     error messages replaced by a ``%s`` slot for the message's JSON bytes; None when a

@@ -70,6 +70,9 @@ class RunSummary:
         self._clean_steps: dict[str, str] | None = None
         # Other succeeded records: pattern of (step, phase) errors -> [count, step outcomes].
         self._patterns: dict[tuple[tuple[str | None, str | None], ...], list[Any]] = {}
+        # The last Result counted per pattern, and its pattern's entry: the fused loop and
+        # the workers stand for each record of a pattern by one Result.
+        self._last: tuple[Any, list[Any]] | None = None
 
     # -- feeding --------------------------------------------------------------------------
 
@@ -82,6 +85,10 @@ class RunSummary:
             else:
                 self._clean += 1
             return
+        last = self._last
+        if last is not None and last[0] is result:
+            last[1][0] += 1
+            return
         status = result.status
         if status == "succeeded":
             # Ran every step, some skipped (or retried): counted per pattern of errors.
@@ -89,12 +96,14 @@ class RunSummary:
             seen = self._patterns.get(key)
             if seen is not None:
                 seen[0] += 1
+                self._last = (result, seen)
                 return
             steps = dict(result.steps)
             if all(outcome in _SUCCEEDED_COUNTS for outcome in steps.values()):
                 for name in steps:
                     self._step(name)
-                self._patterns[key] = [1, steps]
+                seen = self._patterns[key] = [1, steps]
+                self._last = (result, seen)
                 return
         self._counts[status] += 1
         error = result.error

@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_property import build, tables
 
-from choreo_cli import Coordinator, Result, Step
+from choreo_cli import Coordinator, Result, Skip, Step
 from choreo_cli.output import ResultWriter
 from choreo_cli.records import JsonlReader
+from choreo_cli.summary import RunSummary
 
 # Lines as they come: records, blank lines, bad JSON, bad UTF-8, CRLF endings.
 LINES = st.lists(
@@ -84,6 +87,110 @@ def test_run_lines_writes_exactly_what_run_many_writes(
     assert bags == expected_bags
     assert calls == expected_calls
     assert clean == expected.count(b'"status":"succeeded","error":null,"errors":[]')
+
+
+def summary_of(coordinator: Coordinator, data: bytes, *, max_lines: int | None) -> Any:
+    """(lines, summary counts, per-step counts) of run_many (``max_lines`` None) or of
+    run_lines with a tally, as `choreo run` feeds them."""
+    summary = RunSummary([step.name for step in coordinator.steps])
+    writer = ResultWriter(io.BytesIO())
+    if max_lines is None:
+        results = list(coordinator.run_many(JsonlReader(io.BytesIO(data))))
+        out = [writer.encode(result) for result in results]
+        for result in results:
+            summary.add(result)
+    else:
+        clean_line = writer.clean_line(coordinator.clean_steps())
+        assert clean_line is not None
+        out = []
+        tallied: list[Result] = []
+
+        def emit(result: Result) -> bool:
+            out.append(writer.encode(result))
+            summary.add(result)
+            return False
+
+        def tally(result: Result) -> None:
+            tallied.append(result)
+            summary.add(result)
+
+        for clean in coordinator.run_lines(
+            JsonlReader(io.BytesIO(data)).iter_line_lists(max_lines=max_lines),
+            clean_line=clean_line,
+            put=out.append,
+            emit=emit,
+            tally=tally,
+        ):
+            summary.add_clean(clean, coordinator.clean_steps())
+        # A tallied record stands for its pattern: its line is written, not emitted.
+        assert all(r.status == "succeeded" and r.errors for r in tallied)
+    writer.close()
+    return b"".join(out), summary.counts, summary.steps
+
+
+@settings(derandomize=True, database=None, max_examples=200, deadline=None)
+@given(tables, LINES, st.sampled_from([1, 2, 1024]), st.booleans())
+def test_run_lines_with_a_tally_writes_and_counts_what_run_many_does(
+    table: Any, lines: list[bytes], max_lines: int, dry_run: bool
+) -> None:
+    """With a tally (as `choreo run` gives), records whose prechecks skipped jobs are
+    written from a template per pattern: the same bytes and counts as run_many."""
+    data = b"\n".join(lines) + b"\n"
+    calls: list[tuple[str, str]] = []
+
+    def make() -> Coordinator:
+        coordinator = Coordinator(dry_run=dry_run)
+        for step in build(table, calls).steps:
+            coordinator.add_step(step)
+        return coordinator
+
+    expected = summary_of(make(), data, max_lines=None)
+    expected_calls = list(calls)
+    calls.clear()
+    assert summary_of(make(), data, max_lines=max_lines) == expected
+    assert calls == expected_calls
+
+
+class Exists(Exception):
+    pass
+
+
+@pytest.mark.parametrize("max_lines", [1, 3, 1024])
+def test_skipped_records_lines_carry_each_records_own_message(max_lines: int) -> None:
+    """The template per pattern takes each record's messages (quotes, %, non-ASCII, a
+    lone surrogate that takes the general path) and the pattern of each record (a
+    precheck that raised another exception than Skip: the general path)."""
+
+    def message(record: Any) -> str:
+        # JSON input cannot hold a lone surrogate: str() of a message can.
+        return record["message"].replace("SURROGATE", "\udc80")
+
+    def first(ctx: Any, record: Any) -> None:
+        if record["skip"] in ("first", "both", "first, other"):
+            raise Skip(message(record))
+
+    def second(ctx: Any, record: Any) -> None:
+        if record["skip"] == "second" or record["skip"] == "both":
+            raise Skip(f"second: {message(record)}")
+        if record["skip"] in ("other", "first, other"):
+            raise Exists("it exists")
+
+    def make() -> Coordinator:
+        coordinator = Coordinator()
+        coordinator.add_step(Step(name="first %d step", precheck=first, job=lambda c, r: 1))
+        coordinator.add_step(Step(name="second", precheck=second, job=lambda c, r: 2))
+        return coordinator
+
+    messages = ['a "quoted" one', "100% %s %d", "ünïcödé ✓", "lone SURROGATE one", ""]
+    kinds = ["first", "second", "both", "none", "other", "first, other"]
+    records = [
+        orjson.dumps({"skip": kinds[i % 6], "message": messages[i % 4 if i % 7 else 4]})
+        for i in range(72)
+    ]
+    data = b"\n".join(records) + b"\n"
+    expected = summary_of(make(), data, max_lines=None)
+    assert b"100% %s %d" in expected[0] and b"lone " in expected[0]
+    assert summary_of(make(), data, max_lines=max_lines) == expected
 
 
 def test_the_clean_count_comes_after_each_list_and_numbers_carry_on() -> None:
