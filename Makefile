@@ -37,6 +37,7 @@ typecheck: $(VENV)/.installed-dev
 
 unit: $(VENV)/.installed-dev
 	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --doctest-modules choreo_cli  # the docstrings' examples
 
 fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff format choreo_cli tests bench
