@@ -127,6 +127,8 @@ class DaskExecutor(BatchExecutor):
         # dask.distributed is only partly typed: its objects are handled as Any here.
         distributed: Any = importlib.import_module("distributed")
         Client, LocalCluster = distributed.Client, distributed.LocalCluster
+        if self.scheduler is not None:
+            _check_address(self.scheduler)
         try:
             if self.scheduler is None:
                 dask: Any = importlib.import_module("dask")
@@ -290,6 +292,27 @@ class DaskExecutor(BatchExecutor):
             self._resubmit(batch)
         else:
             self._fail(batch, WorkerDied(f"Dask gave up on this record's batch: {error}"))
+
+
+def _check_address(address: str) -> None:
+    """Raise ResourceError unless ``address`` reads as a Dask scheduler's address.
+
+    Checked before any Client exists: a Client given an address it cannot parse fails,
+    and then hangs for 20 s closing itself when it is collected, and prints a traceback.
+    """
+    from distributed.comm.addressing import get_address_host_port
+
+    try:
+        host, port = get_address_host_port(address)
+        if not host:
+            raise ValueError("no host in the address")
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is out of range")
+    except ValueError as exc:
+        raise ResourceError(
+            f"{address!r} is not a Dask scheduler address ({exc}): give one like "
+            "tcp://10.0.0.5:8786"
+        ) from None
 
 
 def _future_error(future: Any) -> BaseException:

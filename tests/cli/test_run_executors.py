@@ -234,6 +234,33 @@ def test_scheduler_without_the_dask_executor_is_a_usage_error(
     assert run.lines == []
 
 
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("nonsense", "missing port number in address 'nonsense'"),
+        ("tcp://10.0.0.5", "missing port number in address '10.0.0.5'"),
+        ("tcp://:8786", "no host in the address"),
+        ("tcp://10.0.0.5:87x", "invalid literal for int() with base 10: '87x'"),
+    ],
+)
+def test_a_scheduler_address_that_does_not_parse_exits_2_at_once(
+    run_choreo: RunChoreo, pipeline: Path, address: str, why: str
+) -> None:
+    """No Client is made for it (one that cannot parse its address hangs 20 s on exit,
+    then prints a traceback)."""
+    run = run_choreo(
+        ["run", pipeline, "--executor", "dask", "--scheduler", address],
+        input=b"1\n",
+        timeout=15,
+    )
+    assert run.code == 2
+    assert run.stderr == (
+        f"error: {address!r} is not a Dask scheduler address ({why}): "
+        "give one like tcp://10.0.0.5:8786\n"
+    )
+    assert run.lines == []
+
+
 def test_the_dask_executor_without_dask_says_how_to_install_it(
     run_choreo: RunChoreo, pipeline: Path, tmp_path: Path
 ) -> None:
