@@ -552,11 +552,23 @@ def build_writer(
     include_data: bool = False,
     on_written: OnWritten | None = None,
     on_failure: Callable[[], None] | None = None,
+    stdout: BinaryIO | None = None,
 ) -> ResultWriter:
-    """A writer to ``path`` (``"-"``: stdout's binary buffer); raises OSError if unopenable.
+    """A writer to ``path`` (``"-"``: stdout's binary buffer, or ``stdout`` when given: a
+    stream on stdout's file that the writer closes); raises OSError if unopenable.
 
     Example: ``with build_writer("-", include_input=True) as writer: writer.write(result)``.
     """
+    if str(path) == "-" and stdout is not None:
+        return ResultWriter(
+            stdout,
+            include_input=include_input,
+            include_data=include_data,
+            on_written=on_written,
+            on_failure=on_failure,
+            owns_stream=True,
+            name="stdout",
+        )
     if str(path) == "-":
         if sys.stdout is None or getattr(sys.stdout, "choreo_closed_at_start", False):
             # Started with stdout closed (`>&-`): results would be lost.

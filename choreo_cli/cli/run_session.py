@@ -202,6 +202,7 @@ def execute(options: RunOptions) -> ExitCode:
         console.error(f"--log-level: {exc}")
         return ExitCode.USAGE
     with contextlib.ExitStack() as stack:
+        results = _results_stdout(stack) if str(options.output) == "-" else None
         try:
             coordinator = _build_coordinator(options)
             _check_summary_path(options.summary_json)
@@ -231,8 +232,39 @@ def execute(options: RunOptions) -> ExitCode:
         # Handled until the summary is out: a signal during resource teardown must not
         # raise KeyboardInterrupt into it (or kill the process) but end with 130/143.
         stack.enter_context(_signals(state))
-        return _run(options, console, coordinator, stream, size, checkpoint, state)
+        return _run(options, console, coordinator, stream, size, checkpoint, state, results)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _results_stdout(stack: contextlib.ExitStack) -> BinaryIO | None:
+    """Result lines going to stdout get a file descriptor of their own, and descriptor 1
+    points at stderr until the run ends: what steps and resources print (print(), C code,
+    child processes, worker processes started by the run) goes to stderr, never between
+    the result lines. None (stdout as it is) when stdout or stderr was closed at start."""
+    if getattr(sys.stdout, "choreo_closed_at_start", False):
+        return None
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):
+        return None
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        os.close(saved)
+        return None
+
+    def restore() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        with contextlib.suppress(OSError):
+            os.dup2(saved, 1)
+        os.close(saved)
+
+    stack.callback(restore)
+    results = os.fdopen(os.dup(saved), "wb")
+    stack.callback(results.close)  # closed by the writer, unless the run never began
+    return results
 
 
 def _run(
@@ -243,6 +275,7 @@ def _run(
     size: int | None,
     checkpoint: Checkpoint | None,
     state: RunState,
+    results: BinaryIO | None = None,
 ) -> ExitCode:
     from choreo_cli.output import build_writer
     from choreo_cli.records import JsonlReader
@@ -261,6 +294,7 @@ def _run(
                 # A dry run calls no job: it must not mark records finished for the real run.
                 on_written=None if checkpoint is None or options.dry_run else checkpoint.mark,
                 on_failure=state.on_output_failure,
+                stdout=results,
             )
         except OSError as exc:
             console.error(f"cannot write {exc.filename or options.output}: {exc.strerror or exc}")

@@ -302,3 +302,51 @@ def test_a_summary_path_in_no_directory_is_refused_before_any_record(
     assert run.stderr == (
         "error: cannot write the summary to missing/summary.json: no directory missing\n"
     )
+
+
+PRINTING = """\
+version: 1
+resources:
+  conn:
+    factory: steps:connect
+steps:
+  - name: chatty
+    job: steps:chatty
+"""
+
+PRINTING_STEPS = """\
+import os
+import subprocess
+import sys
+
+
+def connect():
+    print("resource: connecting")
+    return object()
+
+
+def chatty(ctx, record):
+    ctx.resources.conn
+    print(f"print {record}")
+    sys.stdout.flush()
+    os.write(1, b"fd 1 write\\n")
+    subprocess.run([sys.executable, "-c", "print('child process')"], check=True)
+    return record
+"""
+
+
+@pytest.mark.parametrize("executor", ["thread", "process", "dask"])
+def test_what_steps_print_goes_to_stderr_not_between_the_result_lines(
+    write_pipeline: WritePipeline, run_choreo: RunChoreo, executor: str
+) -> None:
+    """print(), a write to descriptor 1 and a child process's output, in the main process
+    and in worker processes: stdout carries the result lines only."""
+    pipeline = write_pipeline(PRINTING, PRINTING_STEPS)
+    run = run_choreo(
+        ["run", pipeline, "--executor", executor, "-w", "2"], input=_jsonl(1, 2, 3), timeout=60
+    )
+    assert run.code == 0
+    assert [line["index"] for line in run.lines] == [0, 1, 2]
+    assert run.stdout.count(b"\n") == 3
+    for text in ("resource: connecting", "print 3", "fd 1 write", "child process"):
+        assert text in run.stderr
