@@ -59,18 +59,8 @@ steps:
 # writer. (Collecting orjson's outputs in a list before writing, as a first version of
 # this loop did, is several times slower here: it is not a fair baseline.) It runs as
 # its own script, as choreo does, so both pay for starting Python.
-HAND_LOOP = """
-import sys
-
-import orjson
-
-from steps import create, create_line, exists, line_exists
-
-
-class Skip(Exception):
-    pass
-
-
+# What both loops do with each line before its steps: read, parse (or say it is invalid).
+LOOP_HEAD = """
 def main(path, out):
     loads, dumps, newline = orjson.loads, orjson.dumps, orjson.OPT_APPEND_NEWLINE
     count = 0
@@ -86,7 +76,23 @@ def main(path, out):
                     dumps({"line": number, "status": "invalid", "error": str(exc)}, option=newline)
                 )
                 continue
-            status = "succeeded"
+"""
+
+HAND_LOOP = (
+    """
+import sys
+
+import orjson
+
+from steps import create, create_line, exists, line_exists
+
+
+class Skip(Exception):
+    pass
+
+"""
+    + LOOP_HEAD
+    + """            status = "succeeded"
             try:
                 exists(None, record)
             except Skip:
@@ -112,6 +118,7 @@ def main(path, out):
 
 main(sys.argv[1], sys.argv[2])
 """
+)
 
 
 # A re-run: every record was loaded before, so both prechecks skip their jobs with Skip.
@@ -137,7 +144,8 @@ def create_line(ctx, record):
 
 # The hand-written loop of a re-run: as HAND_LOOP, and each line says which steps were
 # skipped and why (what a log of a re-run needs).
-RERUN_HAND_LOOP = """
+RERUN_HAND_LOOP = (
+    """
 import sys
 
 import orjson
@@ -146,23 +154,9 @@ from rerun_steps import Skip, create, create_line, exists, line_exists
 
 STEPS = (("create statement", exists, create), ("create statement line", line_exists, create_line))
 
-
-def main(path, out):
-    loads, dumps, newline = orjson.loads, orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    count = 0
-    with open(path, "rb") as src, open(out, "wb", buffering=1 << 20) as dst:
-        write = dst.write
-        for number, line in enumerate(src, 1):
-            if not line.strip():
-                continue
-            try:
-                record = loads(line)
-            except orjson.JSONDecodeError as exc:
-                write(
-                    dumps({"line": number, "status": "invalid", "error": str(exc)}, option=newline)
-                )
-                continue
-            status = "succeeded"
+"""
+    + LOOP_HEAD
+    + """            status = "succeeded"
             skipped = []
             for name, precheck, job in STEPS:
                 try:
@@ -186,6 +180,7 @@ def main(path, out):
 
 main(sys.argv[1], sys.argv[2])
 """
+)
 
 
 class Timing(NamedTuple):
