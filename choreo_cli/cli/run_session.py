@@ -47,7 +47,11 @@ class RunState:
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is not None:
-            # A second signal: exit at once (design §6).
+            # A second signal: exit at once (design §6), and take the worker processes
+            # down too (they ignore SIGINT and SIGTERM, and would finish their records).
+            kill = getattr(self.coordinator, "kill_workers", None)
+            if kill is not None:
+                kill()
             os._exit(128 + signum)
         self.signal = signum
         self.halt(f"interrupted by {signal.Signals(signum).name}")

@@ -231,6 +231,12 @@ class BatchExecutor(abc.ABC):
         self._interrupted = True
         self._tell_workers()
 
+    @abc.abstractmethod
+    def kill_workers(self) -> None:
+        """End the worker processes this run started, at once (SIGKILL): for a second
+        signal, after which choreo exits without waiting for anything. Their records in
+        flight are lost with them. Safe from a signal handler."""
+
     def __enter__(self) -> BatchExecutor:
         self.open()
         return self

@@ -167,6 +167,12 @@ class DaskExecutor(BatchExecutor):
             raise ResourceError("; ".join(errors))
         return self
 
+    def kill_workers(self) -> None:
+        # Nothing to do: the worker processes of a local cluster end with their nannies,
+        # which live in this process (a step that never returns does not keep one alive);
+        # those of a cluster given by --scheduler are not choreo's.
+        pass
+
     def close(self) -> None:
         """Tear down every worker's resources of this run; stop a local cluster."""
         if self._closed:

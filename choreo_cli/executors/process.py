@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 PER_WORKER = 2
 # How long close() waits for a worker's teardown before it kills the worker.
 TEARDOWN_SECONDS = 60.0
+# How long a worker whose parent died waits for its record and teardown to end.
+ORPHAN_SECONDS = 5.0
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -171,6 +173,13 @@ class ProcessExecutor(BatchExecutor):
                 return [f"worker process {proc.pid}: {e}" for e in message[1]]
             if message[0] == "log":
                 logs.replay(message[1])
+
+    def kill_workers(self) -> None:
+        for proc in self._procs:
+            pid = proc.process.pid
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _kill_all(self) -> None:
         for proc in self._procs:
@@ -351,9 +360,13 @@ def _receive(tasks: Connection, inbox: queue.SimpleQueue[Any], runner: BatchRunn
         try:
             message = pickle.loads(tasks.recv_bytes())
         except (EOFError, OSError):
+            # The parent is gone (killed): nobody will read a result. The record running
+            # stops before its next step and resources are torn down, unless a step holds
+            # on: then this process ends anyway, without its teardown.
             runner.interrupt("the parent process is gone")
             inbox.put(None)
-            return
+            time.sleep(ORPHAN_SECONDS)
+            os._exit(1)
         if message[0] == "close":
             inbox.put(None)
             return

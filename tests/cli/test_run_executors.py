@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,80 @@ def test_sigterm_stops_a_process_run_with_no_hole_in_the_output(
     assert all(line["status"] == "cancelled" for line in interrupted)
     assert all(line["index"] > 0 for line in interrupted)
     assert len(list(tmp_path.glob("torn-down-*"))) == 2  # teardown ran in both workers
+
+
+HANGING = """\
+version: 1
+steps:
+  - name: hang
+    job: steps:hang
+"""
+
+HANGING_STEPS = """\
+import os
+import time
+
+
+def hang(ctx, record):
+    with open(f"running-{os.getpid()}", "w"):
+        pass
+    time.sleep(3600)
+"""
+
+
+def _started_workers(tmp_path: Path, count: int) -> list[int]:
+    """The pids of the worker processes that started a (hanging) record, once ``count`` did."""
+    deadline = time.monotonic() + 60
+    while len(found := list(tmp_path.glob("running-*"))) < count:
+        assert time.monotonic() < deadline, "the workers did not start their records"
+        time.sleep(0.05)
+    return [int(path.name.split("-")[1]) for path in found]
+
+
+def _ended(pid: int, within: float) -> bool:
+    """True once process ``pid`` is gone (or a zombie) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("executor", ["process", "dask"])
+def test_a_second_signal_takes_the_worker_processes_down_too(
+    start_choreo: StartChoreo, write_pipeline: WritePipeline, tmp_path: Path, executor: str
+) -> None:
+    """Workers ignore SIGINT (choreo coordinates them): a step that never returns kept its
+    worker alive after choreo exited."""
+    pipeline = write_pipeline(HANGING, HANGING_STEPS)
+    (tmp_path / "in.jsonl").write_text("1\n2\n3\n")
+    process = start_choreo(["run", pipeline, "-i", "in.jsonl", "--executor", executor, "-w", "2"])
+    workers = _started_workers(tmp_path, 2)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # the first signal waits for records in flight: these never end
+    assert process.poll() is None
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert all(_ended(pid, 5) for pid in workers)
+
+
+def test_a_worker_whose_parent_was_killed_ends_even_if_a_step_holds_on(
+    start_choreo: StartChoreo, write_pipeline: WritePipeline, tmp_path: Path
+) -> None:
+    pipeline = write_pipeline(HANGING, HANGING_STEPS)
+    (tmp_path / "in.jsonl").write_text("1\n2\n3\n")
+    process = start_choreo(["run", pipeline, "-i", "in.jsonl", "--executor", "process", "-w", "2"])
+    workers = _started_workers(tmp_path, 2)
+    process.kill()
+    process.communicate(timeout=30)
+    # ORPHAN_SECONDS (5 s) for the record and teardown, then the worker ends itself.
+    assert all(_ended(pid, 15) for pid in workers)
 
 
 def test_a_teardown_that_fails_in_a_worker_exits_1(

@@ -88,6 +88,9 @@ class InProcess(BatchExecutor):
     def _tell_workers(self) -> None:
         pass
 
+    def kill_workers(self) -> None:
+        pass
+
     def _capacity(self) -> int:
         return 2 * self.workers - len(self._flight)
 
