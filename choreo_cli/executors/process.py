@@ -304,16 +304,19 @@ def _worker_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     outbox = _Outbox(results)
     logs.install(outbox.log, spec.log_level)
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    built: list[BatchRunner] = []  # the runner, once its resources are built
+    # Batches are read on their own thread so that the parent's sends never wait for
+    # this worker to finish a batch (both sides writing a full pipe would deadlock). It
+    # starts first: a parent killed while resources are being built is noticed too.
+    threading.Thread(target=_receive, args=(tasks, inbox, built), daemon=True).start()
     try:
         runner = BatchRunner(spec)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             outbox.send(pickle.dumps(("failed", _startup_message(exc))))
         return
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    # Batches are read on their own thread so that the parent's sends never wait for
-    # this worker to finish a batch (both sides writing a full pipe would deadlock).
-    threading.Thread(target=_receive, args=(tasks, inbox, runner), daemon=True).start()
+    built.append(runner)
     threading.Thread(target=_watch, args=(flag, runner), daemon=True).start()
     try:
         outbox.send(pickle.dumps(("ready", os.getpid())))
@@ -355,15 +358,16 @@ class _Outbox:
         self.send(pickle.dumps(("log", attributes), protocol=_PROTOCOL))
 
 
-def _receive(tasks: Connection, inbox: queue.SimpleQueue[Any], runner: BatchRunner) -> None:
+def _receive(tasks: Connection, inbox: queue.SimpleQueue[Any], built: list[BatchRunner]) -> None:
     while True:
         try:
             message = pickle.loads(tasks.recv_bytes())
         except (EOFError, OSError):
             # The parent is gone (killed): nobody will read a result. The record running
-            # stops before its next step and resources are torn down, unless a step holds
-            # on: then this process ends anyway, without its teardown.
-            runner.interrupt("the parent process is gone")
+            # stops before its next step and resources are torn down, unless a step (or
+            # a resource being built) holds on: then this process ends anyway.
+            for runner in built:
+                runner.interrupt("the parent process is gone")
             inbox.put(None)
             time.sleep(ORPHAN_SECONDS)
             os._exit(1)

@@ -226,9 +226,25 @@ import time
 
 
 def hang(ctx, record):
+    stuck()
+
+
+def stuck():
     with open(f"running-{os.getpid()}", "w"):
         pass
     time.sleep(3600)
+"""
+
+# The same, while a resource of the worker is being built.
+HANGING_RESOURCE = """\
+version: 1
+resources:
+  stuck:
+    factory: steps:stuck
+    scope: worker
+steps:
+  - name: hang
+    job: steps:hang
 """
 
 
@@ -274,10 +290,11 @@ def test_a_second_signal_takes_the_worker_processes_down_too(
     assert all(_ended(pid, 5) for pid in workers)
 
 
+@pytest.mark.parametrize("holding", [HANGING, HANGING_RESOURCE], ids=["step", "resource"])
 def test_a_worker_whose_parent_was_killed_ends_even_if_a_step_holds_on(
-    start_choreo: StartChoreo, write_pipeline: WritePipeline, tmp_path: Path
+    start_choreo: StartChoreo, write_pipeline: WritePipeline, tmp_path: Path, holding: str
 ) -> None:
-    pipeline = write_pipeline(HANGING, HANGING_STEPS)
+    pipeline = write_pipeline(holding, HANGING_STEPS)
     (tmp_path / "in.jsonl").write_text("1\n2\n3\n")
     process = start_choreo(["run", pipeline, "-i", "in.jsonl", "--executor", "process", "-w", "2"])
     workers = _started_workers(tmp_path, 2)
