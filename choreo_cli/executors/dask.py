@@ -13,6 +13,7 @@ import itertools
 import logging
 import pickle
 import queue
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -131,6 +132,7 @@ class DaskExecutor(BatchExecutor):
             _check_address(self.scheduler)
         try:
             if self.scheduler is None:
+                _quiet_resource_tracker()
                 dask: Any = importlib.import_module("dask")
                 # Read when the scheduler, nannies and workers start (the nannies pass
                 # theirs on to the worker processes).
@@ -298,6 +300,16 @@ class DaskExecutor(BatchExecutor):
             self._resubmit(batch)
         else:
             self._fail(batch, WorkerDied(f"Dask gave up on this record's batch: {error}"))
+
+
+def _quiet_resource_tracker() -> None:
+    """The nannies' semaphores are counted by multiprocessing's resource tracker, a process
+    of its own that outlives choreo when a second signal (or a kill) ends it at once; it
+    then warns of "leaked semaphore objects" on stderr. It takes its warning filters from
+    ``sys.warnoptions`` when it starts (multiprocessing starts it on first use)."""
+    option = "ignore::UserWarning:multiprocessing.resource_tracker"
+    if option not in sys.warnoptions:
+        sys.warnoptions.append(option)
 
 
 def _check_address(address: str) -> None:
