@@ -199,8 +199,11 @@ def compile_line_runner(
     # A succeeded record whose prechecks skipped jobs (with Skip), of a known pattern: its
     # line from a template (its bag is reused, as a clean record's). The first of a
     # pattern teaches it.
+    # A job with retry: puts ``attempts`` in the line, which no template has (today its
+    # pattern never gets one, since every such line has attempts: this keeps it so).
+    retries = " and ctx._attempts is None" if any(p.retry is not None for p in plan) else ""
     skip_exit = [
-        "if tally is not None and pattern > 0:",
+        f"if tally is not None and pattern > 0{retries}:",
         "    written = skip_line(pattern, index, line, errors)",
         "    if written is not None:",
         "        put(written[0])",

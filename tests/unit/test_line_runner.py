@@ -14,6 +14,7 @@ from test_property import build, tables
 from choreo_cli import Coordinator, Result, Skip, Step
 from choreo_cli.output import ResultWriter
 from choreo_cli.records import JsonlReader
+from choreo_cli.retry_policy import RetryPolicy
 from choreo_cli.summary import RunSummary
 
 # Lines as they come: records, blank lines, bad JSON, bad UTF-8, CRLF endings.
@@ -159,7 +160,7 @@ class Exists(Exception):
 def test_skipped_records_lines_carry_each_records_own_message(max_lines: int) -> None:
     """The template per pattern takes each record's messages (quotes, %, non-ASCII, a
     lone surrogate that takes the general path) and the pattern of each record (a
-    precheck that raised another exception than Skip: the general path)."""
+    precheck that raised another exception than Skip, a retried job: the general path)."""
 
     def message(record: Any) -> str:
         # JSON input cannot hold a lone surrogate: str() of a message can.
@@ -175,10 +176,23 @@ def test_skipped_records_lines_carry_each_records_own_message(max_lines: int) ->
         if record["skip"] in ("other", "first, other"):
             raise Exists("it exists")
 
+    tries: dict[int, int] = {}
+
+    def flaky(ctx: Any, record: Any) -> int:
+        # Every fourth record's job fails once, then succeeds: a line with "attempts"
+        # (records 0, 12, 24...: the first job skipped, as in records 6, 18...).
+        tries[ctx.index] = tries.get(ctx.index, 0) + 1
+        if ctx.index % 4 == 0 and tries[ctx.index] == 1:
+            raise ConnectionError("once")
+        return 2
+
     def make() -> Coordinator:
+        tries.clear()
         coordinator = Coordinator()
         coordinator.add_step(Step(name="first %d step", precheck=first, job=lambda c, r: 1))
-        coordinator.add_step(Step(name="second", precheck=second, job=lambda c, r: 2))
+        coordinator.add_step(
+            Step(name="second", precheck=second, job=flaky, retry=RetryPolicy(attempts=2))
+        )
         return coordinator
 
     messages = ['a "quoted" one', "100% %s %d", "ünïcödé ✓", "lone SURROGATE one", ""]
@@ -190,6 +204,7 @@ def test_skipped_records_lines_carry_each_records_own_message(max_lines: int) ->
     data = b"\n".join(records) + b"\n"
     expected = summary_of(make(), data, max_lines=None)
     assert b"100% %s %d" in expected[0] and b"lone " in expected[0]
+    assert b'"attempts":{"second":2}' in expected[0]
     assert summary_of(make(), data, max_lines=max_lines) == expected
 
 
