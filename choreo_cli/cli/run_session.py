@@ -132,6 +132,36 @@ def _check_summary_path(path: Path | None) -> None:
         raise UsageError(f"cannot write the summary to {path}: no directory {path.parent}")
 
 
+def _check_distinct_files(options: RunOptions) -> None:
+    """Refuse a regular file named for two roles: an output that is the input would be
+    emptied before a record is read, and two outputs would overwrite each other.
+
+    ``-`` stands for the file behind stdin or stdout (``-o in.jsonl < in.jsonl``)."""
+    roles = [
+        ("--input", options.input, 0, "standard input"),
+        ("--output", options.output, 1, "standard output"),
+        ("--rejects", options.rejects, None, ""),
+        ("--summary-json", options.summary_json, None, ""),
+        ("--checkpoint", options.checkpoint, None, ""),
+    ]
+    seen: dict[tuple[int, int], str] = {}
+    for flag, path, fd, stream in roles:
+        if path is None:
+            continue
+        standard = str(path) == "-" and fd is not None
+        try:
+            info = os.fstat(fd) if standard and fd is not None else os.stat(path)
+        except (OSError, ValueError):
+            continue  # a file still to be made, or an input that cannot be read (said later)
+        if not stat.S_ISREG(info.st_mode):
+            continue  # /dev/null, a pipe, a terminal: any number of roles may share one
+        key = (info.st_dev, info.st_ino)
+        name = stream if standard else f"{flag} {path}"
+        if key in seen:
+            raise UsageError(f"{name} is the same file as {seen[key]}: give each its own file")
+        seen[key] = name
+
+
 def _is_regular(stream: BinaryIO) -> bool:
     try:
         return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
@@ -206,8 +236,12 @@ def execute(options: RunOptions) -> ExitCode:
         console.error(f"--log-level: {exc}")
         return ExitCode.USAGE
     with contextlib.ExitStack() as stack:
-        results = _results_stdout(stack) if str(options.output) == "-" else None
+        results: BinaryIO | None = None
         try:
+            # Before stdout is redirected: ``-`` is checked as the file behind it.
+            _check_distinct_files(options)
+            if str(options.output) == "-":
+                results = _results_stdout(stack)
             coordinator = _build_coordinator(options)
             _check_summary_path(options.summary_json)
             stream, size = _open_input(options.input)

@@ -350,3 +350,68 @@ def test_what_steps_print_goes_to_stderr_not_between_the_result_lines(
     assert run.stdout.count(b"\n") == 3
     for text in ("resource: connecting", "print 3", "fd 1 write", "child process"):
         assert text in run.stderr
+
+
+CHOREO_COMMAND = str(Path(sys.executable).parent / "choreo")
+DEVNULL_TWICE = ["-o", os.devnull, "--summary-json", os.devnull]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-o", "in.jsonl"], "--output in.jsonl is the same file as --input in.jsonl"),
+        (["--rejects", "in.jsonl"], "--rejects in.jsonl is the same file as --input in.jsonl"),
+        (["--checkpoint", "link.jsonl"], "--checkpoint link.jsonl is the same file as --input"),
+        (
+            ["-o", "out.jsonl", "--summary-json", "out.jsonl"],
+            "--summary-json out.jsonl is the same file as --output out.jsonl",
+        ),
+    ],
+)
+def test_a_file_named_for_two_roles_is_refused_before_it_is_touched(
+    echo: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    """An output that is the input was emptied before a record was read (exit 0, every
+    record lost); two outputs overwrote each other."""
+    data = _jsonl(1, 2)
+    (tmp_path / "in.jsonl").write_bytes(data)
+    (tmp_path / "out.jsonl").write_bytes(b"kept\n")
+    (tmp_path / "link.jsonl").symlink_to("in.jsonl")
+    done = subprocess.run(
+        [CHOREO_COMMAND, "run", "pipeline.yaml", "-i", "in.jsonl", *args],
+        capture_output=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith(f"error: {message}")
+    assert done.stdout == b""
+    assert (tmp_path / "in.jsonl").read_bytes() == data
+    assert (tmp_path / "out.jsonl").read_bytes() == b"kept\n"
+
+
+def test_stdin_and_stdout_count_as_the_files_behind_them(echo: Path, tmp_path: Path) -> None:
+    data = _jsonl(1, 2)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    for command, message in [
+        ("choreo run pipeline.yaml -o in.jsonl < in.jsonl", "--output in.jsonl is the same"),
+        ("choreo run pipeline.yaml -i in.jsonl >> in.jsonl", "standard output is the same"),
+    ]:
+        done = subprocess.run(
+            ["sh", "-c", command.replace("choreo", f"'{CHOREO_COMMAND}'", 1)],
+            capture_output=True,
+            cwd=tmp_path,
+            check=False,
+        )
+        assert done.returncode == 2, command
+        assert done.stderr.decode().startswith(f"error: {message}"), command
+        assert path.read_bytes() == data
+    # What is not a regular file may stand for several: results and summary both dropped.
+    done = subprocess.run(
+        [CHOREO_COMMAND, "run", "pipeline.yaml", "-i", "in.jsonl", *DEVNULL_TWICE],
+        capture_output=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0
