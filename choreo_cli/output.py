@@ -387,11 +387,10 @@ class SkipLines:
         if result.status != "succeeded" or result.attempts:
             return None
         errors = result.errors
-        try:
-            key = (result.line is not None, *[(e.step, e.phase, e.type) for e in errors])
-            messages = [orjson.dumps(_utf8(str(e.exception))) for e in errors]
-        except Exception:
-            return None  # a message str() cannot give, or not UTF-8: the general path says so
+        key = (result.line is not None, *[(e.step, e.phase, e.type) for e in errors])
+        messages = _messages(errors)
+        if messages is None:
+            return None
         template = self._templates.get(key, b"")
         if template == b"":
             template = self._templates[key] = _skip_template(result, len(errors))
@@ -439,9 +438,8 @@ class SkipTemplates:
         entry = self._known.get(pattern)
         if entry is None:
             return None
-        try:
-            messages = [orjson.dumps(_utf8(str(e.exception))) for e in errors]
-        except Exception:
+        messages = _messages(errors)
+        if messages is None:
             return None
         return entry[0] % (index, number, *messages), entry[1]
 
@@ -453,6 +451,15 @@ class SkipTemplates:
         if result.status == "succeeded" and not result.attempts:
             template = _skip_template(result, len(result.errors))
         self._known[pattern] = None if template is None else (template + b"}\n", result)
+
+
+def _messages(errors: Sequence[Any]) -> list[bytes] | None:
+    """The JSON bytes of each error's message; None for a message str() cannot give, or
+    that is not UTF-8 (the general path says so)."""
+    try:
+        return [orjson.dumps(_utf8(str(e.exception))) for e in errors]
+    except Exception:
+        return None
 
 
 def _skip_template(result: WrittenResult, count: int) -> bytes | None:

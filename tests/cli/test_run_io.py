@@ -353,7 +353,10 @@ def test_what_steps_print_goes_to_stderr_not_between_the_result_lines(
 
 
 CHOREO_COMMAND = str(Path(sys.executable).parent / "choreo")
-DEVNULL_TWICE = ["-o", os.devnull, "--summary-json", os.devnull]
+
+
+def _choreo_in(tmp_path: Path, command: list[str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(command, capture_output=True, cwd=tmp_path, check=False)
 
 
 @pytest.mark.parametrize(
@@ -377,12 +380,7 @@ def test_a_file_named_for_two_roles_is_refused_before_it_is_touched(
     (tmp_path / "in.jsonl").write_bytes(data)
     (tmp_path / "out.jsonl").write_bytes(b"kept\n")
     (tmp_path / "link.jsonl").symlink_to("in.jsonl")
-    done = subprocess.run(
-        [CHOREO_COMMAND, "run", "pipeline.yaml", "-i", "in.jsonl", *args],
-        capture_output=True,
-        cwd=tmp_path,
-        check=False,
-    )
+    done = _choreo_in(tmp_path, [CHOREO_COMMAND, "run", "pipeline.yaml", "-i", "in.jsonl", *args])
     assert done.returncode == 2
     assert done.stderr.decode().startswith(f"error: {message}")
     assert done.stdout == b""
@@ -398,20 +396,15 @@ def test_stdin_and_stdout_count_as_the_files_behind_them(echo: Path, tmp_path: P
         ("choreo run pipeline.yaml -o in.jsonl < in.jsonl", "--output in.jsonl is the same"),
         ("choreo run pipeline.yaml -i in.jsonl >> in.jsonl", "standard output is the same"),
     ]:
-        done = subprocess.run(
-            ["sh", "-c", command.replace("choreo", f"'{CHOREO_COMMAND}'", 1)],
-            capture_output=True,
-            cwd=tmp_path,
-            check=False,
+        done = _choreo_in(
+            tmp_path, ["sh", "-c", command.replace("choreo", f"'{CHOREO_COMMAND}'", 1)]
         )
         assert done.returncode == 2, command
         assert done.stderr.decode().startswith(f"error: {message}"), command
         assert path.read_bytes() == data
     # What is not a regular file may stand for several: results and summary both dropped.
-    done = subprocess.run(
-        [CHOREO_COMMAND, "run", "pipeline.yaml", "-i", "in.jsonl", *DEVNULL_TWICE],
-        capture_output=True,
-        cwd=tmp_path,
-        check=False,
+    devnull_twice = ["-o", os.devnull, "--summary-json", os.devnull]
+    done = _choreo_in(
+        tmp_path, [CHOREO_COMMAND, "run", "pipeline.yaml", "-i", "in.jsonl", *devnull_twice]
     )
     assert done.returncode == 0
