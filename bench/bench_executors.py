@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from choreo_cli import load_pipeline
+from choreo_cli.core.items import Record
 from choreo_cli.executors import build_executor
-from choreo_cli.items import Record
 
 STEPS = """
     import asyncio
@@ -293,8 +293,8 @@ def trivial_part(root: Path, trivial: Path, args: argparse.Namespace) -> list[bo
 def lines_seconds(path: Path, executor: str, workers: int, data: Path) -> float:
     """Seconds of ``run_lines`` over the lines of ``data`` (start-up left out), as `choreo run`
     runs it: lines written with the writer's clean-line template, to /dev/null."""
-    from choreo_cli.output import build_writer
-    from choreo_cli.records import JsonlReader
+    from choreo_cli.jsonl.reader import JsonlReader
+    from choreo_cli.jsonl.writer import build_writer
 
     with build_executor(executor, load_pipeline(path), workers=workers) as running:
         runner: Any = running.coordinator if executor == "thread" else running  # type: ignore[attr-defined]

@@ -13,8 +13,11 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from choreo_cli.context import Context, DataBag
-    from choreo_cli.coordinator import Coordinator, Step
+    from choreo_cli.core.context import Context, DataBag
+    from choreo_cli.core.coordinator import Coordinator
+    from choreo_cli.core.result import ExecutionError, Result
+    from choreo_cli.core.retry import RetryPolicy
+    from choreo_cli.core.step import Step
     from choreo_cli.errors import (
         Cancel,
         ExecutionCanceled,
@@ -27,29 +30,29 @@ if TYPE_CHECKING:
         StepTimeout,
         UnassignableInput,
     )
-    from choreo_cli.pipeline import load_pipeline
-    from choreo_cli.result import ExecutionError, Result
+    from choreo_cli.pipeline.loader import load_pipeline
 
 # Where each public name lives. They are imported on first use, so that `choreo --version`
 # and `choreo validate` do not pay for the coordinator (and asyncio) when they need none.
 _EXPORTS = {
     "Cancel": "choreo_cli.errors",
-    "Context": "choreo_cli.context",
-    "Coordinator": "choreo_cli.coordinator",
-    "DataBag": "choreo_cli.context",
+    "Context": "choreo_cli.core.context",
+    "Coordinator": "choreo_cli.core.coordinator",
+    "DataBag": "choreo_cli.core.context",
     "ExecutionCanceled": "choreo_cli.errors",
-    "ExecutionError": "choreo_cli.result",
+    "ExecutionError": "choreo_cli.core.result",
     "Interrupted": "choreo_cli.errors",
     "JobFailed": "choreo_cli.errors",
     "PipelineError": "choreo_cli.errors",
     "ResourceError": "choreo_cli.errors",
-    "Result": "choreo_cli.result",
+    "Result": "choreo_cli.core.result",
     "Skip": "choreo_cli.errors",
-    "Step": "choreo_cli.coordinator",
+    "RetryPolicy": "choreo_cli.core.retry",
+    "Step": "choreo_cli.core.step",
     "StepDefinitionError": "choreo_cli.errors",
     "StepTimeout": "choreo_cli.errors",
     "UnassignableInput": "choreo_cli.errors",
-    "load_pipeline": "choreo_cli.pipeline",
+    "load_pipeline": "choreo_cli.pipeline.loader",
 }
 
 __all__ = [
@@ -64,6 +67,7 @@ __all__ = [
     "PipelineError",
     "ResourceError",
     "Result",
+    "RetryPolicy",
     "Skip",
     "Step",
     "StepDefinitionError",
@@ -83,4 +87,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted({*globals(), *_EXPORTS})

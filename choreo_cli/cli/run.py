@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from choreo_cli.cli.run_options import RunOptions
-from choreo_cli.exit_codes import ExitCode
+from choreo_cli.core.exit_codes import ExitCode
 
 __all__ = ["ExecutorName", "RunOptions", "run"]
 

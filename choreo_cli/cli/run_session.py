@@ -13,16 +13,16 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from choreo_cli.checkpoint import CheckpointError
+from choreo_cli.core.exit_codes import ExitCode
 from choreo_cli.errors import PipelineError, ResourceError
-from choreo_cli.exit_codes import ExitCode
+from choreo_cli.jsonl.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
-    from choreo_cli.checkpoint import Checkpoint
+    from choreo_cli.cli.console import Console
     from choreo_cli.cli.run_options import RunOptions
-    from choreo_cli.console import Console
-    from choreo_cli.coordinator import Coordinator
-    from choreo_cli.result import Result
+    from choreo_cli.core.result import Result
+    from choreo_cli.executors.base import Executor
+    from choreo_cli.jsonl.checkpoint import Checkpoint
 
 
 class UsageError(Exception):
@@ -39,7 +39,7 @@ _NOTHING = object()
 class RunState:
     """What the signal handlers and the writer tell the run loop, and the input feed they stop."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Executor) -> None:
         self.coordinator = coordinator
         self.signal: int | None = None
         self.stop = False
@@ -47,11 +47,9 @@ class RunState:
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is not None:
-            # A second signal: exit at once (design §6), and take the worker processes
-            # down too (they ignore SIGINT and SIGTERM, and would finish their records).
-            kill = getattr(self.coordinator, "kill_workers", None)
-            if kill is not None:
-                kill()
+            # A second signal: exit at once (README "Exit codes"), and take the worker
+            # processes down too (they ignore SIGINT and SIGTERM, and would finish their records).
+            self.coordinator.kill_workers()
             os._exit(128 + signum)
         self.signal = signum
         self.halt(f"interrupted by {signal.Signals(signum).name}")
@@ -176,15 +174,15 @@ def _open_checkpoint(options: RunOptions) -> Checkpoint | None:
         raise UsageError(
             "--checkpoint needs --input FILE: standard input cannot be read again on a rerun"
         )
-    from choreo_cli.checkpoint import Checkpoint
+    from choreo_cli.jsonl.checkpoint import Checkpoint
 
     return Checkpoint.open(
         options.checkpoint, pipeline=options.pipeline, input_path=Path(options.input)
     )
 
 
-def _build_coordinator(options: RunOptions) -> Coordinator:
-    from choreo_cli.pipeline import load_pipeline, parse_override
+def _build_coordinator(options: RunOptions) -> Executor:
+    from choreo_cli.pipeline.loader import load_pipeline, parse_override
 
     overrides: dict[str, Any] = {}
     for text in options.set_values:
@@ -197,15 +195,10 @@ def _build_coordinator(options: RunOptions) -> Coordinator:
         what = "is not a file" if options.pipeline.exists() else "does not exist"
         raise UsageError(f"pipeline file {options.pipeline} {what}")
     pipeline = load_pipeline(options.pipeline, overrides=overrides)
-    if options.executor != "thread" or options.scheduler is not None:
-        return _build_executor(options, pipeline, overrides)
-    # No timings: result lines have none and the summary uses the wall time.
-    return pipeline.coordinator(workers=options.workers, dry_run=options.dry_run, timings=False)
+    return _build_executor(options, pipeline, overrides)
 
 
-def _build_executor(options: RunOptions, pipeline: Any, overrides: dict[str, Any]) -> Coordinator:
-    from typing import cast
-
+def _build_executor(options: RunOptions, pipeline: Any, overrides: dict[str, Any]) -> Executor:
     from choreo_cli.executors import ExecutorUnavailable, build_executor
 
     if options.scheduler is not None and options.executor != "dask":
@@ -218,16 +211,17 @@ def _build_executor(options: RunOptions, pipeline: Any, overrides: dict[str, Any
             overrides=overrides,
             dry_run=options.dry_run,
             scheduler=options.scheduler,
+            # No timings: result lines have none and the summary uses the wall time.
+            timings=False,
         )
     except ExecutorUnavailable as exc:
         raise UsageError(str(exc)) from None
-    # An executor has the Coordinator's run interface (choreo_cli.executors.Executor).
-    return cast("Coordinator", executor)
+    return executor
 
 
 def execute(options: RunOptions) -> ExitCode:
     """Run `choreo run` as ``options`` say; the one place its exit code is decided."""
-    from choreo_cli.console import build_console
+    from choreo_cli.cli.console import build_console
 
     console = build_console(quiet=options.quiet)
     try:
@@ -308,16 +302,16 @@ def _results_stdout(stack: contextlib.ExitStack) -> BinaryIO | None:
 def _run(
     options: RunOptions,
     console: Console,
-    coordinator: Coordinator,
+    coordinator: Executor,
     stream: BinaryIO,
     size: int | None,
     checkpoint: Checkpoint | None,
     state: RunState,
     results: BinaryIO | None = None,
 ) -> ExitCode:
-    from choreo_cli.output import build_writer
-    from choreo_cli.records import JsonlReader
-    from choreo_cli.summary import RunSummary
+    from choreo_cli.core.summary import RunSummary
+    from choreo_cli.jsonl.reader import JsonlReader
+    from choreo_cli.jsonl.writer import build_writer
 
     summary = RunSummary([step.name for step in coordinator.steps])
     rejects: _Rejects | None = None
@@ -451,7 +445,7 @@ def _tally_handler(reader: Any, summary: Any, progress: Any) -> Callable[[Result
 
 def _consume(
     options: RunOptions,
-    coordinator: Coordinator,
+    coordinator: Executor,
     state: RunState,
     items: Iterable[Any],
     reader: Any,
@@ -467,7 +461,7 @@ def _consume(
 
 
 def _clean_line(
-    options: RunOptions, coordinator: Coordinator, checkpoint: Checkpoint | None, writer: Any
+    options: RunOptions, coordinator: Executor, checkpoint: Checkpoint | None, writer: Any
 ) -> bytes | None:
     """The clean-line template when ``run_lines`` can run this command, else None.
 
@@ -483,7 +477,7 @@ def _clean_line(
 
 def _consume_lines(
     options: RunOptions,
-    coordinator: Coordinator,
+    coordinator: Executor,
     state: RunState,
     reader: Any,
     writer: Any,

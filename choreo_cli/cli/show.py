@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from choreo_cli.pipeline import CallDefinition, Pipeline
+    from choreo_cli.pipeline.definitions import CallDefinition, Pipeline
 
 
 class ShowFormat(str, Enum):
@@ -32,8 +32,8 @@ def show(
 
     Imports no user code, and shows ${VAR}s as written.
     """
-    from choreo_cli.exit_codes import ExitCode
-    from choreo_cli.pipeline import read_pipeline_structure
+    from choreo_cli.core.exit_codes import ExitCode
+    from choreo_cli.pipeline.loader import read_pipeline_structure
 
     pipeline, problems = read_pipeline_structure(pipeline_file)
     for problem in problems:
@@ -110,7 +110,7 @@ def _print_table(pipeline: Pipeline) -> None:
         precheck = "" if step.precheck is None else step.precheck.reference
         cells = (step.name, precheck, step.job.reference, "\n".join(arguments))
         table.add_row(*(Text(cell) for cell in cells))
-    from choreo_cli.console import is_terminal, no_color
+    from choreo_cli.cli.console import is_terminal, no_color
 
     # Off a terminal rich assumes 80 columns; a wider page keeps references unbroken.
     terminal = is_terminal(sys.stdout)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from choreo_cli.reporters import FileReport
+    from choreo_cli.cli.reporters import FileReport
 
 
 class ReportFormat(str, Enum):
@@ -51,9 +51,9 @@ def validate(
 
     Exit 0 when every file is valid, 1 when one is not, 2 on a usage error.
     """
-    from choreo_cli.exit_codes import ExitCode
-    from choreo_cli.pipeline import check_pipeline
-    from choreo_cli.reporters import REPORTERS, FileReport
+    from choreo_cli.cli.reporters import REPORTERS, FileReport
+    from choreo_cli.core.exit_codes import ExitCode
+    from choreo_cli.pipeline.loader import check_pipeline
 
     reports = [
         FileReport(path, tuple(check_pipeline(path, import_code=not no_import, strict=strict)))

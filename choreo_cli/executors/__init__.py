@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.executors.base import Executor, ExecutorUnavailable, PipelineSpec, WorkerDied
 
 if TYPE_CHECKING:
-    from choreo_cli.pipeline import Pipeline
+    from choreo_cli.pipeline.definitions import Pipeline
 
 __all__ = [
     "EXECUTORS",
@@ -34,7 +34,12 @@ DASK_INSTALL = "pip install 'choreo-cli[dask]'"
 def _thread(pipeline: Pipeline, options: dict[str, Any]) -> Executor:
     from choreo_cli.executors.thread import ThreadExecutor
 
-    return ThreadExecutor(pipeline, workers=options["workers"], dry_run=options["dry_run"])
+    return ThreadExecutor(
+        pipeline,
+        workers=options["workers"],
+        dry_run=options["dry_run"],
+        timings=options["timings"],
+    )
 
 
 def _process(pipeline: Pipeline, options: dict[str, Any]) -> Executor:
@@ -81,12 +86,14 @@ def build_executor(
     overrides: Mapping[str, Any] | None = None,
     dry_run: bool = False,
     scheduler: str | None = None,
+    timings: bool = True,
 ) -> Executor:
     """The executor called ``name`` for ``pipeline`` (nothing started until ``open()``).
 
     ``overrides`` must be the ones ``pipeline`` was loaded with: workers in other
     processes load the file again. ``scheduler`` (a Dask scheduler's address) is for
-    ``dask`` only. Raises ExecutorUnavailable for an unknown name or a missing extra.
+    ``dask`` only. ``timings=False``: the thread executor's Results carry no duration
+    (cheaper per record; `choreo run` writes none). Raises ExecutorUnavailable for an unknown name or a missing extra.
     """
     factory = EXECUTORS.get(name)
     if factory is None:
@@ -99,5 +106,6 @@ def build_executor(
         "overrides": dict(overrides or {}),
         "dry_run": dry_run,
         "scheduler": scheduler,
+        "timings": timings,
     }
     return factory(pipeline, options)

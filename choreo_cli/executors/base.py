@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -14,14 +14,15 @@ from choreo_cli.errors import ChoreoError
 from choreo_cli.executors import logs
 
 if TYPE_CHECKING:
-    from choreo_cli.coordinator import Step
-    from choreo_cli.result import Result
+    from choreo_cli.core.result import Result
+    from choreo_cli.core.step import Step
 
 
 class Executor(Protocol):
     """Runs records somewhere; the Coordinator's per-record semantics are the same everywhere.
 
-    ``Coordinator`` itself is one (the thread executor). Use as a context manager::
+    ``ThreadExecutor`` runs them on one Coordinator's threads; the batch executors in
+    worker processes or on a Dask cluster. Use as a context manager::
 
         with build_executor("process", pipeline, workers=2) as executor:
             for result in executor.run_many(records, ordered=True):
@@ -29,8 +30,17 @@ class Executor(Protocol):
     """
 
     @property
+    def workers(self) -> int:
+        """How many records run at once (for Dask, known once connected)."""
+        ...
+
+    @property
     def steps(self) -> Sequence[Step]:
         """The pipeline's steps, in order (for the summary)."""
+        ...
+
+    def clean_steps(self) -> dict[str, str]:
+        """The ``steps`` of a record that ran every step without an error."""
         ...
 
     @property
@@ -50,8 +60,27 @@ class Executor(Protocol):
         """Yield exactly one Result per item, in input order unless ``ordered=False``."""
         ...
 
+    def run_lines(
+        self,
+        batches: Iterable[list[bytes]],
+        *,
+        clean_line: bytes,
+        put: Callable[[bytes], Any],
+        emit: Callable[[Result], Any],
+        keep_raw: bool = False,
+        tally: Callable[[Result], Any] | None = None,
+    ) -> Iterator[int]:
+        """Run JSON Lines given as lists of lines; only records with errors come back as
+        Results (see ``choreo_cli.jsonl.line_runner.run_lines``). The thread executor
+        offers it with one worker, the others with any number."""
+        ...
+
     def interrupt(self, reason: str = "interrupted") -> None:
         """No new record starts; safe to call from a signal handler."""
+        ...
+
+    def kill_workers(self) -> None:
+        """After a second signal: end worker processes at once (threads end with choreo)."""
         ...
 
     def close(self) -> None:

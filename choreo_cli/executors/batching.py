@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from choreo_cli.core.items import InvalidLine, Record
 from choreo_cli.executors.base import PipelineSpec
 from choreo_cli.executors.portable import Chunk, ResultBuilder
 from choreo_cli.executors.runner import BatchArgs
-from choreo_cli.items import InvalidLine, Record
-from choreo_cli.records import reason_for
+from choreo_cli.jsonl.reader import reason_for
 
 if TYPE_CHECKING:
-    from choreo_cli.coordinator import Step
-    from choreo_cli.pipeline import Pipeline
-    from choreo_cli.result import Result
+    from choreo_cli.core.coordinator import Step
+    from choreo_cli.core.result import Result
+    from choreo_cli.pipeline.definitions import Pipeline
 
 
 class Batch:

@@ -29,7 +29,7 @@ from choreo_cli.executors.portable import Chunk, encode_chunk, merge_chunks, reb
 from choreo_cli.executors.runner import BatchArgs, BatchRunner
 
 if TYPE_CHECKING:
-    from choreo_cli.pipeline import Pipeline
+    from choreo_cli.pipeline.definitions import Pipeline
 
 # Batches in flight per worker thread: one running, the others hiding the round trips.
 PER_THREAD = 3

@@ -32,7 +32,7 @@ class ForwardingHandler(logging.Handler):
     """Hands each record, made portable, to ``send``; adds which record a step logged about."""
 
     def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
-        from choreo_cli.console import record_filter
+        from choreo_cli.core.step_logs import record_filter
 
         super().__init__()
         self._send = send

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from itertools import repeat
 from typing import Any
 
-from choreo_cli.context import DataBag
+from choreo_cli.core.context import DataBag
+from choreo_cli.core.items import Record
+from choreo_cli.core.result import ExecutionError, Result, clean_result_type
 from choreo_cli.errors import (
     Cancel,
     Interrupted,
@@ -29,8 +31,6 @@ from choreo_cli.errors import (
     StepTimeout,
     UnassignableInput,
 )
-from choreo_cli.items import Record
-from choreo_cli.result import ExecutionError, Result, clean_result_type
 
 _new = object.__new__
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -260,7 +260,7 @@ def _portable_value(value: Any) -> Any:
         # A value that pickles but does not unpickle would fail the whole chunk in the parent.
         pickle.loads(pickle.dumps(value, protocol=_PROTOCOL))
     except Exception:
-        from choreo_cli.output import dump_value
+        from choreo_cli.jsonl.writer import dump_value
 
         # What the writer would show for it: JSON as is, anything else as its repr.
         try:
@@ -290,13 +290,7 @@ class ResultBuilder:
         (no index, line or messages: what the summary counts)."""
         result = self._skipped.get(steps)
         if result is None:
-            names = self._names
-            errors = [ExecutionError(step, "precheck", Skip()) for step in steps]
-            skipped = [names.index(step) for step in steps]
-            result = Result(
-                -1, None, None, "succeeded", None, errors, DataBag(self._folded), None,
-                names, len(names), None, skipped, None, None, self._would,
-            )  # fmt: skip
+            result = Result.skipped_pattern(steps, names=self._names, would_run=self._would)
             self._skipped[steps] = result
         return result
 
@@ -379,21 +373,21 @@ class ResultBuilder:
             payload
         )
         return Result(
-            index,
-            line,
-            value,
-            status,
-            None if error is None else _rebuild_error(error),
-            None if errors is None else [_rebuild_error(e) for e in errors],
-            bag,
-            duration,
-            self._names,
-            stop,
-            outcome,
-            skipped,
-            attempts,
-            raw,
-            would,
+            index=index,
+            line=line,
+            input=value,
+            status=status,
+            error=None if error is None else _rebuild_error(error),
+            errors=None if errors is None else [_rebuild_error(e) for e in errors],
+            bag=bag,
+            duration=duration,
+            names=self._names,
+            stop=stop,
+            outcome=outcome,
+            skipped=skipped,
+            attempts=attempts,
+            raw=raw,
+            would_run=would,
         )
 
 

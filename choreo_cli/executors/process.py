@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.context import SpawnProcess
 
-    from choreo_cli.pipeline import Pipeline
+    from choreo_cli.pipeline.definitions import Pipeline
 
 # Batches sent to one worker and not yet back: one running, one waiting, so it never idles.
 PER_WORKER = 2

@@ -9,11 +9,11 @@ from typing import Any
 
 import orjson
 
+from choreo_cli.core.items import InvalidLine, Record
 from choreo_cli.executors.base import ExecutorUnavailable, PipelineSpec, file_digest
 from choreo_cli.executors.portable import Chunk, ChunkWriter, export_result
-from choreo_cli.items import InvalidLine, Record
-from choreo_cli.output import SkipLines
-from choreo_cli.records import reason_for
+from choreo_cli.jsonl.reader import reason_for
+from choreo_cli.jsonl.writer import SkipLines
 
 # A batch's results go back in chunks at least this often (result lines within ~100 ms).
 FLUSH_INTERVAL = 0.05
@@ -33,7 +33,7 @@ class BatchRunner:
     """
 
     def __init__(self, spec: PipelineSpec) -> None:
-        from choreo_cli.pipeline import load_pipeline
+        from choreo_cli.pipeline.loader import load_pipeline
 
         try:
             digest = file_digest(spec.path)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from choreo_cli.jsonl.line_runner import run_lines
+
 if TYPE_CHECKING:
-    from choreo_cli.coordinator import Coordinator, Step
-    from choreo_cli.pipeline import Pipeline
-    from choreo_cli.result import Result
+    from choreo_cli.core.coordinator import Coordinator
+    from choreo_cli.core.result import Result
+    from choreo_cli.core.step import Step
+    from choreo_cli.pipeline.definitions import Pipeline
 
 
 class ThreadExecutor:
@@ -18,8 +21,17 @@ class ThreadExecutor:
     ...     results = list(executor.run_many(records))
     """
 
-    def __init__(self, pipeline: Pipeline, *, workers: int, dry_run: bool = False) -> None:
-        self.coordinator: Coordinator = pipeline.coordinator(workers=workers, dry_run=dry_run)
+    def __init__(
+        self, pipeline: Pipeline, *, workers: int, dry_run: bool = False, timings: bool = True
+    ) -> None:
+        self.coordinator: Coordinator = pipeline.coordinator(
+            workers=workers, dry_run=dry_run, timings=timings
+        )
+
+    @property
+    def workers(self) -> int:
+        """How many records run at once."""
+        return self.coordinator.workers
 
     @property
     def steps(self) -> Sequence[Step]:
@@ -39,6 +51,35 @@ class ThreadExecutor:
     def run_many(self, records: Iterable[Any], ordered: bool = True) -> Iterator[Result]:
         """Yield exactly one Result per item; see ``Coordinator.run_many``."""
         return self.coordinator.run_many(records, ordered=ordered)
+
+    def run_lines(
+        self,
+        batches: Iterable[list[bytes]],
+        *,
+        clean_line: bytes,
+        put: Callable[[bytes], Any],
+        emit: Callable[[Result], Any],
+        keep_raw: bool = False,
+        tally: Callable[[Result], Any] | None = None,
+    ) -> Iterator[int]:
+        """Run JSON Lines given as lists of lines, one worker: see
+        ``choreo_cli.jsonl.line_runner.run_lines``."""
+        return run_lines(
+            self.coordinator,
+            batches,
+            clean_line=clean_line,
+            put=put,
+            emit=emit,
+            keep_raw=keep_raw,
+            tally=tally,
+        )
+
+    def clean_steps(self) -> dict[str, str]:
+        """The ``steps`` of a record that ran every step without an error."""
+        return self.coordinator.clean_steps()
+
+    def kill_workers(self) -> None:
+        """Threads cannot be killed: a second signal exits the process, and them with it."""
 
     def interrupt(self, reason: str = "interrupted") -> None:
         """No new record starts; records in flight stop before their next step."""

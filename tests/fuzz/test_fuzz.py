@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from choreo_cli import Cancel, Context, Coordinator, Skip, Step
 from choreo_cli.cli.app import app
-from choreo_cli.output import ResultWriter
-from choreo_cli.records import JsonlReader
+from choreo_cli.jsonl.reader import JsonlReader
+from choreo_cli.jsonl.writer import ResultWriter
 
 CHOREO = Path(sys.executable).parent / "choreo"
 FAST = settings(

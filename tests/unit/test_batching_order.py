@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from choreo_cli import load_pipeline
+from choreo_cli.core.result import Result
 from choreo_cli.executors import runner as runner_module
 from choreo_cli.executors.batching import Batch, BatchExecutor
 from choreo_cli.executors.portable import Chunk
 from choreo_cli.executors.runner import BatchRunner
-from choreo_cli.output import ResultWriter
-from choreo_cli.records import JsonlReader
-from choreo_cli.result import Result
+from choreo_cli.jsonl.reader import JsonlReader
+from choreo_cli.jsonl.writer import ResultWriter
 
 STEPS = """
     from choreo_cli import Skip

@@ -1,4 +1,4 @@
-"""The --checkpoint file (choreo_cli.checkpoint): fingerprint, marks, lines cut short by a crash."""
+"""The --checkpoint file (choreo_cli.jsonl.checkpoint): fingerprint, marks, lines cut short by a crash."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from choreo_cli.checkpoint import MAGIC, PREFIX_BYTES, Checkpoint, CheckpointError
+from choreo_cli.core.result import ExecutionError
 from choreo_cli.errors import Interrupted
-from choreo_cli.result import ExecutionError
+from choreo_cli.jsonl.checkpoint import MAGIC, PREFIX_BYTES, Checkpoint, CheckpointError
 
 
 @pytest.fixture

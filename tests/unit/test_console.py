@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import pytest
 
-from choreo_cli.console import (
+from choreo_cli.cli.console import (
     Console,
     LiveProgress,
     NullProgress,
@@ -23,8 +23,8 @@ from choreo_cli.console import (
     render_summary,
     setup_logging,
 )
-from choreo_cli.coordinator import Coordinator, Step
-from choreo_cli.summary import RunSummary
+from choreo_cli.core.coordinator import Coordinator, Step
+from choreo_cli.core.summary import RunSummary
 
 
 @pytest.fixture
@@ -52,8 +52,8 @@ def _clean_logger() -> Iterator[None]:
 def test_nothing_imports_rich_off_a_terminal() -> None:
     code = """
 import io, logging, sys
-from choreo_cli.console import Console, build_progress, render_summary, setup_logging
-from choreo_cli.summary import RunSummary
+from choreo_cli.cli.console import Console, build_progress, render_summary, setup_logging
+from choreo_cli.core.summary import RunSummary
 stream = io.StringIO()
 progress = build_progress(True, 100, stream)
 progress.advance(type("R", (), {"status": "succeeded"})())

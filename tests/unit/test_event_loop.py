@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from choreo_cli import Context, Coordinator, Step, event_loop
-from choreo_cli.event_loop import PreciseEpollSelector, new_event_loop, run
-from choreo_cli.workers import Worker
+from choreo_cli import Context, Coordinator, Step
+from choreo_cli.core import event_loop
+from choreo_cli.core.event_loop import PreciseEpollSelector, new_event_loop, run
+from choreo_cli.core.workers import Worker
 
 pytestmark = pytest.mark.skipif(
     not hasattr(selectors, "EpollSelector"), reason="PreciseEpollSelector needs epoll (Linux)"

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from choreo_cli import Coordinator, Skip, Step, load_pipeline
+from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.core.result import Result
 from choreo_cli.errors import Cancel, ResourceError
 from choreo_cli.executors import ExecutorUnavailable, build_executor
 from choreo_cli.executors.batching import BatchSizer
@@ -28,10 +30,8 @@ from choreo_cli.executors.portable import (
     rebuild_exception,
 )
 from choreo_cli.executors.process import ProcessExecutor
-from choreo_cli.items import InvalidLine, Record
-from choreo_cli.output import ResultWriter
-from choreo_cli.records import JsonlReader
-from choreo_cli.result import Result
+from choreo_cli.jsonl.reader import JsonlReader
+from choreo_cli.jsonl.writer import ResultWriter
 
 STEPS = """
     import os
@@ -368,7 +368,7 @@ def test_process_run_lines_writes_the_thread_executors_lines(pipeline_file: Path
     """The fused loop of `choreo run`: workers parse the lines, clean records come back as counts."""
     data = with_blank_lines(make_input(300))
     pipeline = load_pipeline(pipeline_file)
-    serial = pipeline.coordinator(workers=1, timings=False)
+    serial = build_executor("thread", pipeline, workers=1, timings=False)
     with serial:
         expected, expected_clean = fused_lines(serial, data)
     assert len(expected) == 301 and expected_clean > 200  # blank lines: no record
@@ -380,7 +380,7 @@ def test_process_run_lines_writes_the_thread_executors_lines(pipeline_file: Path
 def test_run_lines_batches_hold_at_most_max_batch_bytes_of_lines(pipeline_file: Path) -> None:
     data = with_blank_lines(make_input(120))
     pipeline = load_pipeline(pipeline_file)
-    with pipeline.coordinator(workers=1, timings=False) as serial:
+    with build_executor("thread", pipeline, workers=1, timings=False) as serial:
         expected = fused_lines(serial, data, keep_raw=True)
     sent: list[bytes] = []
     with ProcessExecutor(load_pipeline(pipeline_file), workers=2) as executor:
@@ -422,7 +422,7 @@ def test_a_worker_that_dies_in_run_lines_fails_only_its_records(pipeline_file: P
     died = [i for i, line in zip(indices, lines, strict=True) if b'"WorkerDied"' in line]
     assert 152 + 1 in died  # the killer (index 153: line 21 is not JSON)
     assert died == list(range(died[0], 154))  # the tail of its batch, ending with it
-    with load_pipeline(pipeline_file).coordinator(workers=1, timings=False) as serial:
+    with build_executor("thread", load_pipeline(pipeline_file), workers=1, timings=False) as serial:
         expected, _ = fused_lines(serial, make_input(200))
     assert [x for i, x in enumerate(lines) if i not in died] == [
         x for i, x in enumerate(expected) if i not in died
@@ -611,7 +611,7 @@ def test_dask_run_lines_writes_the_thread_executors_lines(
 ) -> None:
     data = with_blank_lines(make_input(120))
     pipeline = load_pipeline(pipeline_file)
-    with pipeline.coordinator(workers=1, timings=False) as serial:
+    with build_executor("thread", pipeline, workers=1, timings=False) as serial:
         expected = fused_lines(serial, data, keep_raw=True)
     with build_executor("dask", pipeline, workers=2, scheduler=dask_scheduler) as executor:
         assert fused_lines(executor, data, keep_raw=True) == expected
@@ -640,7 +640,7 @@ def test_a_dask_worker_that_dies_fails_only_the_record_it_was_running(
     # runs the batch again on the other worker, which takes back what the dead one ran.
     data = make_input(400, die=152)
     pipeline = load_pipeline(pipeline_file)
-    with pipeline.coordinator(workers=1, timings=False) as serial:
+    with build_executor("thread", pipeline, workers=1, timings=False) as serial:
         expected, _ = fused_lines(serial, make_input(400))
     with build_executor("dask", pipeline, workers=2, scheduler=dask_scheduler) as executor:
         got, _ = fused_lines(executor, data)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from choreo_cli.interpolate import InterpolationIssue, expand, interpolate
+from choreo_cli.pipeline.interpolate import InterpolationIssue, expand, interpolate
 
 ENV = {"DB": "prod.db", "EMPTY": "", "N": "3"}
 

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from test_property import build, tables
 
 from choreo_cli import Coordinator, Result, Skip, Step
-from choreo_cli.output import ResultWriter
-from choreo_cli.records import JsonlReader
-from choreo_cli.retry_policy import RetryPolicy
-from choreo_cli.summary import RunSummary
+from choreo_cli.core.retry import RetryPolicy
+from choreo_cli.core.summary import RunSummary
+from choreo_cli.jsonl.line_runner import run_lines
+from choreo_cli.jsonl.reader import JsonlReader
+from choreo_cli.jsonl.writer import ResultWriter
 
 # Lines as they come: records, blank lines, bad JSON, bad UTF-8, CRLF endings.
 LINES = st.lists(
@@ -58,7 +59,8 @@ def through_run_lines(
 
     reader = JsonlReader(io.BytesIO(data))
     counts = list(
-        coordinator.run_lines(
+        run_lines(
+            coordinator,
             reader.iter_line_lists(max_lines=max_lines),
             clean_line=clean_line,
             put=out.append,
@@ -115,7 +117,8 @@ def summary_of(coordinator: Coordinator, data: bytes, *, max_lines: int | None) 
             tallied.append(result)
             summary.add(result)
 
-        for clean in coordinator.run_lines(
+        for clean in run_lines(
+            coordinator,
             JsonlReader(io.BytesIO(data)).iter_line_lists(max_lines=max_lines),
             clean_line=clean_line,
             put=out.append,
@@ -214,7 +217,8 @@ def test_the_clean_count_comes_after_each_list_and_numbers_carry_on() -> None:
     seen: list[Any] = []
     out: list[bytes] = []
     counts = list(
-        coordinator.run_lines(
+        run_lines(
+            coordinator,
             [[b"1", b"", b"2"], [b"x", b"3"]],
             clean_line=b"%d:%d\n",
             put=out.append,
@@ -238,7 +242,8 @@ def test_a_true_emit_stops_reading() -> None:
     coordinator.add_step(Step(name="job", job=job))
     emitted: list[Result] = []
     counts = list(
-        coordinator.run_lines(
+        run_lines(
+            coordinator,
             [[b"1", b"2", b"3"], [b"4"]],
             clean_line=b"%d %d",
             put=lambda line: None,
@@ -266,7 +271,8 @@ def test_an_interruption_ends_the_record_in_flight_and_reads_no_more() -> None:
     emitted: list[Result] = []
     out: list[bytes] = []
     counts = list(
-        coordinator.run_lines(
+        run_lines(
+            coordinator,
             [[b"1", b"2", b"3"]],
             clean_line=b"%d %d",
             put=out.append,
@@ -281,7 +287,7 @@ def test_an_interruption_ends_the_record_in_flight_and_reads_no_more() -> None:
     ]
     # Interrupted before it starts: nothing is read at all.
     assert (
-        list(coordinator.run_lines([[b"9"]], clean_line=b"", put=out.append, emit=emitted.append))
+        list(run_lines(coordinator, [[b"9"]], clean_line=b"", put=out.append, emit=emitted.append))
         == []
     )
 
@@ -289,7 +295,7 @@ def test_an_interruption_ends_the_record_in_flight_and_reads_no_more() -> None:
 def test_run_lines_needs_one_worker() -> None:
     coordinator = Coordinator(workers=2)
     try:
-        coordinator.run_lines([], clean_line=b"", put=print, emit=print)
+        run_lines(coordinator, [], clean_line=b"", put=print, emit=print)
     except ValueError as exc:
         assert "workers == 1" in str(exc)
     else:

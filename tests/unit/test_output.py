@@ -18,11 +18,11 @@ import jsonschema
 import orjson
 import pytest
 
-from choreo_cli.coordinator import Coordinator, Step
+from choreo_cli.core.coordinator import Coordinator, Step
+from choreo_cli.core.result import ExecutionError
 from choreo_cli.errors import Cancel, Interrupted, Skip
-from choreo_cli.output import ResultWriter, build_writer, dump_value
-from choreo_cli.records import iter_items
-from choreo_cli.result import ExecutionError
+from choreo_cli.jsonl.reader import iter_items
+from choreo_cli.jsonl.writer import ResultWriter, build_writer, dump_value
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schemas" / "result.schema.json").read_text(encoding="utf-8"))
@@ -321,7 +321,7 @@ def test_build_writer_to_a_file(tmp_path: Path) -> None:
 
 SCRIPT = """
 import sys
-from choreo_cli.output import build_writer
+from choreo_cli.jsonl.writer import build_writer
 sys.path.insert(0, {tests!r})
 from test_output import FakeResult
 writer = build_writer("-")

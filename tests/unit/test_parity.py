@@ -30,8 +30,8 @@ from choreo_cli import (
     StepDefinitionError,
     UnassignableInput,
 )
-from choreo_cli.items import InvalidLine, Record
-from choreo_cli.resources import ResourceSpec
+from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.core.resources import ResourceSpec
 
 # -- helpers ------------------------------------------------------------------------------
 

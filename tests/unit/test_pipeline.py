@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from choreo_cli.core.retry import RetryPolicy
 from choreo_cli.errors import PipelineError
-from choreo_cli.pipeline import check_pipeline, isolated_imports, load_pipeline, parse_override
-from choreo_cli.problems import Problem
-from choreo_cli.retry_policy import RetryPolicy
+from choreo_cli.pipeline.loader import (
+    check_pipeline,
+    isolated_imports,
+    load_pipeline,
+    parse_override,
+)
+from choreo_cli.pipeline.problems import Problem
 
 STEPS = """\
 EVENTS = []

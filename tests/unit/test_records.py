@@ -10,8 +10,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from choreo_cli.items import InvalidLine, Record
-from choreo_cli.records import JsonlReader, iter_items
+from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.jsonl.reader import JsonlReader, iter_items
 
 
 def read(data: bytes, **kwargs: object) -> list[Record | InvalidLine]:

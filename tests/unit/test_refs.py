@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from choreo_cli import refs
-from choreo_cli.refs import ReferenceResolutionError, parse_reference, resolve_reference
+from choreo_cli.pipeline import refs
+from choreo_cli.pipeline.refs import ReferenceResolutionError, parse_reference, resolve_reference
 
 MakeModule = Callable[[str, str], Path]
 

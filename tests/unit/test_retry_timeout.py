@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from choreo_cli import Cancel, Context, Coordinator, Skip, Step, StepDefinitionError
+from choreo_cli.core.retry import RetryPolicy
 from choreo_cli.errors import PipelineError, StepTimeout
-from choreo_cli.pipeline import load_pipeline
-from choreo_cli.retry_policy import RetryPolicy
+from choreo_cli.pipeline.loader import load_pipeline
 
 
 def _flaky(failures: list[BaseException], calls: list[int]) -> Callable[..., Any]:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from choreo_cli.cli.app import app
 from choreo_cli.cli.run_options import OPTIONS, RunOptions, read_plain_run_args
-from choreo_cli.exit_codes import ExitCode
+from choreo_cli.core.exit_codes import ExitCode
 
 RUN = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from choreo_cli.schema import check_structure, load_schema, quick_valid, read_schema_text
-from choreo_cli.yaml_loader import YamlLoadError, load_yaml
+from choreo_cli.pipeline.schema import check_structure, load_schema, quick_valid, read_schema_text
+from choreo_cli.pipeline.yaml_loader import YamlLoadError, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 

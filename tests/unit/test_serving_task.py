@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from choreo_cli import Context, Coordinator, Result, Step
-from choreo_cli.retry_policy import RetryPolicy
+from choreo_cli.core.retry import RetryPolicy
 
 # One worker runs each async call with run() (a task per call); more run them in place.
 WORKERS = [1, 3]

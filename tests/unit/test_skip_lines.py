@@ -10,11 +10,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from choreo_cli.coordinator import Coordinator, Step
+from choreo_cli.core.coordinator import Coordinator, Step
+from choreo_cli.core.items import Record
+from choreo_cli.core.summary import STEP_COUNTS, RunSummary
 from choreo_cli.errors import Cancel, Skip
-from choreo_cli.items import Record
-from choreo_cli.output import ResultWriter
-from choreo_cli.summary import STEP_COUNTS, RunSummary
+from choreo_cli.jsonl.writer import ResultWriter
 
 NAMES = ["first", "Second step", 'quote " %d %s', "ünï"]
 PRECHECKS = {

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from choreo_cli.coordinator import Coordinator, Step
+from choreo_cli.core.coordinator import Coordinator, Step
+from choreo_cli.core.exit_codes import ExitCode
+from choreo_cli.core.summary import RunSummary
 from choreo_cli.errors import Cancel, Skip
-from choreo_cli.exit_codes import ExitCode
-from choreo_cli.records import iter_items
-from choreo_cli.summary import RunSummary
+from choreo_cli.jsonl.reader import iter_items
 
 
 def exists(ctx: Any, record: dict[str, Any]) -> None:

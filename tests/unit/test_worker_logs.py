@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from choreo_cli.console import setup_logging
-from choreo_cli.context import Context
+from choreo_cli.cli.console import setup_logging
+from choreo_cli.core.context import Context
 from choreo_cli.executors import logs
 
 

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from choreo_cli.yaml_loader import Mark, YamlLoadError, load_yaml, read_yaml_file
+from choreo_cli.pipeline.yaml_loader import Mark, YamlLoadError, load_yaml, read_yaml_file
 
 TEXT = """\
 version: 1

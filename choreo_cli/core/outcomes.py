@@ -1,8 +1,9 @@
 """How a record ends when it does not simply succeed: the Results of the rare paths.
 
-The compiled runner (compiled.py) spells out the common path; when a precheck skips, a
-callable raises or the run is interrupted, it calls these methods of the Coordinator,
-so the semantics of §2 for those cases live in this one place.
+The compiled runners (compiled.py) and the interpreted one (interpreted.py) spell out the
+common path; when a precheck skips, a callable raises or the run is interrupted, they
+call an ``Outcomes`` built from the same steps, so what such a record becomes is decided
+in this one place (the README's "What a step does: the semantics").
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from choreo_cli.calling import Abandoned, InputMismatch
-from choreo_cli.context import Context, DataBag, _RunFlags
-from choreo_cli.errors import Cancel, Interrupted, Skip, StepTimeout
-from choreo_cli.items import InvalidLine, Record
-from choreo_cli.result import (
+from choreo_cli.core.calling import Abandoned, InputMismatch
+from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.core.result import (
     CANCELLED,
     FAILED,
     INVALID,
@@ -25,69 +24,63 @@ from choreo_cli.result import (
     Result,
     Status,
 )
+from choreo_cli.errors import Cancel, Interrupted, Skip, StepTimeout
 
 if TYPE_CHECKING:
-    from choreo_cli.coordinator import Planned
+    from choreo_cli.core.context import Context, DataBag, _RunFlags
+    from choreo_cli.core.step import Planned
 
 # How a step stopped a record: (step outcome, record status, runtime error, also recorded?)
 _Stop = tuple[Outcome, Status, ExecutionError, bool]
 
 
-class RecordEnds:
-    """The Coordinator's rare-path methods (a mixin: it reads the attributes below)."""
+class Outcomes:
+    """The rare-path Results of one coordinator's steps.
 
-    _plan: list[Planned]
-    _names: dict[str, str]
-    _step_names: tuple[str, ...]
-    _flags: _RunFlags
+    >>> from choreo_cli.core.context import _RunFlags
+    >>> Outcomes((), {}, (), _RunFlags()).crashed({"id": 1}, 0, RuntimeError("bug")).status
+    'failed'
+    """
 
-    def interrupt(self, reason: str = "interrupted") -> None:
-        raise NotImplementedError
+    __slots__ = ("_flags", "_names", "_step_names", "_steps")
+
+    def __init__(
+        self,
+        steps: tuple[Planned, ...],
+        names: dict[str, str],
+        step_names: tuple[str, ...],
+        flags: _RunFlags,
+    ) -> None:
+        self._steps = steps
+        self._names = names
+        self._step_names = step_names
+        self._flags = flags
 
     def crashed(self, item: Any, index: int, exc: BaseException) -> Result:
         """A failed Result for an item whose run raised inside choreo itself."""
-        error = ExecutionError(None, None, exc)
-        line = getattr(item, "line", None)
         value = item.value if type(item) is Record else item
-        return Result(
-            index,
-            line,
-            value,
-            FAILED,
-            error,
-            [error],
-            DataBag(self._names),
-            0.0,
-            self._step_names,
-            0,
-            "failed",
-            None,
-            None,
-            getattr(item, "raw", None),
+        return Result.crashed(
+            index=index,
+            line=getattr(item, "line", None),
+            value=value,
+            exception=exc,
+            names=self._step_names,
+            raw=getattr(item, "raw", None),
         )
 
-    def _invalid(self, item: InvalidLine, index: int) -> Result:
-        error = ExecutionError(None, "input", item.exception)
-        return Result(
-            index,
-            item.line,
-            None,
-            INVALID,
-            error,
-            [error],
-            DataBag(self._names),
-            0.0,
-            self._step_names,
-            0,
-            None,
-            None,
-            None,
-            item.raw,
+    def invalid(self, item: InvalidLine, index: int) -> Result:
+        """The Result of an input line that is not a record."""
+        return Result.invalid(
+            index=index,
+            line=item.line,
+            exception=item.exception,
+            names=self._step_names,
+            raw=item.raw,
         )
 
-    # -- the rare paths of a record, called by the compiled runner ----------------------------
+    # -- the rare paths of a record, called by the runners --------------------------------
 
-    def _on_skip(
+    def on_skip(
         self,
         exc: Skip,
         i: int,
@@ -96,7 +89,7 @@ class RecordEnds:
         skipped: list[int] | None,
     ) -> tuple[list[ExecutionError], list[int]]:
         """A precheck raised Skip: record it, keep its data, skip the job."""
-        planned = self._plan[i]
+        planned = self._steps[i]
         if exc.data is not None:
             if bag._pre is None:
                 bag._pre = {}
@@ -104,7 +97,7 @@ class RecordEnds:
         entry = ExecutionError(planned.name, "precheck", exc)
         return [*(errors or ()), entry], [*(skipped or ()), i]
 
-    def _on_precheck_error(
+    def on_precheck_error(
         self,
         exc: BaseException,
         i: int,
@@ -116,7 +109,7 @@ class RecordEnds:
     ) -> tuple[list[ExecutionError] | None, list[int] | None, Result | None]:
         """A precheck raised something else: Cancel (and the like) stops the record; any
         other exception skips the job like Skip (choreograph parity)."""
-        name = self._plan[i].name
+        name = self._steps[i].name
         stops = self._classify(exc, name)
         if stops is not None:
             return (
@@ -127,7 +120,7 @@ class RecordEnds:
         entry = ExecutionError(name, "precheck", exc)
         return [*(errors or ()), entry], [*(skipped or ()), i], None
 
-    def _on_job_error(
+    def on_job_error(
         self,
         exc: BaseException,
         i: int,
@@ -138,7 +131,7 @@ class RecordEnds:
         skipped: list[int] | None,
     ) -> Result:
         """A job raised: the record is cancelled (Cancel), invalid, interrupted or failed."""
-        name = self._plan[i].name
+        name = self._steps[i].name
         kind = self._classify(exc, name) or (
             "failed",
             FAILED,
@@ -147,7 +140,7 @@ class RecordEnds:
         )
         return self._stopped(ctx, raw, started, errors, skipped, i, kind, "job")
 
-    def _on_interrupted(
+    def on_interrupted(
         self,
         ctx: Context,
         raw: bytes | None,
@@ -157,12 +150,12 @@ class RecordEnds:
         i: int,
     ) -> Result:
         """The run was interrupted before step ``i``: the record is cancelled."""
-        name = self._plan[i].name
+        name = self._steps[i].name
         stopped = Interrupted(f"interrupted before step {name!r}")
         kind: _Stop = ("not_run", CANCELLED, ExecutionError(name, None, stopped), False)
         return self._stopped(ctx, raw, started, errors, skipped, i, kind)
 
-    def _finish(
+    def finish(
         self,
         ctx: Context,
         raw: bytes | None,
@@ -172,13 +165,7 @@ class RecordEnds:
         stop: int,
     ) -> Result:
         """The Result of a record that ran every step, with skips or retried jobs."""
-        attempts = ctx._attempts
-        ctx._attempts = None
-        return Result(
-            ctx.index, ctx.line, ctx.record, SUCCEEDED, None, errors, ctx.bag,
-            _since(started), self._step_names, stop, None, skipped, attempts, raw,
-            self._flags.dry_run,
-        )  # fmt: skip
+        return self._result(ctx, raw, started, SUCCEEDED, None, errors, skipped, stop, None)
 
     def _classify(self, exc: BaseException, name: str) -> _Stop | None:
         """How an exception from a callable stops the record, or None when it does not by itself.
@@ -196,7 +183,7 @@ class RecordEnds:
             stopped = Interrupted(str(exc))
             return ("cancelled", CANCELLED, ExecutionError(name, None, stopped), False)
         if isinstance(exc, KeyboardInterrupt):
-            self.interrupt("KeyboardInterrupt")
+            self._flags.interrupt("KeyboardInterrupt")
             stopped = Interrupted(f"interrupted during step {name!r}")
             return ("cancelled", CANCELLED, ExecutionError(name, None, stopped), False)
         return None
@@ -214,17 +201,39 @@ class RecordEnds:
     ) -> Result:
         """The Result of a record that a step stopped (cancelled, failed, invalid, interrupted)."""
         outcome, status, error, recorded = kind
-        attempts = ctx._attempts
-        ctx._attempts = None
         if recorded:
             error = ExecutionError(error.step, phase, error.exception)
             errors = [*(errors or ()), error]
+        return self._result(ctx, raw, started, status, error, errors, skipped, stop, outcome)
+
+    def _result(
+        self,
+        ctx: Context,
+        raw: bytes | None,
+        started: float | None,
+        status: Status,
+        error: ExecutionError | None,
+        errors: list[ExecutionError] | None,
+        skipped: list[int] | None,
+        stop: int,
+        outcome: Outcome | None,
+    ) -> Result:
+        attempts = ctx._attempts
+        ctx._attempts = None
         return Result(
-            ctx.index, ctx.line, ctx.record, status, error, errors, ctx.bag,
-            _since(started), self._step_names, stop, outcome, skipped, attempts, raw,
-            self._flags.dry_run,
-        )  # fmt: skip
-
-
-def _since(started: float | None) -> float | None:
-    return None if started is None else perf_counter() - started
+            index=ctx.index,
+            line=ctx.line,
+            input=ctx.record,
+            status=status,
+            error=error,
+            errors=errors,
+            bag=ctx.bag,
+            duration=None if started is None else perf_counter() - started,
+            names=self._step_names,
+            stop=stop,
+            outcome=outcome,
+            skipped=skipped,
+            attempts=attempts,
+            raw=raw,
+            would_run=self._flags.dry_run,
+        )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Literal
 
-from choreo_cli.context import DataBag
+from choreo_cli.core.context import DataBag
 from choreo_cli.errors import Cancel, Interrupted, JobFailed, UnassignableInput
 
 Status = Literal["succeeded", "failed", "cancelled", "invalid"]
@@ -76,9 +77,10 @@ class Result:
 
     def __init__(
         self,
+        *,
         index: int,
         line: int | None,
-        value: Any,
+        input: Any,
         status: Status,
         error: ExecutionError | None,
         errors: list[ExecutionError] | None,
@@ -86,15 +88,21 @@ class Result:
         duration: float | None,
         names: tuple[str, ...],
         stop: int,
-        outcome: Outcome | None,
-        skipped: list[int] | None,
+        outcome: Outcome | None = None,
+        skipped: list[int] | None = None,
         attempts: dict[str, int] | None = None,
         raw: bytes | None = None,
         would_run: bool = False,
     ) -> None:
+        """Every field by name; the named constructors below cover the usual cases.
+
+        ``names`` are the pipeline's step names; ``stop`` the index of the step where
+        the record stopped (``len(names)`` when it ran every step), whose outcome is
+        ``outcome``; ``skipped`` the indices of steps whose precheck skipped the job.
+        """
         self.index = index
         self.line = line
-        self.input = value
+        self.input = input
         self.status = status
         self.error = error
         self._errors = errors
@@ -108,6 +116,102 @@ class Result:
         self.attempts: dict[str, int] = attempts if attempts is not None else {}
         self.raw = raw
         self._would = would_run
+
+    @classmethod
+    def invalid(
+        cls,
+        *,
+        index: int,
+        line: int | None,
+        exception: BaseException,
+        names: tuple[str, ...],
+        raw: bytes | None = None,
+    ) -> Result:
+        """A record that could not be read (a bad JSON line): no step ran.
+
+        >>> Result.invalid(index=0, line=1, exception=ValueError("not JSON"), names=("a",)).steps
+        {'a': 'not_run'}
+        """
+        error = ExecutionError(None, "input", exception)
+        bag = DataBag({n.casefold(): n for n in names})
+        return cls(
+            index=index, line=line, input=None, status=INVALID, error=error, errors=[error],
+            bag=bag, duration=0.0, names=names, stop=0, raw=raw,
+        )  # fmt: skip
+
+    @classmethod
+    def crashed(
+        cls,
+        *,
+        index: int,
+        line: int | None,
+        value: Any,
+        exception: BaseException,
+        names: tuple[str, ...],
+        raw: bytes | None = None,
+    ) -> Result:
+        """A record whose run raised inside choreo itself (a defect): failed, no step named.
+
+        >>> Result.crashed(index=3, line=None, value={}, exception=RuntimeError("bug"), names=()).status
+        'failed'
+        """
+        error = ExecutionError(None, None, exception)
+        bag = DataBag({n.casefold(): n for n in names})
+        return cls(
+            index=index, line=line, input=value, status=FAILED, error=error, errors=[error],
+            bag=bag, duration=0.0, names=names, stop=0, outcome="failed", raw=raw,
+        )  # fmt: skip
+
+    @classmethod
+    def skipped_pattern(
+        cls,
+        steps: tuple[str, ...],
+        *,
+        names: tuple[str, ...],
+        would_run: bool = False,
+    ) -> Result:
+        """A Result standing, in counts, for every succeeded record whose precheck skipped
+        the jobs of ``steps`` with Skip (no index, line or message of its own).
+
+        >>> Result.skipped_pattern(("b",), names=("a", "b")).steps
+        {'a': 'succeeded', 'b': 'skipped'}
+        """
+        from choreo_cli.errors import Skip
+
+        errors = [ExecutionError(step, "precheck", Skip()) for step in steps]
+        bag = DataBag({n.casefold(): n for n in names})
+        return cls(
+            index=-1, line=None, input=None, status=SUCCEEDED, error=None, errors=errors,
+            bag=bag, duration=None, names=names, stop=len(names),
+            skipped=[names.index(step) for step in steps], would_run=would_run,
+        )  # fmt: skip
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "line": self.line,
+            "input": self.input,
+            "status": self.status,
+            "error": self.error,
+            "errors": self._errors,
+            "bag": self.bag,
+            "duration": self.duration,
+            "names": self._names,
+            "stop": self._stop,
+            "outcome": self._outcome,
+            "skipped": self._skipped,
+            "attempts": self.attempts or None,
+            "raw": self.raw,
+            "would_run": self._would,
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A clean Result's class is made per pipeline (clean_result_type) and cannot be
+        # found by name: every Result pickles as a plain one with the same fields.
+        return (_rebuild, (self._fields(),))
+
+    def __copy__(self) -> Result:
+        return _rebuild(self._fields())
 
     @property
     def errors(self) -> list[ExecutionError]:
@@ -155,6 +259,27 @@ class Result:
 
     def __repr__(self) -> str:
         return f"Result(index={self.index}, status={self.status!r}, error={self.error!r})"
+
+
+def _rebuild(fields: dict[str, Any]) -> Result:
+    """A Result from its fields; a clean one (every step ran, no error) stays clean."""
+    names = fields["names"]
+    if (
+        fields["status"] == SUCCEEDED
+        and fields["errors"] is None
+        and fields["attempts"] is None
+        and fields["stop"] == len(names)
+    ):
+        result: Result = object.__new__(_clean_type(names, fields["would_run"]))
+        for name in ("index", "line", "input", "bag", "duration", "raw"):
+            setattr(result, name, fields[name])
+        return result
+    return Result(**fields)
+
+
+@functools.lru_cache(maxsize=64)
+def _clean_type(names: tuple[str, ...], would_run: bool) -> type[Result]:
+    return clean_result_type(names, would_run=would_run)
 
 
 def clean_result_type(names: tuple[str, ...], *, would_run: bool = False) -> type[Result]:

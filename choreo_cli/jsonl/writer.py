@@ -29,7 +29,7 @@ _VALUE_OPTIONS = (
 
 
 class WrittenResult(Protocol):
-    """The part of ``choreo_cli.result.Result`` the writer reads."""
+    """The part of ``choreo_cli.core.result.Result`` the writer reads."""
 
     index: int
     line: int | None
@@ -368,7 +368,7 @@ class SkipLines:
     """Lines of records that ran every step while some prechecks skipped their jobs (the
     common line of a re-run), from a template per skip pattern with the messages put in.
 
-    >>> from choreo_cli.coordinator import Coordinator, Step
+    >>> from choreo_cli.core.coordinator import Coordinator, Step
     >>> from choreo_cli.errors import Skip
     >>> def exists(ctx, record):
     ...     raise Skip("exists")
@@ -407,9 +407,9 @@ class SkipTemplates:
     step i was skipped), learnt from the first Result of the pattern, which took the
     general path.
 
-    >>> from choreo_cli.coordinator import Coordinator, Step
+    >>> from choreo_cli.core.coordinator import Coordinator, Step
     >>> from choreo_cli.errors import Skip
-    >>> from choreo_cli.result import ExecutionError
+    >>> from choreo_cli.core.result import ExecutionError
     >>> def exists(ctx, record):
     ...     raise Skip(f"{record} exists")
     >>> coordinator = Coordinator()

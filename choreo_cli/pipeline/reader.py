@@ -10,24 +10,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from choreo_cli.core.retry import RetryPolicy, refused_exception
 from choreo_cli.errors import StepDefinitionError
-from choreo_cli.problems import Problem, Severity
-from choreo_cli.refs import ReferenceResolutionError, parse_reference, resolve_reference
-from choreo_cli.retry_policy import (
-    RetryPolicy,
-    build_retry_policy,
-    refused_exception,
-    resolve_exception,
-)
+from choreo_cli.pipeline.problems import Problem, Severity
+from choreo_cli.pipeline.refs import ReferenceResolutionError, parse_reference, resolve_reference
+from choreo_cli.pipeline.retry import build_retry_policy, resolve_exception
 
 if TYPE_CHECKING:
-    from choreo_cli.pipeline import (
+    from choreo_cli.pipeline.definitions import (
         CallDefinition,
         Pipeline,
         ResourceDefinition,
         StepDefinition,
     )
-    from choreo_cli.yaml_loader import YamlDocument, YamlPath
+    from choreo_cli.pipeline.yaml_loader import YamlDocument, YamlPath
 
 
 class PipelineReader:
@@ -73,8 +69,8 @@ class PipelineReader:
 
     def read(self) -> Pipeline | None:
         """Check the whole file; the pipeline is None when it is too broken to describe."""
-        from choreo_cli.schema import check_structure
-        from choreo_cli.yaml_loader import YamlLoadError, read_yaml_file
+        from choreo_cli.pipeline.schema import check_structure
+        from choreo_cli.pipeline.yaml_loader import YamlLoadError, read_yaml_file
 
         try:
             self.doc = read_yaml_file(self.path)
@@ -110,7 +106,7 @@ class PipelineReader:
         resources: list[ResourceDefinition],
         steps: list[StepDefinition],
     ) -> Pipeline:
-        from choreo_cli.pipeline import Pipeline
+        from choreo_cli.pipeline.definitions import Pipeline
 
         def text(key: str) -> str | None:
             value = data.get(key)
@@ -151,7 +147,7 @@ class PipelineReader:
             importlib.invalidate_caches()  # files written since the last import are seen
 
     def _interpolate(self, value: Any, path: YamlPath) -> Any:
-        from choreo_cli.interpolate import interpolate
+        from choreo_cli.pipeline.interpolate import interpolate
 
         if not self.interpolate:
             return dict(value)
@@ -171,7 +167,7 @@ class PipelineReader:
         return values
 
     def _resources(self, resources: Any) -> list[ResourceDefinition]:
-        from choreo_cli.pipeline import ResourceDefinition
+        from choreo_cli.pipeline.definitions import ResourceDefinition
 
         if not isinstance(resources, dict):
             return []
@@ -214,7 +210,7 @@ class PipelineReader:
                 if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
             }
             unknown = [key for key in factory.with_ if key not in named]
-        from choreo_cli.schema import did_you_mean
+        from choreo_cli.pipeline.schema import did_you_mean
 
         for key in unknown:
             close = did_you_mean(key, sorted(named))
@@ -238,7 +234,7 @@ class PipelineReader:
 
     def _call(self, reference: str, with_: Mapping[str, Any], path: YamlPath) -> CallDefinition:
         """Resolve one reference (when importing code), keeping where it was written."""
-        from choreo_cli.pipeline import CallDefinition
+        from choreo_cli.pipeline.definitions import CallDefinition
 
         assert self.doc is not None
         mark = self.doc.value_mark(path)
@@ -276,7 +272,7 @@ class PipelineReader:
     # -- steps ----------------------------------------------------------------------------
 
     def _steps(self, steps: Any, defaults: Any) -> list[StepDefinition]:
-        from choreo_cli.pipeline import StepDefinition
+        from choreo_cli.pipeline.definitions import StepDefinition
 
         if not isinstance(steps, list):
             return []
@@ -338,7 +334,7 @@ class PipelineReader:
             return None
         call = self._call(reference, with_, ref_path)
         if call.target is not None:
-            from choreo_cli.signatures import inspect_callable
+            from choreo_cli.core.signatures import inspect_callable
 
             try:
                 inspect_callable(call.target, step=step, phase=phase, name=reference, kwargs=with_)

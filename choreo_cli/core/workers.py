@@ -5,17 +5,17 @@ from __future__ import annotations
 import queue
 import threading
 import weakref
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from choreo_cli.context import Context, DataBag, _RunFlags
-from choreo_cli.event_loop import new_event_loop, run
+from choreo_cli.core.context import Context, DataBag, _RunFlags
+from choreo_cli.core.event_loop import new_event_loop, run
 
 if TYPE_CHECKING:
     import asyncio
 
-    from choreo_cli.coordinator import Coordinator
-    from choreo_cli.resources import ResourcePool, Resources
+    from choreo_cli.core.resources import ResourcePool, Resources
+    from choreo_cli.core.result import Result
 
 
 class Worker:
@@ -71,10 +71,28 @@ class Worker:
         return pool.close_worker(self.resources._local)
 
 
+class WorkerHost(Protocol):
+    """What a ThreadPool runs records with (the Coordinator is one)."""
+
+    def new_worker(self) -> Worker: ...
+
+    def build_worker(self, worker: Worker) -> None: ...
+
+    def close_worker(self, worker: Worker) -> list[BaseException]: ...
+
+    def has_async_steps(self) -> bool: ...
+
+    def run_item(self, item: Any, index: int, worker: Worker) -> Result: ...
+
+    def run_item_async(self, item: Any, index: int, worker: Worker) -> Awaitable[Result]: ...
+
+    def crashed(self, item: Any, index: int, exc: BaseException) -> Result: ...
+
+
 class ThreadPool:
     """Worker threads that live as long as the coordinator (so worker resources stay put)."""
 
-    def __init__(self, coordinator: Coordinator, size: int, *, prebuild: bool = False) -> None:
+    def __init__(self, coordinator: WorkerHost, size: int, *, prebuild: bool = False) -> None:
         self._coordinator = coordinator
         self._prebuild = prebuild
         self._tasks: queue.SimpleQueue[tuple[int, Any, queue.SimpleQueue[Any]] | None] = (
@@ -104,8 +122,8 @@ class ThreadPool:
         try:
             try:
                 if self._prebuild:
-                    coordinator._pool.build_worker(worker.resources._local)
-                if _has_async(coordinator):
+                    coordinator.build_worker(worker)
+                if coordinator.has_async_steps():
                     worker.open_loop()  # before the first record, not during it
             except Exception as exc:
                 self._started.put(exc)
@@ -198,12 +216,3 @@ def _cancel_requested(task: asyncio.Task[Any] | None) -> bool:
         return False
     cancelling = getattr(task, "cancelling", None)
     return bool(getattr(task, "_must_cancel", False) or (cancelling and cancelling()))
-
-
-def _has_async(coordinator: Coordinator) -> bool:
-    """True if a step of the coordinator has an async precheck or job."""
-    return any(
-        spec is not None and spec.is_async
-        for planned in coordinator._plan
-        for spec in (planned.pre, planned.job)
-    )

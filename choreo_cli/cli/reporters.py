@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from choreo_cli.problems import Problem
+from choreo_cli.pipeline.problems import Problem
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import logging
 
-    from choreo_cli.resources import Resources
+    from choreo_cli.core.resources import Resources
 
 
 class DataBag:

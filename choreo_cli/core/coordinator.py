@@ -3,82 +3,37 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import os
 import queue
 import threading
 import types
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-from choreo_cli.calling import ainvoke, check_options, invoke
-from choreo_cli.compiled import (
+from choreo_cli.core.calling import check_options
+from choreo_cli.core.compiled import (
     AsyncRecordRunner,
-    LineRunner,
     RecordRunner,
     SerialRunner,
     compile_async_runner,
-    compile_line_runner,
     compile_runner,
 )
-from choreo_cli.context import Context, _Frame, _RunFlags
-from choreo_cli.errors import (
-    StepDefinitionError,
-)
-from choreo_cli.items import InvalidLine, Record
-from choreo_cli.record_ends import RecordEnds
-from choreo_cli.resources import ResourcePool, teardown_error
-from choreo_cli.result import (
-    Result,
-    clean_result_type,
-)
-from choreo_cli.signatures import CallSpec, inspect_callable
-from choreo_cli.workers import ThreadPool, Worker
+from choreo_cli.core.context import _RunFlags
+from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.core.plan import Plan
+from choreo_cli.core.resources import ResourcePool, teardown_error
+from choreo_cli.core.result import Result
+from choreo_cli.core.signatures import inspect_callable
+from choreo_cli.core.step import Planned, Step
+from choreo_cli.core.workers import ThreadPool, Worker
+from choreo_cli.errors import StepDefinitionError
 
-if TYPE_CHECKING:
-    pass
+__all__ = ["Coordinator", "Step"]
 
-_new = object.__new__
+T = TypeVar("T")
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
-    """One step: an optional precheck and a job, with ``with:`` keywords for each.
-
-    >>> def create(ctx, record): return record["id"]
-    >>> Step(name="create", job=create).name
-    'create'
-    """
-
-    name: str
-    job: Callable[..., Any]
-    precheck: Callable[..., Any] | None = None
-    _: dataclasses.KW_ONLY
-    job_with: Mapping[str, Any] | None = None
-    precheck_with: Mapping[str, Any] | None = None
-    job_name: str | None = None
-    precheck_name: str | None = None
-    retry: Any = None
-    timeout: float | None = None
-    description: str | None = None
-
-
-class Planned:
-    """A step checked at add_step: its callables' specs and what the runner needs."""
-
-    __slots__ = ("frame", "job", "key", "name", "pre", "retry", "step", "timeout")
-
-    def __init__(self, step: Step, pre: CallSpec | None, job: CallSpec) -> None:
-        self.step = step
-        self.name = step.name
-        self.key = step.name.casefold()
-        self.frame = _Frame(step.name)
-        self.pre = pre
-        self.job = job
-        self.retry = step.retry
-        self.timeout = step.timeout
-
-
-class Coordinator(RecordEnds):
+class Coordinator:
     """Runs steps over records: ``run(record)`` for one, ``run_many(records)`` for a stream.
 
     >>> coordinator = Coordinator()
@@ -103,17 +58,14 @@ class Coordinator(RecordEnds):
         self.timings = timings
         self.values: Mapping[str, Any] = types.MappingProxyType(dict(values or {}))
         self._pool = ResourcePool(resources)
-        self._plan: list[Planned] = []
-        self._names: dict[str, str] = {}
-        self._step_names: tuple[str, ...] = ()
+        self._flags = _RunFlags()
+        self._flags.dry_run = dry_run
+        self._plan = Plan((), self._flags, timings=timings)
+        # What was compiled from the plan (runners by kind); emptied by add_step.
+        self._compiled: dict[Any, Any] = {}
         self._runner: RecordRunner | None = None
         self._serial: SerialRunner | None = None
         self._async_runner: AsyncRecordRunner | None = None
-        self._line_runners: dict[bool, LineRunner] = {}
-        self._by_spec: dict[int, Planned] = {}
-        self._clean: type[Result] = clean_result_type((), would_run=dry_run)
-        self._flags = _RunFlags()
-        self._flags.dry_run = dry_run
         self._local: Worker | None = None
         self._threads: ThreadPool | None = None
         self._lock = threading.Lock()
@@ -125,9 +77,10 @@ class Coordinator(RecordEnds):
         key = step.name.casefold()
         if not step.name.strip():
             raise StepDefinitionError("a step needs a non-empty name", step=step.name)
-        if key in self._names:
+        names = self._plan.names
+        if key in names:
             raise StepDefinitionError(
-                f"a step named {self._names[key]!r} already exists (names are case-insensitive)",
+                f"a step named {names[key]!r} already exists (names are case-insensitive)",
                 step=step.name,
             )
         pre = None
@@ -143,21 +96,21 @@ class Coordinator(RecordEnds):
             step.job, step=step.name, phase="job", name=step.job_name, kwargs=step.job_with or {}
         )
         check_options(step, job.name)
-        planned = Planned(step, pre, job)
-        self._plan.append(planned)
-        self._by_spec = {**self._by_spec, id(job): planned}
-        if pre is not None:
-            self._by_spec[id(pre)] = planned
-        self._names = {**self._names, key: step.name}
-        self._step_names = (*self._step_names, step.name)
-        self._runner = self._serial = self._async_runner = None
-        self._line_runners = {}
-        self._clean = clean_result_type(self._step_names, would_run=self._flags.dry_run)
+        steps = (*self._plan.steps, Planned(step, pre, job))
+        with self._lock:
+            self._plan = Plan(steps, self._flags, timings=self.timings)
+            self._runner = self._serial = self._async_runner = None
+            self._compiled = {}
 
     @property
     def steps(self) -> tuple[Step, ...]:
         """The steps, in order."""
-        return tuple(p.step for p in self._plan)
+        return tuple(p.step for p in self._plan.steps)
+
+    @property
+    def plan(self) -> Plan:
+        """The checked steps as the runners see them (a new Plan after each add_step)."""
+        return self._plan
 
     @property
     def interrupted(self) -> bool:
@@ -176,8 +129,8 @@ class Coordinator(RecordEnds):
     # -- lifecycle ----------------------------------------------------------------------------
 
     def open(self, *, prebuild_workers: bool = False) -> Coordinator:
-        """Build the pipeline-scoped resources now (design §3: worker-scoped ones are built
-        on first use in each worker).
+        """Build the pipeline-scoped resources now (worker-scoped ones are built on first
+        use in each worker: the README's "Pipeline files").
 
         With ``prebuild_workers`` every worker's worker-scoped resources are built now too,
         so that a failing factory is reported before the first record (`choreo run` does
@@ -188,7 +141,7 @@ class Coordinator(RecordEnds):
             self._pool.open()
             if prebuild_workers:
                 if self.workers == 1:
-                    self._pool.build_worker(self._worker().resources._local)
+                    self.build_worker(self.local_worker())
                 else:
                     self._thread_pool(prebuild=True)
         except BaseException:
@@ -224,7 +177,8 @@ class Coordinator(RecordEnds):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _worker(self) -> Worker:
+    def local_worker(self) -> Worker:
+        """The worker state of records run on the calling thread (``run``, one worker)."""
         worker = self._local
         if worker is None:
             worker = self._local = Worker(self._pool.view(), self.values, self._flags)
@@ -234,17 +188,37 @@ class Coordinator(RecordEnds):
         """A worker state for another thread (used by executors)."""
         return Worker(self._pool.view(), self.values, self._flags)
 
+    def build_worker(self, worker: Worker) -> None:
+        """Build a worker's worker-scoped resources now (else on first use)."""
+        self._pool.build_worker(worker.resources._local)
+
     def close_worker(self, worker: Worker) -> list[BaseException]:
         """Tear down a worker state made by ``new_worker``, from the thread that used it."""
         return worker.close(self._pool)
+
+    def crashed(self, item: Any, index: int, exc: BaseException) -> Result:
+        """A failed Result for an item whose run raised inside choreo itself."""
+        return self._plan.outcomes.crashed(item, index, exc)
+
+    def compiled(self, key: Any, build: Callable[[Plan], T]) -> T:
+        """What ``build(plan)`` made for ``key`` (a runner), built once per plan.
+
+        How runners outside the core (the fused JSON Lines loop of `choreo run`, see
+        ``choreo_cli.jsonl.line_runner``) keep what they compiled with the coordinator.
+        """
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = build(self._plan)
+            built: T = self._compiled[key]
+            return built
 
     # -- running ------------------------------------------------------------------------------
 
     def run(self, record: Any, *, index: int = 0, line: int | None = None) -> Result:
         """Run every step over one record and return its Result."""
         if type(record) in (Record, InvalidLine):
-            return self.run_item(record, index, self._worker())
-        return self._execute(record, index, line, None, self._worker())
+            return self.run_item(record, index, self.local_worker())
+        return self._execute(record, index, line, None, self.local_worker())
 
     def run_many(self, records: Iterable[Any], ordered: bool = True) -> Iterator[Result]:
         """Yield exactly one Result per item of ``records``, streaming, at most ``workers`` at once.
@@ -257,7 +231,7 @@ class Coordinator(RecordEnds):
 
     def _run_serial(self, records: Iterable[Any]) -> Iterator[Result]:
         serial = self._serial or self._compile()[1]
-        results: Iterator[Result] = serial(records, self._worker())
+        results: Iterator[Result] = serial(records, self.local_worker())
         return results
 
     def _run_threaded(self, records: Iterable[Any], ordered: bool) -> Iterator[Result]:
@@ -294,51 +268,10 @@ class Coordinator(RecordEnds):
                 yield pending.pop(yielded)
                 yielded += 1
 
-    def run_lines(
-        self,
-        batches: Iterable[list[bytes]],
-        *,
-        clean_line: bytes,
-        put: Callable[[bytes], Any],
-        emit: Callable[[Result], Any],
-        keep_raw: bool = False,
-        tally: Callable[[Result], Any] | None = None,
-    ) -> Iterator[int]:
-        """Run JSON Lines given as lists of lines (``JsonlReader.iter_line_lists``), one
-        record at a time: the fast loop of `choreo run`, which never builds the Result of a
-        record that succeeded without any error.
-
-        Such a record's line is ``clean_line % (index, line)`` (the bytes of a clean
-        result line with two ``%d``), handed to ``put``. Every other record's Result goes
-        to ``emit``; a true return stops the run there. Yields, after each list, how many
-        clean records it held. ``keep_raw`` sets each emitted Result's ``raw``. Needs
-        ``workers == 1``. With ``tally``, a record that succeeded with skipped jobs (a
-        re-run's common record) is written as its line, handed to ``put``, once a record
-        of the same pattern (the same jobs skipped, by the same exception types) went to
-        ``emit``: ``tally`` gets that first Result, which stands for its outcome in counts.
-
-        >>> coordinator = Coordinator()
-        >>> coordinator.add_step(Step(name="double", job=lambda ctx, record: record * 2))
-        >>> out = []
-        >>> list(coordinator.run_lines([[b"1", b"x"]], clean_line=b"%d:%d ", put=out.append,
-        ...                           emit=lambda result: out.append(result.status)))
-        [1]
-        >>> out
-        [b'0:1 ', 'invalid']
-        """
-        if self.workers != 1:
-            raise ValueError("run_lines runs one record at a time: it needs workers == 1")
-        runner = self._line_runners.get(keep_raw)
-        if runner is None:
-            runner = self._line_runners[keep_raw] = compile_line_runner(
-                self, self._plan, keep_raw=keep_raw
-            )
-        return runner(batches, self._worker(), clean_line, put, emit, tally)
-
     def clean_steps(self) -> dict[str, str]:
         """The ``steps`` of a record that ran every step without an error."""
         outcome = "would_run" if self._flags.dry_run else "succeeded"
-        return dict.fromkeys(self._step_names, outcome)
+        return dict.fromkeys(self._plan.step_names, outcome)
 
     def run_item(self, item: Any, index: int, worker: Worker) -> Result:
         """Run one input item (a value, Record or InvalidLine) on the given worker."""
@@ -347,7 +280,7 @@ class Coordinator(RecordEnds):
             number = index if item.index is None else item.index
             return self._execute(item.value, number, item.line, item.raw, worker)
         if cls is InvalidLine:
-            return self._invalid(item, index if item.index is None else item.index)
+            return self._plan.outcomes.invalid(item, index if item.index is None else item.index)
         return self._execute(item, index, None, None, worker)
 
     def run_item_async(self, item: Any, index: int, worker: Worker) -> Awaitable[Result]:
@@ -360,27 +293,24 @@ class Coordinator(RecordEnds):
             number = index if item.index is None else item.index
             return runner(item.value, number, item.line, item.raw, worker)
         if cls is InvalidLine:
-            return _resolved(self._invalid(item, index if item.index is None else item.index))
+            invalid = self._plan.outcomes.invalid(item, index if item.index is None else item.index)
+            return _resolved(invalid)
         return runner(item, index, None, None, worker)
 
     def has_async_steps(self) -> bool:
         """True if a step has an async precheck or job."""
-        return any(
-            spec is not None and spec.is_async
-            for planned in self._plan
-            for spec in (planned.pre, planned.job)
-        )
+        return self._plan.has_async
 
     def _compile_async(self) -> AsyncRecordRunner:
         with self._lock:
             if self._async_runner is None:
-                self._async_runner = compile_async_runner(self, self._plan)
+                self._async_runner = _runners(self._plan).compile_async(self._plan)
             return self._async_runner
 
     def _execute(
         self, value: Any, index: int, line: int | None, raw: bytes | None, worker: Worker
     ) -> Result:
-        """Run one record's steps (the compiled runner; see compiled.py)."""
+        """Run one record's steps (the compiled runner, see compiled.py)."""
         runner = self._runner or self._compile()[0]
         result: Result = runner(value, index, line, raw, worker)
         return result
@@ -388,17 +318,31 @@ class Coordinator(RecordEnds):
     def _compile(self) -> tuple[RecordRunner, SerialRunner]:
         with self._lock:
             if self._runner is None or self._serial is None:
-                self._runner, self._serial = compile_runner(self, self._plan)
+                self._runner, self._serial = _runners(self._plan).compile(self._plan)
             return self._runner, self._serial
-
-    def _invoke(self, spec: CallSpec, ctx: Context, value: Any, worker: Worker) -> Any:
-        """The general call path (conversion, async, timeout, retry): see calling.py."""
-        return invoke(spec, ctx, value, worker, self._by_spec.get(id(spec)), self._flags)
-
-    def _ainvoke(self, spec: CallSpec, ctx: Context, value: Any, worker: Worker) -> Awaitable[Any]:
-        """The general call path of an async callable in ``run_item_async``: see calling.py."""
-        return ainvoke(spec, ctx, value, worker, self._by_spec.get(id(spec)), self._flags)
 
 
 async def _resolved(result: Result) -> Result:
     return result
+
+
+class _Runners:
+    """How a plan's records are run: compiled (the default) or interpreted (the reference)."""
+
+    def __init__(
+        self,
+        compile: Callable[[Plan], tuple[RecordRunner, SerialRunner]],
+        compile_async: Callable[[Plan], AsyncRecordRunner],
+    ) -> None:
+        self.compile = compile
+        self.compile_async = compile_async
+
+
+def _runners(plan: Plan) -> _Runners:
+    """``CHOREO_RUNNER=interpreted`` runs records with the plain loop of interpreted.py,
+    the reference the compiled runners are tested against (slower; for debugging)."""
+    if os.environ.get("CHOREO_RUNNER", "compiled") == "interpreted":
+        from choreo_cli.core import interpreted
+
+        return _Runners(interpreted.build_runner, interpreted.build_async_runner)
+    return _Runners(compile_runner, compile_async_runner)

@@ -1,37 +1,14 @@
-"""A step's retry policy (`retry:` in a pipeline file) and how its `on:` names are resolved."""
+"""`retry:` in a pipeline file: how its `on:` names are resolved, and the policy it builds."""
 
 from __future__ import annotations
 
 import builtins
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from choreo_cli.refs import ReferenceResolutionError, resolve_reference
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and on which exceptions a job is retried.
-
-    The wait before retry ``n`` (1-based) is ``delay * backoff ** (n - 1)``, at most
-    ``max_delay``.
-
-    >>> RetryPolicy(attempts=3, on=(ConnectionError,)).attempts
-    3
-    """
-
-    attempts: int = 3
-    delay: float = 0.0
-    backoff: float = 1.0
-    max_delay: float | None = None
-    on: tuple[type[BaseException], ...] = (Exception,)
-
-    def wait(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
-        seconds = self.delay * self.backoff ** (retry - 1)
-        return seconds if self.max_delay is None else min(seconds, self.max_delay)
+from choreo_cli.core.retry import RetryPolicy
+from choreo_cli.pipeline.refs import ReferenceResolutionError, resolve_reference
 
 
 def builtin_exception(name: str) -> type[BaseException] | None:
@@ -77,17 +54,6 @@ def resolve_exception(name: str, *, import_code: bool = True) -> type[BaseExcept
     if not (isinstance(obj, type) and issubclass(obj, BaseException)):
         raise ValueError(f"'{name}' is not an exception class (it is {type(obj).__name__!r})")
     return obj
-
-
-def refused_exception(cls: type[BaseException]) -> str | None:
-    """Why ``cls`` cannot be in ``on:`` (a retry on it could never happen), or None."""
-    from choreo_cli.errors import Cancel
-
-    if not issubclass(cls, Exception):
-        return f"{cls.__name__} is not an Exception class: it is never retried"
-    if issubclass(cls, Cancel):
-        return f"{cls.__name__} cancels the record: it is never retried"
-    return None
 
 
 def build_retry_policy(spec: Mapping[str, Any], on: tuple[type[BaseException], ...]) -> RetryPolicy:

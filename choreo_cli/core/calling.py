@@ -11,13 +11,13 @@ import types
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from choreo_cli.core.signatures import CallSpec, Mismatch, json_type_name
 from choreo_cli.errors import Cancel, StepDefinitionError, StepTimeout, UnassignableInput
-from choreo_cli.signatures import CallSpec, Mismatch, json_type_name
 
 if TYPE_CHECKING:
-    from choreo_cli.context import Context, _RunFlags
-    from choreo_cli.coordinator import Planned, Step
-    from choreo_cli.workers import Worker
+    from choreo_cli.core.context import Context, _RunFlags
+    from choreo_cli.core.step import Planned, Step
+    from choreo_cli.core.workers import Worker
 
 T = TypeVar("T")
 
@@ -120,6 +120,7 @@ def wait_to_retry(
     """Re-raise ``exc`` if the policy does not retry it (or attempts are used up); else log
     the failed attempt, wait the policy's delay and return the Context for the next one."""
     policy = planned.retry
+    assert policy is not None  # only a job with a retry policy is retried
     if attempt >= policy.attempts or not isinstance(exc, policy.on):
         raise exc
     wait = policy.wait(attempt)
@@ -154,7 +155,7 @@ def check_options(step: Step, job_name: str) -> None:
             f"retry.attempts is {retry.attempts}: the job would never be retried; "
             "set it to 2 or more, or remove retry"
         )
-    from choreo_cli.retry_policy import refused_exception
+    from choreo_cli.core.retry import refused_exception
 
     for cls in retry.on:
         if not (isinstance(cls, type) and issubclass(cls, BaseException)):

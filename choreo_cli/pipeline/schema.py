@@ -9,13 +9,13 @@ from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from choreo_cli.problems import Problem
+from choreo_cli.pipeline.problems import Problem
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
 
-    from choreo_cli.yaml_loader import YamlDocument, YamlPath
+    from choreo_cli.pipeline.yaml_loader import YamlDocument, YamlPath
 
 SCHEMA_RESOURCE = "schemas/pipeline.schema.json"
 
@@ -57,7 +57,7 @@ def _validator() -> Draft202012Validator:
 def check_structure(document: YamlDocument, *, file: str) -> list[Problem]:
     """Validate loaded YAML against the schema; one problem per thing wrong, in file order.
 
-    >>> from choreo_cli.yaml_loader import load_yaml
+    >>> from choreo_cli.pipeline.yaml_loader import load_yaml
     >>> [p.message for p in check_structure(load_yaml("version: 1\\nsteps: []"), file="p.yaml")]
     ["'steps' is empty — add at least one step"]
     """

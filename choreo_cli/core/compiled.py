@@ -5,62 +5,72 @@ step of every record, for unpacking the description and testing how to call each
 callable. Here those decisions are taken once, when the steps are known: the steps are
 unrolled into straight-line code whose only per-step work is the interruption check, the
 calls and storing what they return. The rare paths (a Skip, an error, an interruption)
-call back into the coordinator, so the semantics live in one place (coordinator.py) and
-this module only decides *how* the common path is spelled. This is what dataclasses and
-attrs do for ``__init__``.
+call back into the plan's ``Outcomes`` (outcomes.py), so the semantics live in one place
+and this module only decides *how* the common path is spelled. This is what dataclasses
+and attrs do for ``__init__``; ``interpreted.py`` is the same semantics as a plain loop,
+the reference these runners are tested against (``CHOREO_RUNNER=interpreted`` selects it).
 
 The same record code is spelt four ways: ``run`` (one record), ``run_serial`` (a stream
-of items, one worker), ``run_lines`` (JSON lines parsed in the loop, and the line of a
-record without errors written from a template: `choreo run`'s loop) and ``run_async``
-(one record, awaiting its async callables on the worker's event loop: the thread pool's).
+of items, one worker), ``run_async`` (one record, awaiting its async callables on the
+worker's event loop: the thread pool's) and, in ``choreo_cli.jsonl.line_runner``,
+``run_lines`` (JSON lines parsed in the loop: `choreo run`'s loop).
+
+The builders (``record_source``, ``async_source``, ``record_body``) return source and the
+names it uses, and change nothing; ``define`` runs the source and registers it with
+``linecache`` under a name of its own, so tracebacks, pdb and ``inspect.getsource`` show
+the generated lines.
 """
 
 from __future__ import annotations
 
+import itertools
+import linecache
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from choreo_cli.calling import awaited
-from choreo_cli.context import DataBag
+from choreo_cli.core.calling import awaited
+from choreo_cli.core.context import DataBag
+from choreo_cli.core.items import InvalidLine, Record
 from choreo_cli.errors import Skip
-from choreo_cli.items import InvalidLine, Record
-from choreo_cli.output import SkipTemplates
-from choreo_cli.records import reason_for
 
 if TYPE_CHECKING:
-    from choreo_cli.coordinator import Coordinator, Planned
+    from choreo_cli.core.plan import Plan
+    from choreo_cli.core.signatures import CallSpec
 
 RecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Any]
 SerialRunner = Callable[[Iterable[Any], Any], Iterator[Any]]
 AsyncRecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Awaitable[Any]]
-LineRunner = Callable[
-    [
-        Iterable[list[bytes]],
-        Any,
-        bytes,
-        Callable[[bytes], None],
-        Callable[[Any], Any],
-        "Callable[[Any], Any] | None",
-    ],
-    Iterator[int],
-]
+
+_serial_numbers = itertools.count(1)
 
 
-def compile_runner(
-    coordinator: Coordinator, plan: list[Planned]
-) -> tuple[RecordRunner, SerialRunner]:
-    """Compile the steps into ``run(value, index, line, raw, worker) -> Result`` (one record)
-    and ``run_serial(records, worker)`` (a generator of Results, one worker, no call per
-    record); both spell out the same step code."""
-    namespace = _namespace(coordinator)
-    body = _record_body(
-        namespace, plan, dry=coordinator._flags.dry_run, timings=coordinator.timings
-    )
+@dataclass(frozen=True)
+class Generated:
+    """Generated source, the names it reads (``namespace``) and the functions it defines."""
+
+    source: str
+    namespace: dict[str, Any]
+    functions: tuple[str, ...]
+
+
+def record_source(plan: Plan) -> Generated:
+    """The source of ``run(value, index, line, raw, worker) -> Result`` (one record) and
+    ``run_serial(records, worker)`` (a generator of Results, one worker, no call per
+    record); both spell out the same step code.
+
+    >>> from choreo_cli.core.coordinator import Coordinator
+    >>> from choreo_cli.core.step import Step
+    >>> coordinator = Coordinator(timings=False)
+    >>> coordinator.add_step(Step(name="greet", job=lambda ctx, record: record))
+    >>> print(record_source(coordinator.plan).source.splitlines()[0])
+    def run(value, index, line, raw, worker):
+    """
+    body, namespace = record_body(plan)
     single = ["def run(value, index, line, raw, worker):"]
-    single += _spell(body, 1, lambda result: [f"return {result}"])
+    single += spell(body, 1, lambda result: [f"return {result}"])
     serial = [
         "def run_serial(records, worker):",
         "    if flags.interrupted:",
@@ -83,38 +93,43 @@ def compile_runner(
         "            line = raw = None",
     ]
     # A record's end: hand its Result over, then stop reading if interrupted.
-    serial += _spell(
+    serial += spell(
         body,
         2,
         lambda result: [f"yield {result}", "if flags.interrupted:", "    return", "continue"],
     )
     source = "\n".join(single) + "\n\n\n" + "\n".join(serial) + "\n"
-    run, run_serial = _define(source, ("run", "run_serial"), namespace, coordinator)
+    return Generated(source, namespace, ("run", "run_serial"))
+
+
+def async_source(plan: Plan) -> Generated:
+    """The source of ``async def run_async(value, index, line, raw, worker)``: the code of
+    ``run``, for a record run by a task on the worker's event loop (the thread pool's,
+    see workers.py), which awaits each async callable in place."""
+    from asyncio import events
+
+    body, namespace = record_body(plan, awaiting=True)
+    namespace["ainvoke"] = plan.ainvoke
+    namespace["awaited"] = awaited
+    namespace["leave_loop"] = events._set_running_loop
+    source = ["async def run_async(value, index, line, raw, worker):"]
+    source += spell(body, 1, lambda result: [f"return {result}"])
+    return Generated("\n".join(source) + "\n", namespace, ("run_async",))
+
+
+def compile_runner(plan: Plan) -> tuple[RecordRunner, SerialRunner]:
+    """``run`` and ``run_serial`` of ``record_source``, defined."""
+    run, run_serial = define(record_source(plan), plan)
     return run, run_serial
 
 
-def compile_async_runner(coordinator: Coordinator, plan: list[Planned]) -> AsyncRecordRunner:
-    """Compile the steps into ``async def run_async(value, index, line, raw, worker)``: the
-    code of ``run``, for a record run by a task on the worker's event loop (the thread
-    pool's, see workers.py), which awaits each async callable in place."""
-    from asyncio import events
-
-    namespace = _namespace(coordinator)
-    namespace["ainvoke"] = coordinator._ainvoke
-    namespace["awaited"] = awaited
-    namespace["leave_loop"] = events._set_running_loop
-    body = _record_body(
-        namespace, plan, dry=coordinator._flags.dry_run, timings=coordinator.timings, awaiting=True
-    )
-    source = ["async def run_async(value, index, line, raw, worker):"]
-    source += _spell(body, 1, lambda result: [f"return {result}"])
-    run_async: AsyncRecordRunner = _define(
-        "\n".join(source) + "\n", ("run_async",), namespace, coordinator
-    )[0]
+def compile_async_runner(plan: Plan) -> AsyncRecordRunner:
+    """``run_async`` of ``async_source``, defined."""
+    run_async: AsyncRecordRunner = define(async_source(plan), plan)[0]
     return run_async
 
 
-def _spell(body: list[str], indent: int, end: Callable[[str], list[str]]) -> list[str]:
+def spell(body: list[str], indent: int, end: Callable[[str], list[str]]) -> list[str]:
     """``body`` indented ``indent`` levels, each ``EXIT x`` replaced by the lines ``end(x)``."""
     lines: list[str] = []
     for line in body:
@@ -127,21 +142,29 @@ def _spell(body: list[str], indent: int, end: Callable[[str], list[str]]) -> lis
     return lines
 
 
-def _define(
-    source: str, names: tuple[str, ...], namespace: dict[str, Any], coordinator: Coordinator
-) -> list[Any]:
-    """Run ``source`` in ``namespace``; return the functions ``names`` it defines, each with
-    the source as its docstring (what runs, for whoever debugs it)."""
-    code = compile(source, f"<choreo steps of coordinator {id(coordinator):#x}>", "exec")
-    exec(code, namespace)
-    functions = [namespace[name] for name in names]
-    for function in functions:
-        function.__doc__ = source
+def define(generated: Generated, plan: Plan) -> list[Any]:
+    """Run ``generated.source`` in a copy of its namespace and return the functions it
+    defines. The source is registered with ``linecache`` under a name of its own (the
+    functions and the steps, numbered), for as long as the first function lives."""
+    steps = ", ".join(repr(name) for name in plan.step_names[:3])
+    if len(plan.step_names) > 3:
+        steps += ", ..."
+    filename = (
+        f"<choreo generated {'/'.join(generated.functions)} for steps "
+        f"[{steps}] #{next(_serial_numbers)}>"
+    )
+    namespace = dict(generated.namespace)
+    exec(compile(generated.source, filename, "exec"), namespace)
+    functions = [namespace[name] for name in generated.functions]
+    lines = generated.source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(generated.source), None, lines, filename)
+    weakref.finalize(functions[0], linecache.cache.pop, filename, None)
     return functions
 
 
-def _namespace(coordinator: Coordinator) -> dict[str, Any]:
-    """The names the generated code uses: the coordinator's rare paths and helpers."""
+def base_namespace(plan: Plan) -> dict[str, Any]:
+    """The names every generated runner uses: the plan's rare paths and helpers."""
+    outcomes = plan.outcomes
     return {
         "perf_counter": perf_counter,
         "_new": object.__new__,
@@ -149,139 +172,29 @@ def _namespace(coordinator: Coordinator) -> dict[str, Any]:
         "Skip": Skip,
         "Record": Record,
         "InvalidLine": InvalidLine,
-        "names": coordinator._names,
-        "flags": coordinator._flags,
-        "Clean": coordinator._clean,
-        "on_skip": coordinator._on_skip,
-        "on_precheck_error": coordinator._on_precheck_error,
-        "on_job_error": coordinator._on_job_error,
-        "on_interrupted": coordinator._on_interrupted,
-        "on_invalid": coordinator._invalid,
-        "finish": coordinator._finish,
-        "invoke": coordinator._invoke,
+        "names": plan.names,
+        "flags": plan.flags,
+        "Clean": plan.clean,
+        "on_skip": outcomes.on_skip,
+        "on_precheck_error": outcomes.on_precheck_error,
+        "on_job_error": outcomes.on_job_error,
+        "on_interrupted": outcomes.on_interrupted,
+        "on_invalid": outcomes.invalid,
+        "finish": outcomes.finish,
+        "invoke": plan.invoke,
     }
 
 
-def compile_line_runner(
-    coordinator: Coordinator, plan: list[Planned], *, keep_raw: bool
-) -> LineRunner:
-    """Compile the steps into ``run_lines(batches, worker, clean_line, put, emit, tally)``:
-    the serial loop of `choreo run`, fused with JSON parsing and the writing of lines.
-
-    ``batches`` yields lists of input lines (bytes, without their ``\n``), as
-    ``JsonlReader.iter_line_lists`` does. Each record that ran every step without an error
-    costs no Record and no Result: ``put(clean_line % (index, line))`` writes its line.
-    With ``tally``, a record that succeeded with skipped jobs (a re-run's common record)
-    costs no Result either once its pattern is known: its line from the pattern's
-    template goes to ``put``, and ``tally`` gets the pattern's Result (for the counts).
-    Every other record (invalid, failed, cancelled, the first of a skip pattern) is built
-    by the coordinator's rare paths and handed to ``emit(result)``; a true return stops
-    reading. The generator yields, after each batch, how many clean records it held; it
-    stops after the first record ended by an interruption.
-    """
-    skip_templates = SkipTemplates()
-    namespace: dict[str, Any] = {
-        **_namespace(coordinator),
-        "loads": orjson.loads,
-        "decode_error": orjson.JSONDecodeError,
-        "reason": reason_for,
-        "skip_line": skip_templates.line,
-        "learn_skips": skip_templates.learn,
-    }
-    clean_exit = [
-        "put(clean_line % (index, line))",
-        "clean += 1",
-        "if flags.interrupted:",
-        "    yield clean",
-        "    return",
-        "continue",
-    ]
-    # A succeeded record whose prechecks skipped jobs (with Skip), of a known pattern: its
-    # line from a template (its bag is reused, as a clean record's). The first of a
-    # pattern teaches it.
-    # A job with retry: puts ``attempts`` in the line, which no template has (today its
-    # pattern never gets one, since every such line has attempts: this keeps it so).
-    retries = " and ctx._attempts is None" if any(p.retry is not None for p in plan) else ""
-    skip_exit = [
-        f"if tally is not None and pattern > 0{retries}:",
-        "    written = skip_line(pattern, index, line, errors)",
-        "    if written is not None:",
-        "        put(written[0])",
-        "        tally(written[1])",
-        "        if flags.interrupted:",
-        "            yield clean",
-        "            return",
-        "        continue",
-        f"    result = finish(ctx, raw, started, errors, skipped, {len(plan)})",
-        "    learn_skips(pattern, result)",
-        "    EXIT result",
-    ]
-    body = _record_body(
-        namespace,
-        plan,
-        dry=coordinator._flags.dry_run,
-        timings=coordinator.timings,
-        clean_exit=clean_exit,
-        reuse_bag=True,
-        skip_exit=skip_exit,
-    )
-    raw = "data + NEWLINE" if keep_raw else "None"
-    namespace["NEWLINE"] = b"\n"
-    source = [
-        "def run_lines(batches, worker, clean_line, put, emit, tally):",
-        "    if flags.interrupted:",
-        "        return",
-        "    number = 0",
-        "    index = -1",
-        "    for lines in batches:",
-        "        clean = 0",
-        "        for line, data in enumerate(lines, number + 1):",
-        "            try:",
-        "                value = loads(data)",
-        "            except decode_error as exc:",
-        "                if not data.strip():",
-        "                    continue",
-        "                index += 1",
-        f"                item = InvalidLine(line, reason(data, exc), {raw}, index)",
-        "                if emit(on_invalid(item, index)) or flags.interrupted:",
-        "                    yield clean",
-        "                    return",
-        "                continue",
-        "            index += 1",
-        f"            raw = {raw}",
-    ]
-    # A record that did not end clean: its Result keeps the bag, so the worker gets a new one.
-    source += _spell(
-        body,
-        3,
-        lambda result: [
-            f"result = {result}",
-            "worker.ctx.bag = DataBag(names)",
-            "if emit(result) or flags.interrupted:",
-            "    yield clean",
-            "    return",
-            "continue",
-        ],
-    )
-    source += ["        number += len(lines)", "        yield clean"]
-    run_lines: LineRunner = _define(
-        "\n".join(source) + "\n", ("run_lines",), namespace, coordinator
-    )[0]
-    return run_lines
-
-
-def _record_body(
-    namespace: dict[str, Any],
-    plan: list[Planned],
+def record_body(
+    plan: Plan,
     *,
-    dry: bool,
-    timings: bool,
     clean_exit: list[str] | None = None,
     reuse_bag: bool = False,
     awaiting: bool = False,
     skip_exit: list[str] | None = None,
-) -> list[str]:
-    """The code of one record, at indent 0; ``EXIT x`` marks where the record ends with x.
+) -> tuple[list[str], dict[str, Any]]:
+    """The code of one record, at indent 0 (``EXIT x`` marks where the record ends with
+    x), and the names it reads.
 
     ``clean_exit``: the code that ends a record without errors, instead of building its
     Result. ``reuse_bag``: empty the worker's DataBag for the record instead of making
@@ -291,6 +204,8 @@ def _record_body(
     Result of a record that ran every step with errors (prechecks that skipped jobs) is
     built; it may end the record itself.
     """
+    namespace = base_namespace(plan)
+    timings = plan.timings
     # Reading the clock twice is a third of the cost of a trivial record: without timings
     # (choreo run writes none) ``duration`` is None.
     lines = ["started = perf_counter()" if timings else "started = None", "ctx = worker.ctx"]
@@ -307,16 +222,16 @@ def _record_body(
     ]
     # Only record conversion (the general call path) fills ``_conv``, and only a timeout
     # sets ``timed_out``: a plan without them has nothing of the kind to reset.
-    if any(spec.adapter is not None for p in plan for spec in (p.pre, p.job) if spec):
+    if any(spec.adapter is not None for p in plan.steps for spec in p.specs()):
         lines.append("ctx._conv = None")
-    if any(p.timeout is not None for p in plan):
+    if any(p.timeout is not None for p in plan.steps):
         lines.append("ctx.timed_out = False")
     lines.append("errors = skipped = None")
     if skip_exit:
         # Bit i: the precheck of step i raised Skip; -1 (every bit, for good): another
         # exception skipped a job.
         lines.append("pattern = 0")
-    for i, planned in enumerate(plan):
+    for i, planned in enumerate(plan.steps):
         namespace[f"frame_{i}"] = planned.frame
         namespace[f"key_{i}"] = planned.key
         namespace[f"step_{i}"] = planned
@@ -350,7 +265,7 @@ def _record_body(
                 f"            bag._pre[key_{i}] = v",
             ]
             job_indent = "    "
-        if dry:
+        if plan.dry_run:
             continue
         call = _call(
             namespace,
@@ -384,20 +299,19 @@ def _record_body(
             "EXIT result",
         ]
     # Only a retry records attempts: without one, no error means a clean record.
-    retries = any(p.retry is not None for p in plan)
     lines += [
-        "if errors is None and ctx._attempts is None:" if retries else "if errors is None:",
+        "if errors is None and ctx._attempts is None:" if plan.has_retry else "if errors is None:",
         *(f"    {line}" for line in clean_exit),
         *(skip_exit or []),
-        f"EXIT finish(ctx, raw, started, errors, skipped, {len(plan)})",
+        f"EXIT finish(ctx, raw, started, errors, skipped, {len(plan.steps)})",
     ]
-    return lines
+    return lines, namespace
 
 
 def _call(
     namespace: dict[str, Any],
     slot: str,
-    spec: Any,
+    spec: CallSpec,
     spec_expr: str,
     general: bool,
     awaiting: bool = False,
@@ -423,7 +337,7 @@ def _call(
 
 
 def _plain_call(
-    namespace: dict[str, Any], slot: str, spec: Any, spec_expr: str, general: bool
+    namespace: dict[str, Any], slot: str, spec: CallSpec, spec_expr: str, general: bool
 ) -> list[str]:
     if general or spec.is_async or (spec.adapter is not None and spec.check is None):
         # Record conversion, async, timeout or retry: the coordinator's general path.

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from choreo_cli.exit_codes import ExitCode
+from choreo_cli.core.exit_codes import ExitCode
 
 STATUSES = ("succeeded", "failed", "cancelled", "invalid")
 STEP_COUNTS = ("ran", "skipped", "failed", "cancelled", "would_run")
@@ -22,7 +22,7 @@ _SIGNAL_CODES = {
 
 
 class SummarizedResult(Protocol):
-    """The part of ``choreo_cli.result.Result`` the summary reads."""
+    """The part of ``choreo_cli.core.result.Result`` the summary reads."""
 
     status: str
     error: Any

@@ -10,13 +10,12 @@ import logging
 import os
 import sys
 import time
-from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 if TYPE_CHECKING:
     from rich.console import Console as RichConsole
 
-    from choreo_cli.summary import RunSummary
+    from choreo_cli.core.summary import RunSummary
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s%(choreo_record)s"
 
@@ -152,7 +151,7 @@ def render_summary(summary: RunSummary, stream: TextIO | None = None) -> None:
 def format_summary(summary: RunSummary) -> str:
     """The summary as plain text.
 
-    >>> from choreo_cli.summary import RunSummary
+    >>> from choreo_cli.core.summary import RunSummary
     >>> times = iter([0.0, 2.0])
     >>> summary = RunSummary(["create"], clock=lambda: next(times))
     >>> summary.finish()
@@ -360,40 +359,6 @@ def build_progress(
 _HANDLER_MARK = "_choreo_handler"
 
 
-class _RecordFilter(logging.Filter):
-    """Adds which record a step's log line is about: `` (record 3, line 4)``.
-
-    The record is found from the ``ctx`` of the calling frames, only when a line is
-    logged, so the hot loop pays nothing for it.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if hasattr(record, "choreo_record"):
-            return True  # found where it was logged (a worker process sent it)
-        record.choreo_record = ""
-        if record.name.startswith("choreo.step."):
-            from choreo_cli.context import Context
-
-            frame: FrameType | None = sys._getframe(1)
-            for _ in range(30):
-                if frame is None:
-                    break
-                ctx = frame.f_locals.get("ctx")
-                if isinstance(ctx, Context):
-                    where = f"record {ctx.index}"
-                    if ctx.line is not None:
-                        where += f", line {ctx.line}"
-                    record.choreo_record = f" ({where})"
-                    break
-                frame = frame.f_back
-        return True
-
-
-def record_filter() -> logging.Filter:
-    """A filter giving each record ``choreo_record``: which record a step logged about."""
-    return _RecordFilter()
-
-
 def setup_logging(level: str | int = "WARNING", stream: TextIO | None = None) -> logging.Logger:
     """Send the ``choreo`` loggers (step loggers are ``choreo.step.<step>``) to stderr.
 
@@ -426,6 +391,8 @@ def setup_logging(level: str | int = "WARNING", stream: TextIO | None = None) ->
     else:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    from choreo_cli.core.step_logs import record_filter
+
     handler.addFilter(record_filter())
     setattr(handler, _HANDLER_MARK, True)
     logger.addHandler(handler)

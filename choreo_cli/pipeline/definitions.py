@@ -1,0 +1,140 @@
+"""What a pipeline file defines: its steps, callables and resources, as read and checked."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from choreo_cli.errors import PipelineError, StepDefinitionError
+from choreo_cli.pipeline.problems import Problem
+
+if TYPE_CHECKING:
+    from choreo_cli.core.coordinator import Coordinator
+    from choreo_cli.core.resources import ResourceSpec
+    from choreo_cli.core.retry import RetryPolicy
+    from choreo_cli.core.step import Step
+
+
+@dataclass(frozen=True)
+class CallDefinition:
+    """A callable named in the file: its reference text, ``with:`` keywords and position.
+
+    ``target`` is the imported object, or None when the file was read without importing.
+    """
+
+    reference: str
+    with_: Mapping[str, Any]
+    target: Any
+    file: str
+    line: int
+    column: int
+
+    def problem(self, message: str) -> Problem:
+        """A problem positioned at this reference."""
+        return Problem(self.file, self.line, self.column, message)
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    """One step as written in the file (after interpolation and ``defaults:``)."""
+
+    name: str
+    job: CallDefinition
+    precheck: CallDefinition | None = None
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    description: str | None = None
+
+    def to_step(self) -> Step:
+        """The coordinator's Step; its callables are named by their reference text."""
+        from choreo_cli.core.coordinator import Step
+
+        precheck = self.precheck
+        return Step(
+            name=self.name,
+            job=_target(self.job),
+            precheck=None if precheck is None else _target(precheck),
+            job_with=self.job.with_,
+            precheck_with=None if precheck is None else precheck.with_,
+            job_name=self.job.reference,
+            precheck_name=None if precheck is None else precheck.reference,
+            retry=self.retry,
+            timeout=self.timeout,
+            description=self.description,
+        )
+
+
+@dataclass(frozen=True)
+class ResourceDefinition:
+    """A resource as written in the file: ``factory(**with)``, built per pipeline or per worker."""
+
+    name: str
+    factory: CallDefinition
+    scope: Literal["pipeline", "worker"] = "pipeline"
+
+    def to_spec(self) -> ResourceSpec:
+        """The coordinator's ResourceSpec (the factory is not called here)."""
+        from choreo_cli.core.resources import ResourceSpec
+
+        return ResourceSpec(
+            name=self.name,
+            factory=_target(self.factory),
+            kwargs=self.factory.with_,
+            scope=self.scope,
+            factory_name=self.factory.reference,
+        )
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A loaded pipeline file; ``coordinator()`` turns it into a ready Coordinator.
+
+    >>> pipeline = load_pipeline("pipeline.yaml")  # doctest: +SKIP
+    >>> with pipeline.coordinator(workers=4) as coordinator:  # doctest: +SKIP
+    ...     results = list(coordinator.run_many(records))
+    """
+
+    path: Path
+    name: str | None
+    description: str | None
+    workers: int
+    python_path: tuple[Path, ...]
+    values: Mapping[str, Any]
+    steps: tuple[StepDefinition, ...]
+    resources: tuple[ResourceDefinition, ...] = ()
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
+
+    def coordinator(
+        self, workers: int | None = None, *, dry_run: bool = False, timings: bool = True
+    ) -> Coordinator:
+        """A Coordinator with this pipeline's values, resources and steps (nothing built yet).
+
+        ``timings=False``: results carry no duration (``choreo run`` writes none), which
+        makes each record cheaper. Raises PipelineError, positioned at the reference, when
+        a step cannot be added.
+        """
+        from choreo_cli.core.coordinator import Coordinator
+
+        coordinator = Coordinator(
+            workers=self.workers if workers is None else workers,
+            values=self.values,
+            resources={r.name: r.to_spec() for r in self.resources},
+            dry_run=dry_run,
+            timings=timings,
+        )
+        for step in self.steps:
+            try:
+                coordinator.add_step(step.to_step())
+            except StepDefinitionError as exc:
+                call = step.precheck if exc.phase == "precheck" and step.precheck else step.job
+                raise PipelineError([call.problem(str(exc))]) from exc
+        return coordinator
+
+
+def _target(call: CallDefinition) -> Callable[..., Any]:
+    if call.target is None:
+        raise PipelineError([call.problem(f"{call.reference!r} was not imported")])
+    target: Callable[..., Any] = call.target
+    return target
