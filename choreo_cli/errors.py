@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1) -> str:
+    """The end of a message suggesting the closest of ``choices`` to ``word``, or "".
+
+    >>> did_you_mean("retrys", ["retry", "timeout"])
+    " — did you mean 'retry'?"
+    >>> did_you_mean("zzz", ["retry"])
+    ''
+    """
+    import difflib  # only when a message is made
+
+    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    if not close:
+        return ""
+    return " — did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
 
 
 class ChoreoError(Exception):

@@ -1,4 +1,4 @@
-"""Process exit codes of the ``choreo`` commands, as one enum (design.md §5)."""
+"""Process exit codes of the ``choreo`` commands, as one enum (the README's "Exit codes")."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 import types
@@ -11,7 +10,7 @@ import typing
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from choreo_cli.errors import StepDefinitionError
+from choreo_cli.errors import StepDefinitionError, did_you_mean
 
 _P = inspect.Parameter
 _POSITIONAL = (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
@@ -100,8 +99,7 @@ def inspect_callable(
             accepted = [
                 p.name for p in params if p.kind in (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)
             ]
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f" — did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, accepted)
             raise fail(f"does not accept the keyword argument {key!r} given in with:{hint}", key)
     for param in params:
         if param.kind is _P.KEYWORD_ONLY and param.default is _P.empty and param.name not in keys:
@@ -127,7 +125,7 @@ def inspect_callable(
     if takes_record and len(positional) >= 2:
         declared = _declared_type(fn, positional[1])
         adapter = _shared_adapter(declared)
-        annotation = type_name(declared)
+        annotation = annotation_text(declared)
 
     bound = functools.partial(fn, **kwargs) if kwargs else fn
     return CallSpec(
@@ -169,7 +167,7 @@ def _declared_type(fn: Any, param: inspect.Parameter) -> Any:
     return annotation
 
 
-def type_name(tp: Any) -> str:
+def annotation_text(tp: Any) -> str:
     """How a declared type reads in messages."""
     if tp is Any:
         return "Any"

@@ -155,8 +155,8 @@ class ThreadPool:
         A record's async callables are then awaited in place (``run_item_async``): no task
         and no run of the loop of their own per call, which is most of what a call costs
         in the time the thread holds the GIL. With dozens of threads taking turns at the
-        GIL, each such microsecond delays the others (issue 6: the efficiency of 64 workers
-        whose job sleeps 5 ms).
+        GIL, each such microsecond delays the others (the README's "Scaling out": 64
+        workers whose job sleeps 5 ms; `bench/bench_executors.py` measures it).
 
         Two things a call run with ``run()`` would see are kept: a KeyboardInterrupt or
         SystemExit that another task or a callback raises out of the loop is raised by the

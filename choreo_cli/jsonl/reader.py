@@ -71,7 +71,7 @@ class JsonlReader:
         """Yield the stream's lines (bytes, without ``\\n``; blank ones included, so a
         line's number is its position) in lists of at most ``max_lines``.
 
-        This is what ``Coordinator.run_lines`` reads: it parses the lines itself.
+        This is what ``choreo_cli.jsonl.line_runner.run_lines`` reads: it parses the lines itself.
         """
         for lines in self._iter_lines():
             if len(lines) <= max_lines:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import os
 import sys
-import sysconfig
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from choreo_cli.errors import PipelineError
 from choreo_cli.pipeline.definitions import Pipeline
 from choreo_cli.pipeline.problems import Problem
+from choreo_cli.pipeline.refs import library_dirs
 
 
 def load_pipeline(
@@ -132,15 +131,8 @@ def _is_user_module(name: str, module: Any) -> bool:
     files = [f for f in files if isinstance(f, str)]
     if not files:
         return False  # a builtin module
-    library = _library_dirs()
+    library = library_dirs()
     return not all(f.startswith(library) or os.path.abspath(f).startswith(library) for f in files)
-
-
-@functools.lru_cache(maxsize=1)
-def _library_dirs() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    keys = ("stdlib", "platstdlib", "purelib", "platlib")
-    return tuple(os.path.join(os.path.abspath(paths[k]), "") for k in keys if k in paths)
 
 
 def _in_order(problems: list[Problem]) -> list[Problem]:

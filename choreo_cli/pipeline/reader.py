@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from choreo_cli.core.retry import RetryPolicy, refused_exception
-from choreo_cli.errors import StepDefinitionError
+from choreo_cli.errors import StepDefinitionError, did_you_mean
 from choreo_cli.pipeline.problems import Problem, Severity
 from choreo_cli.pipeline.refs import ReferenceResolutionError, parse_reference, resolve_reference
 from choreo_cli.pipeline.retry import build_retry_policy, resolve_exception
@@ -210,11 +210,8 @@ class PipelineReader:
                 if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
             }
             unknown = [key for key in factory.with_ if key not in named]
-        from choreo_cli.pipeline.schema import did_you_mean
-
         for key in unknown:
-            close = did_you_mean(key, sorted(named))
-            hint = f" — did you mean '{close}'?" if close else ""
+            hint = did_you_mean(key, sorted(named))
             self.problem(
                 (*path, "with", key),
                 f"{label} does not accept the keyword argument '{key}' given in with:{hint}",

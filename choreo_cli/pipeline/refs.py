@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import os
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
-from choreo_cli.errors import ChoreoError
+from choreo_cli.errors import ChoreoError, did_you_mean
 
 ENTRY_POINT_GROUP = "choreo.callables"
 
@@ -154,9 +153,9 @@ def _submodule(obj: Any, part: str, *, text: str) -> ModuleType | None:
 
 def _suggest(part: str, obj: Any) -> str:
     names = [n for n in dir(obj) if not n.startswith("_") or part.startswith("_")]
-    close = difflib.get_close_matches(part, names, n=3, cutoff=0.6)
-    if close:
-        return " — did you mean " + " or ".join(f"'{n}'" for n in close) + "?"
+    hint = did_you_mean(part, names, n=3)
+    if hint:
+        return hint
     if isinstance(obj, ModuleType):
         defined = [
             n
@@ -175,14 +174,9 @@ def _load_entry_point(name: str) -> Any:
     found = entry_points(group=ENTRY_POINT_GROUP)
     matches = [ep for ep in found if ep.name == name]
     if not matches:
-        close = difflib.get_close_matches(name, sorted(ep.name for ep in found), n=1)
-        hint = (
-            f" — did you mean '{close[0]}'?"
-            if close
-            else (
-                " — write 'module:function' for a callable in your own code, or install "
-                "the package that provides it"
-            )
+        hint = did_you_mean(name, sorted(ep.name for ep in found)) or (
+            " — write 'module:function' for a callable in your own code, or install "
+            "the package that provides it"
         )
         raise ReferenceResolutionError(
             f"no entry point named '{name}' in group '{ENTRY_POINT_GROUP}'{hint}",
@@ -210,7 +204,7 @@ def user_location(exc: BaseException) -> tuple[str, int] | None:
         for frame in traceback.extract_tb(exc.__traceback__)
         if not frame.filename.startswith("<") and frame.filename != __file__
     ]
-    library = _library_dirs()
+    library = library_dirs()
     own = [f for f in frames if not f.filename.startswith(library)]
     chosen = (own or frames)[-1:]
     if not chosen or chosen[0].lineno is None:
@@ -228,9 +222,12 @@ def display_path(filename: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _library_dirs() -> tuple[str, ...]:
+def library_dirs() -> tuple[str, ...]:
+    """The folders of the standard library and installed packages (each ending in a separator)."""
     import sysconfig
 
     paths = sysconfig.get_paths()
-    dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
-    return tuple(os.path.join(d, "") for d in dirs)
+    keys = ("stdlib", "platstdlib", "purelib", "platlib")
+    return tuple(
+        dict.fromkeys(os.path.join(os.path.abspath(paths[k]), "") for k in keys if k in paths)
+    )

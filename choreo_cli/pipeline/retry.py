@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import builtins
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 from choreo_cli.core.retry import RetryPolicy
+from choreo_cli.errors import did_you_mean
 from choreo_cli.pipeline.refs import ReferenceResolutionError, resolve_reference
 
 
@@ -37,11 +37,8 @@ def resolve_exception(name: str, *, import_code: bool = True) -> type[BaseExcept
         found = builtin_exception(name)
         if found is None:
             names = [n for n in dir(builtins) if builtin_exception(n) is not None]
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = (
-                f" — did you mean '{close[0]}'?"
-                if close
-                else (" — name a builtin exception, or write 'module:Class' for your own")
+            hint = did_you_mean(name, names) or (
+                " — name a builtin exception, or write 'module:Class' for your own"
             )
             raise ValueError(f"'{name}' is not a builtin exception{hint}")
         return found

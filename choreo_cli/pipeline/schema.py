@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from choreo_cli.errors import did_you_mean
 from choreo_cli.pipeline.problems import Problem
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def _object_fits(value: dict[str, Any], schema: dict[str, Any], root: dict[str, 
     return True
 
 
-def type_name(value: Any) -> str:
+def kind_of(value: Any) -> str:
     """How a value's type is named in messages: 'a string', 'a mapping', 'a list'..."""
     if value is None:
         return "null"
@@ -191,12 +191,6 @@ def type_name(value: Any) -> str:
         if isinstance(value, python_type):
             return name
     return f"a {type(value).__name__}"
-
-
-def did_you_mean(word: str, choices: list[str]) -> str | None:
-    """The closest of ``choices`` to ``word``, when one is close enough to suggest."""
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return close[0] if close else None
 
 
 def _subject(path: YamlPath) -> str:
@@ -249,7 +243,7 @@ def _describe_error(error: ValidationError, data: Any) -> list[tuple[YamlPath, s
         else:
             names = [expected] if isinstance(expected, str) else list(expected)
             wanted = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
-        return [(path, f"{subject} must be {wanted}, not {type_name(instance)}", False)]
+        return [(path, f"{subject} must be {wanted}, not {kind_of(instance)}", False)]
     if kind == "const" and path == ("version",):
         return [
             (
@@ -262,8 +256,7 @@ def _describe_error(error: ValidationError, data: Any) -> list[tuple[YamlPath, s
         choices = [str(c) for c in expected]
         listed = ", ".join(f"'{c}'" for c in choices)
         message = f"{subject} must be one of {listed}, not {instance!r}"
-        close = did_you_mean(str(instance), choices)
-        return [(path, f"{message} — did you mean '{close}'?" if close else message, False)]
+        return [(path, message + did_you_mean(str(instance), choices), False)]
     if kind in ("minimum", "exclusiveMinimum"):
         bound = "at least" if kind == "minimum" else "more than"
         return [(path, f"{subject} must be {bound} {expected}, not {instance!r}", False)]
@@ -295,9 +288,9 @@ def _unknown_keys(schema: dict[str, Any], instance: Any) -> list[tuple[str, str]
     for key in instance:
         if key in known or (extension and key.startswith("x-")):
             continue
-        close = did_you_mean(key, known)
-        if close:
-            found.append((key, f"unknown key '{key}' — did you mean '{close}'?"))
+        hint = did_you_mean(key, known)
+        if hint:
+            found.append((key, f"unknown key '{key}'{hint}"))
         else:
             allowed = ", ".join(known) + (", or x-... for your own anchors" if extension else "")
             found.append((key, f"unknown key '{key}' — allowed here: {allowed}"))
