@@ -1,8 +1,10 @@
-"""`--executor process`: worker processes for CPU-bound steps, each loading the pipeline itself.
+"""Parent side of `--executor process` (choreo's process): start workers, send batches, get results.
 
-Each worker has two pipes of its own (batches in, results out) so that a worker that
-dies takes nothing down with it: its in-flight records fail with ``WorkerDied``, the
-batches it had not started go to another worker, and a new worker takes its place.
+The workers (for CPU-bound steps) run ``process_worker.worker_main``: each loads the
+pipeline itself. Each worker has two pipes of its own (batches in, results out) so
+that a worker that dies takes nothing down with it: its in-flight records fail with
+``WorkerDied``, the batches it had not started go to another worker, and a new worker
+takes its place.
 """
 
 from __future__ import annotations
@@ -12,21 +14,17 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
-import queue
 import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from choreo_cli.errors import ResourceError
 from choreo_cli.executors import logs
-from choreo_cli.executors.base import PipelineSpec, WorkerDied, describe_exit
+from choreo_cli.executors.base import WorkerDied, describe_exit
 from choreo_cli.executors.batching import Batch, BatchExecutor
-from choreo_cli.executors.portable import Chunk, encode_chunk
-from choreo_cli.executors.runner import BatchRunner
+from choreo_cli.executors.process_worker import PROTOCOL, worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -38,9 +36,6 @@ if TYPE_CHECKING:
 PER_WORKER = 2
 # How long close() waits for a worker's teardown before it kills the worker.
 TEARDOWN_SECONDS = 60.0
-# How long a worker whose parent died waits for its record and teardown to end.
-ORPHAN_SECONDS = 5.0
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 class _Worker:
@@ -122,7 +117,7 @@ class ProcessExecutor(BatchExecutor):
         self._started += 1
         current = self._context.RawValue("q", -1)
         process = self._context.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(self._spec, tasks_in, results_out, self._flag, current),
             name=f"choreo-worker-{self._started}",
             daemon=True,
@@ -143,7 +138,7 @@ class ProcessExecutor(BatchExecutor):
         errors: list[str] = []
         for proc in self._procs:
             with contextlib.suppress(OSError):
-                proc.tasks.send_bytes(pickle.dumps(("close",), protocol=_PROTOCOL))
+                proc.tasks.send_bytes(pickle.dumps(("close",), protocol=PROTOCOL))
         deadline = time.monotonic() + TEARDOWN_SECONDS
         for proc in self._procs:
             errors.extend(self._await_teardown(proc, deadline))
@@ -207,7 +202,7 @@ class ProcessExecutor(BatchExecutor):
         proc.batches.append(batch)
         batch.ticket = proc
         try:
-            proc.tasks.send_bytes(pickle.dumps(("batch", batch.args), protocol=_PROTOCOL))
+            proc.tasks.send_bytes(pickle.dumps(("batch", batch.args), protocol=PROTOCOL))
         except OSError:
             self._bury(proc)
 
@@ -288,104 +283,3 @@ class ProcessExecutor(BatchExecutor):
                     self._resubmit(batch)
         if replace and not self._interrupted and not self._closed:
             self._procs.append(self._start())
-
-
-def _worker_main(
-    spec: PipelineSpec,
-    tasks: Connection,
-    results: Connection,
-    flag: Any,
-    current: Any,
-) -> None:
-    """A worker process: load the pipeline, build resources, run batches until told to close."""
-    # The parent coordinates interruption (design §6): a Ctrl-C on the terminal reaches
-    # the whole process group, and a worker must finish its records' results, not die.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    outbox = _Outbox(results)
-    logs.install(outbox.log, spec.log_level)
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    built: list[BatchRunner] = []  # the runner, once its resources are built
-    # Batches are read on their own thread so that the parent's sends never wait for
-    # this worker to finish a batch (both sides writing a full pipe would deadlock). It
-    # starts first: a parent killed while resources are being built is noticed too.
-    threading.Thread(target=_receive, args=(tasks, inbox, built), daemon=True).start()
-    try:
-        runner = BatchRunner(spec)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            outbox.send(pickle.dumps(("failed", _startup_message(exc))))
-        return
-    built.append(runner)
-    threading.Thread(target=_watch, args=(flag, runner), daemon=True).start()
-    try:
-        outbox.send(pickle.dumps(("ready", os.getpid())))
-        while True:
-            message = inbox.get()
-            if message is None:
-                break
-            started = perf_counter()
-
-            def flush(chunk: Chunk) -> None:
-                nonlocal started
-                now = perf_counter()
-                outbox.send(encode_chunk(chunk, "chunk", now - started, False))
-                started = now
-
-            rest = runner.run(message, flush, current)
-            outbox.send(encode_chunk(rest, "chunk", perf_counter() - started, True))
-    except OSError:
-        runner.interrupt("the parent process is gone")
-    errors = runner.close()
-    with contextlib.suppress(OSError):
-        outbox.send(pickle.dumps(("closed", errors)))
-
-
-class _Outbox:
-    """A worker's results pipe, written by the batch loop and by any thread that logs."""
-
-    __slots__ = ("_connection", "_lock")
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self._lock = threading.Lock()
-
-    def send(self, data: bytes) -> None:
-        with self._lock:
-            self._connection.send_bytes(data)
-
-    def log(self, attributes: dict[str, Any]) -> None:
-        self.send(pickle.dumps(("log", attributes), protocol=_PROTOCOL))
-
-
-def _receive(tasks: Connection, inbox: queue.SimpleQueue[Any], built: list[BatchRunner]) -> None:
-    while True:
-        try:
-            message = pickle.loads(tasks.recv_bytes())
-        except (EOFError, OSError):
-            # The parent is gone (killed): nobody will read a result. The record running
-            # stops before its next step and resources are torn down, unless a step (or
-            # a resource being built) holds on: then this process ends anyway.
-            for runner in built:
-                runner.interrupt("the parent process is gone")
-            inbox.put(None)
-            time.sleep(ORPHAN_SECONDS)
-            os._exit(1)
-        if message[0] == "close":
-            inbox.put(None)
-            return
-        inbox.put(message[1])
-
-
-def _watch(flag: Any, runner: BatchRunner) -> None:
-    while not flag.value:
-        time.sleep(0.02)
-    runner.interrupt()
-
-
-def _startup_message(exc: BaseException) -> str:
-    from choreo_cli.errors import ChoreoError
-
-    if isinstance(exc, ChoreoError):
-        return str(exc)
-    return f"worker process {os.getpid()} could not start: {type(exc).__name__}: {exc}"
