@@ -1,9 +1,10 @@
-"""`--executor dask`: batches of records as tasks on a Dask cluster (one given, or a local one).
+"""Parent side of `--executor dask` (choreo's process): start or reach a cluster, submit batches.
 
-Each Dask worker process loads the pipeline file itself, once per run, and keeps the
-loaded pipeline with its resources in a module-level cache until the run's end (a
-teardown task per worker). The file must be at the same path on every worker, with
-the same content, and its step modules importable there.
+Each batch is a task running ``dask_worker.run_batch``. Each Dask worker process loads
+the pipeline file itself, once per run, and keeps the loaded pipeline with its
+resources until the run's end (``dask_worker``: a teardown task per worker). The file
+must be at the same path on every worker, with the same content, and its step modules
+importable there.
 """
 
 from __future__ import annotations
@@ -14,19 +15,16 @@ import logging
 import pickle
 import queue
 import sys
-import threading
 import time
 from collections.abc import Mapping
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from choreo_cli.errors import ResourceError
 from choreo_cli.executors import logs
-from choreo_cli.executors.base import PipelineSpec, WorkerDied
+from choreo_cli.executors.base import WorkerDied
 from choreo_cli.executors.batching import Batch, BatchExecutor
-from choreo_cli.executors.dask_attempts import BATCH_ENDED, ProgressFile, earlier_attempt
-from choreo_cli.executors.portable import Chunk, encode_chunk, merge_chunks, rebuild_exception
-from choreo_cli.executors.runner import BatchArgs, BatchRunner
+from choreo_cli.executors.dask_worker import close_runner, open_runner, run_batch
+from choreo_cli.executors.portable import rebuild_exception
 
 if TYPE_CHECKING:
     from choreo_cli.pipeline.definitions import Pipeline
@@ -64,7 +62,7 @@ LOCAL_CLUSTER_CONFIG = {
     # (about 0.01 of a core).
     "distributed.worker.memory.monitor-interval": "1s",
     # A worker that dies counts against every batch queued on it, not only the one it was
-    # running; a batch run again skips the records its last attempt ran (run_batch), so
+    # running; a batch run again skips the records its last attempt ran (dask_worker), so
     # retrying is safe: the default of 3 would fail a batch queued on 4 dying workers.
     "distributed.scheduler.allowed-failures": 10,
 }
@@ -236,7 +234,7 @@ class DaskExecutor(BatchExecutor):
         # Pickled here: Dask would otherwise walk every record looking for futures in it.
         args = pickle.dumps(batch.args, protocol=pickle.HIGHEST_PROTOCOL)
         # A batch keeps its token when sent again: the new attempt finds what the last one
-        # ran before its worker died (see run_batch).
+        # ran before its worker died (see dask_worker.run_batch).
         _, token, killed = batch.ticket or (None, next(self._tokens), 0)
         future = client.submit(run_batch, self._spec, args, token, pure=False)
         batch.ticket = (future, token, killed)
@@ -341,108 +339,3 @@ def _future_error(future: Any) -> BaseException:
     if isinstance(exc, BaseException):
         return exc
     return rebuild_exception(("distributed", "TaskFailed", f"task {future.key} {future.status}"))
-
-
-# -- on the Dask workers ------------------------------------------------------------------
-
-
-class _WorkerRun:
-    """One run's pipeline on this worker, and its progress file."""
-
-    __slots__ = ("log", "progress", "runner")
-
-    def __init__(self, spec: PipelineSpec) -> None:
-        from distributed import get_worker
-
-        worker = get_worker()
-        topic = logs.topic(spec.run_id)
-        self.log = logs.install(
-            lambda record: worker.log_event(topic, pickle.dumps(record)), spec.log_level
-        )
-        self.runner = BatchRunner(spec)
-        self.progress = ProgressFile(spec.run_id, worker.address)
-
-
-_RUNS: dict[str, _WorkerRun] = {}
-_RUNS_LOCK = threading.Lock()
-
-
-def _run_of(spec: PipelineSpec) -> _WorkerRun:
-    with _RUNS_LOCK:
-        run = _RUNS.get(spec.run_id)
-        if run is None:
-            run = _RUNS[spec.run_id] = _WorkerRun(spec)
-        return run
-
-
-def open_runner(spec: PipelineSpec) -> list[str]:
-    """Load the pipeline and build its resources on this worker; the error, if any."""
-    try:
-        _run_of(spec)
-    except BaseException as exc:
-        from choreo_cli.errors import ChoreoError
-
-        if isinstance(exc, ChoreoError):
-            return [str(exc)]
-        return [f"{type(exc).__name__}: {exc}"]
-    return []
-
-
-def run_batch(spec: PipelineSpec, batch: bytes, token: int = 0) -> bytes:
-    """Run one pickled batch on this worker: its results, as a pickled list of parts, each
-    a pickled (time taken, chunk) for consecutive records of the batch.
-
-    ``token`` names the batch across attempts: when an earlier attempt's worker died,
-    this one takes back the results it journalled and does not run again the records it
-    ran or died running (those whose results were lost fail with WorkerDied).
-    """
-    started = perf_counter()
-    args: BatchArgs | None = pickle.loads(batch)
-    run = _run_of(spec)
-    slot = run.progress.slot() if token else None
-    if slot is None:
-        chunk = run.runner.run(args)  # type: ignore[arg-type]
-        return pickle.dumps([encode_chunk(chunk, perf_counter() - started)])
-    slot.begin(token)
-    parts: list[bytes] = []
-    died = None
-    earlier = earlier_attempt(spec.run_id, token)
-    if earlier is not None:
-        assert args is not None
-        args, died = earlier.resume(args)
-        parts = earlier.parts
-        for part in parts:
-            slot.write(part)
-
-    # Journalled as they come (a record that did not end clean comes alone), returned as
-    # one part: the parent unpickles a part per batch, not one per such record.
-    chunks: list[Chunk] = []
-    elapsed = 0.0
-
-    def flush(chunk: Chunk) -> None:
-        nonlocal started, elapsed
-        now = perf_counter()
-        slot.write(encode_chunk(chunk, now - started))
-        elapsed += now - started
-        started = now
-        chunks.append(chunk)
-
-    if args is not None:
-        flush(run.runner.run(args, flush, slot.current, died=died, eager=True))
-    slot.current.value = BATCH_ENDED
-    if chunks:
-        parts.append(encode_chunk(merge_chunks(chunks), elapsed))
-    return pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def close_runner(run_id: str) -> list[str]:
-    """Tear down this worker's resources of run ``run_id``; the teardown errors."""
-    with _RUNS_LOCK:
-        run = _RUNS.pop(run_id, None)
-    if run is None:
-        return []
-    run.progress.remove()
-    try:
-        return run.runner.close()
-    finally:
-        logs.uninstall(run.log)

@@ -1,5 +1,8 @@
-"""What a Dask worker that died left on its machine, so that a new attempt of its batch
-neither loses a record nor runs one twice.
+"""Worker side of `--executor dask` (on each Dask worker): files that outlive a worker's death.
+
+What a Dask worker that died left on its machine, so that a new attempt of its batch
+neither loses a record nor runs one twice. Only ``dask_worker`` uses it: the parent
+knows nothing of these files (it only gives each batch a token that its attempts share).
 
 Each worker process keeps a small memory-mapped file (per thread: the token of the batch
 it runs and the index of the record running) and, per thread, a journal of the results
