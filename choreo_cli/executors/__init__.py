@@ -4,6 +4,15 @@
 worker processes of this machine, ``dask`` on a Dask cluster. Every executor gives the
 same Results for the same input.
 
+What runs where, by module:
+
+- in choreo's process: ``thread``; the parent sides ``process`` and ``dask`` (start
+  workers, hand out batches, rebuild results) and ``batching``, which they share;
+- in the worker processes and on the Dask workers: ``process_worker``, ``dask_worker``
+  (with ``dask_attempts``), and ``runner``, the per-batch runner both use;
+- both sides: ``base`` (the protocol, PipelineSpec, WorkerDied), ``portable`` (results
+  across the process boundary), ``logs`` (``ctx.log`` lines sent from the workers).
+
 >>> pipeline = load_pipeline("pipeline.yaml")  # doctest: +SKIP
 >>> with build_executor("process", pipeline, workers=2) as executor:  # doctest: +SKIP
 ...     results = list(executor.run_many(records))

@@ -1,9 +1,11 @@
-"""Log lines of steps run in worker processes, sent to choreo's own process and logged there.
+"""Both sides: ctx.log lines of steps run in workers, sent to choreo's process and logged there.
 
 A step's ``ctx.log`` line logged in a worker process travels to the parent as a plain
 dict (its message already formatted, its traceback as text) and is handled there by the
 logger of the same name: it gets the same format, level and destination as with the
 thread executor, and never garbles the progress bar or another process's line.
+``install`` and ``uninstall`` run in the workers (``process_worker``, ``dask_worker``);
+``replay``, ``replay_event`` and ``forwarded_level`` in choreo's process.
 
 >>> sent = []
 >>> handler = ForwardingHandler(sent.append)
