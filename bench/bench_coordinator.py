@@ -1,4 +1,4 @@
-"""Coordinator hot loop vs a hand-written loop calling the same four functions (issue 2).
+"""Coordinator hot loop vs a hand-written loop calling the same four functions.
 
 Prints the time of each and their ratio; both are measured in this run, alternately,
 and the median of the ratios is reported (the machines are shared and noisy).

@@ -1,4 +1,4 @@
-"""Executors compared (issue 6): every figure is a ratio of two runs measured in this run.
+"""Executors compared (the README's "Scaling out"): every figure is a ratio of two runs measured in this run.
 
 - CPU-bound (a pure-Python job of ~1 ms per record): process with 2 workers vs 1
   worker (target >= 1.7x); a Dask LocalCluster of 2 workers vs the serial thread
@@ -6,7 +6,7 @@
   batches' ramp-up and the last batch (tens of ms) weigh little.
 - Trivial steps (one job returning a constant), end to end (`choreo run`: JSON in,
   result lines out): process (2 workers) and dask (2 workers) throughput vs the thread
-  executor's (1 worker, its default), target >= 0.5x, over the issue's 1M records (with
+  executor's (1 worker, its default), target >= 0.5x, over 1M records (with
   fewer, the few seconds a local Dask cluster takes to start, which vary by a few tenths,
   weigh on the difference of two run times).
 - I/O-bound (the job sleeps 5 ms; 2,000 records; 64 workers): efficiency, ideal time

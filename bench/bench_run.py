@@ -1,4 +1,4 @@
-"""`choreo run` vs a hand-written orjson loop over the same JSON Lines (issue 4).
+"""`choreo run` vs a hand-written orjson loop over the same JSON Lines.
 
 Both run as commands, alternately, on the same file: the loop parses each line with
 orjson, calls the same four functions with a try/except around each, dumps a small
