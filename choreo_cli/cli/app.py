@@ -1,13 +1,24 @@
-"""The typer application: registers the commands and owns the process exit."""
+"""The typer application: registers the commands and turns the exit code each returns into typer's exit."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec
 
 import typer
 
 from choreo_cli.cli.run import run
 from choreo_cli.cli.schema_cmd import schema
 from choreo_cli.cli.show import show
+from choreo_cli.cli.streams import streams_of
 from choreo_cli.cli.validate import validate
+
+if TYPE_CHECKING:
+    from choreo_cli.cli.streams import Streams
+    from choreo_cli.core.exit_codes import ExitCode
+
+P = ParamSpec("P")
 
 app = typer.Typer(
     name="choreo",
@@ -19,11 +30,11 @@ app = typer.Typer(
 )
 
 
-def _version_callback(value: bool) -> None:
+def _version_callback(ctx: typer.Context, value: bool) -> None:
     if value:
         from choreo_cli.version import get_version
 
-        typer.echo(f"choreo {get_version()}")
+        typer.echo(f"choreo {get_version()}", file=streams_of(ctx).stdout)
         raise typer.Exit(0)
 
 
@@ -40,12 +51,23 @@ def _root(
     """Run an ordered list of precheck/job steps over every record of a JSON Lines stream."""
 
 
-app.command("run")(run)
-app.command("validate")(validate)
-app.command("schema")(schema)
-app.command("show")(show)
+def _exits(command: Callable[P, ExitCode]) -> Callable[P, None]:
+    """``command`` as typer runs it: the exit code it returns ends the process (typer's
+    own way, ``typer.Exit``, so its usage errors and shell completion keep theirs)."""
+
+    @functools.wraps(command)
+    def run_command(*args: P.args, **kwargs: P.kwargs) -> None:
+        raise typer.Exit(int(command(*args, **kwargs)))
+
+    return run_command
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+app.command("run")(_exits(run))
+app.command("validate")(_exits(validate))
+app.command("schema")(_exits(schema))
+app.command("show")(_exits(show))
+
+
+def main(streams: Streams) -> None:
+    """Run the command of ``sys.argv`` with typer, over ``streams``; exits the process."""
+    app(obj=streams)

@@ -1,54 +1,43 @@
-"""The one seam to the terminal: messages, summary table, progress bar and logging on stderr.
+"""The one seam to the terminal: messages, summary table, progress bar, logging and tables.
 
-Only this module imports rich, and only when stderr is a terminal, so commands that
-print nothing fancy (``choreo --version``, output piped to a file) start fast.
+Only this module imports rich, and only when its stream is a terminal (or for the
+table of `choreo show`), so commands that print nothing fancy (``choreo --version``,
+output piped to a file) start fast. Which streams there are, and whether each may have
+colour, is ``choreo_cli.cli.streams``'s to say.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+from choreo_cli.cli.streams import fancy as fancy_stream
 
 if TYPE_CHECKING:
     from rich.console import Console as RichConsole
 
+    from choreo_cli.cli.streams import Streams
     from choreo_cli.core.summary import RunSummary
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s%(choreo_record)s"
-
-
-def no_color() -> bool:
-    """True when ``NO_COLOR`` is set to a non-empty value (https://no-color.org)."""
-    return bool(os.environ.get("NO_COLOR"))
-
-
-def is_terminal(stream: Any) -> bool:
-    """True when ``stream`` is an interactive terminal."""
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
-def fancy(stream: Any) -> bool:
-    """Whether colour and live displays may be used on ``stream``."""
-    return is_terminal(stream) and not no_color() and os.environ.get("TERM") != "dumb"
 
 
 _RICH_CONSOLES: dict[int, RichConsole] = {}
 
 
 def rich_console(stream: TextIO) -> RichConsole:
-    """The shared rich console for ``stream`` (imports rich), so logs and progress agree."""
+    """The shared rich console for ``stream`` (imports rich), so logs and progress agree.
+
+    Only made for a stream where colour may be used: ``NO_COLOR`` is unset there.
+    """
     console = _RICH_CONSOLES.get(id(stream))
     if console is None or console.file is not stream:  # ids of dead streams are reused
         from rich.console import Console as RichConsole
 
         console = RichConsole(
-            file=stream, no_color=no_color(), highlight=False, soft_wrap=True, stderr=True
+            file=stream, no_color=False, highlight=False, soft_wrap=True, stderr=True
         )
         _RICH_CONSOLES[id(stream)] = console
     return console
@@ -64,19 +53,12 @@ class Console:
     'error: cannot read input.jsonl: no such file\\n'
     """
 
-    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
-        self._stream = stream
+    def __init__(self, stream: TextIO, *, quiet: bool = False, fancy: bool | None = None) -> None:
+        self.stream = stream
         self.quiet = quiet
-
-    @property
-    def stream(self) -> TextIO:
-        """The stream messages go to (``sys.stderr`` when none was given, looked up late)."""
-        return self._stream if self._stream is not None else sys.stderr
-
-    @property
-    def fancy(self) -> bool:
-        """True when colour and live displays are used (a terminal, no ``NO_COLOR``)."""
-        return fancy(self.stream)
+        # True when colour and live displays are used (a terminal, no NO_COLOR); by
+        # default decided from the stream and the environment as they are now.
+        self.fancy = fancy_stream(stream) if fancy is None else fancy
 
     def error(self, message: str, *, prefix: bool = True) -> None:
         """Print an error (always, even when quiet); ``prefix=False`` omits "error: "."""
@@ -97,15 +79,17 @@ class Console:
 
     def build_progress(self, *, enabled: bool | None, total_bytes: int | None = None) -> Progress:
         """A progress display on this console's stream (a no-op when quiet)."""
-        return build_progress(enabled is not False and not self.quiet, total_bytes, self.stream)
+        return build_progress(
+            enabled is not False and not self.quiet, total_bytes, self.stream, fancy=self.fancy
+        )
 
     def render_summary(self, summary: RunSummary) -> None:
         """Print the run's summary on this console's stream."""
-        render_summary(summary, self.stream)
+        render_summary(summary, self.stream, fancy=self.fancy)
 
     def setup_logging(self, level: str | int = "WARNING") -> logging.Logger:
         """Send the ``choreo`` loggers to this console's stream."""
-        return setup_logging(level, self.stream)
+        return setup_logging(level, self.stream, fancy=self.fancy)
 
     def _say(self, label: str | None, style: str | None, message: str) -> None:
         stream = self.stream
@@ -123,23 +107,29 @@ class Console:
             pass  # stderr is gone too: nothing sensible is left to do
 
 
-def build_console(*, quiet: bool = False, stream: TextIO | None = None) -> Console:
-    """The console of a command: stderr unless ``stream`` is given.
+def build_console(streams: Streams, *, quiet: bool = False) -> Console:
+    """The console of a command: its people's messages go to ``streams.stderr``.
 
-    >>> build_console(quiet=True).quiet
+    >>> import io
+    >>> from choreo_cli.cli.streams import Streams
+    >>> streams = Streams(stdin=None, stdout=io.StringIO(), stderr=io.StringIO())
+    >>> build_console(streams, quiet=True).quiet
     True
     """
-    return Console(stream, quiet=quiet)
+    return Console(streams.stderr, quiet=quiet, fancy=streams.stderr_fancy)
 
 
 # -- summary --------------------------------------------------------------------------------
 
 
-def render_summary(summary: RunSummary, stream: TextIO | None = None) -> None:
-    """Print the run's figures on ``stream`` (stderr): a rich table on a terminal, else text."""
-    stream = stream if stream is not None else sys.stderr
+def render_summary(summary: RunSummary, stream: TextIO, *, fancy: bool | None = None) -> None:
+    """Print the run's figures on ``stream`` (stderr): a rich table on a terminal, else text.
+
+    ``fancy``: whether the table may be used (by default: ``stream`` is a terminal, no
+    ``NO_COLOR``).
+    """
     try:
-        if fancy(stream):
+        if fancy_stream(stream) if fancy is None else fancy:
             _render_rich(summary, stream)
         else:
             stream.write(format_summary(summary))
@@ -222,7 +212,8 @@ def _render_rich(summary: RunSummary, stream: TextIO) -> None:
 
 
 class _HasStatus(Protocol):
-    status: str
+    @property
+    def status(self) -> str: ...
 
 
 class Progress(Protocol):
@@ -338,18 +329,20 @@ class LiveProgress:
 
 
 def build_progress(
-    enabled: bool | None, total_bytes: int | None = None, stream: TextIO | None = None
+    enabled: bool | None, total_bytes: int | None, stream: TextIO, *, fancy: bool | None = None
 ) -> Progress:
-    """A live progress display on stderr when enabled and stderr is a terminal, else a no-op.
+    """A live progress display on ``stream`` (stderr) when enabled and it is a terminal,
+    else a no-op.
 
     ``enabled=None`` (neither ``--progress`` nor ``--no-progress``) means the same as True:
     a progress bar never goes anywhere but a terminal, and never with ``NO_COLOR``.
+    ``fancy``: whether live displays may be used (by default decided from ``stream``).
 
-    >>> build_progress(False).enabled
+    >>> import io
+    >>> build_progress(True, None, io.StringIO()).enabled
     False
     """
-    stream = stream if stream is not None else sys.stderr
-    if enabled is False or not fancy(stream):
+    if enabled is False or not (fancy_stream(stream) if fancy is None else fancy):
         return NullProgress()
     return LiveProgress(stream, total_bytes)
 
@@ -359,16 +352,17 @@ def build_progress(
 _HANDLER_MARK = "_choreo_handler"
 
 
-def setup_logging(level: str | int = "WARNING", stream: TextIO | None = None) -> logging.Logger:
-    """Send the ``choreo`` loggers (step loggers are ``choreo.step.<step>``) to stderr.
+def setup_logging(level: str | int, stream: TextIO, *, fancy: bool | None = None) -> logging.Logger:
+    """Send the ``choreo`` loggers (step loggers are ``choreo.step.<step>``) to ``stream``.
 
-    A rich handler on a terminal, else a plain one showing level and logger name. Calling
-    it again replaces the handler it installed. Raises ValueError for an unknown level.
+    A rich handler on a terminal (``fancy``, by default decided from ``stream``), else a
+    plain one showing level and logger name. Calling it again replaces the handler it
+    installed. Raises ValueError for an unknown level.
 
-    >>> setup_logging("info").level == logging.INFO
+    >>> import io
+    >>> setup_logging("info", io.StringIO()).level == logging.INFO
     True
     """
-    stream = stream if stream is not None else sys.stderr
     if isinstance(level, str):
         number = logging.getLevelName(level.upper())
         if not isinstance(number, int):
@@ -381,7 +375,7 @@ def setup_logging(level: str | int = "WARNING", stream: TextIO | None = None) ->
         if getattr(old, _HANDLER_MARK, False):
             logger.removeHandler(old)
     handler: logging.Handler
-    if fancy(stream):
+    if fancy_stream(stream) if fancy is None else fancy:
         from rich.logging import RichHandler
 
         handler = RichHandler(
@@ -399,3 +393,40 @@ def setup_logging(level: str | int = "WARNING", stream: TextIO | None = None) ->
     logger.setLevel(level)
     logger.propagate = False
     return logger
+
+
+# -- tables on stdout -----------------------------------------------------------------------
+
+
+def print_table(
+    streams: Streams,
+    *,
+    title: str,
+    caption: str | None,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+) -> None:
+    """Print a table for people on stdout (what `choreo show` prints); cells are plain
+    text, never markup. Colour unless ``NO_COLOR``; off a terminal, 200 columns wide."""
+    from rich.console import Console as RichConsole
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(
+        title=Text(title),
+        caption=None if caption is None else Text(caption),
+        title_justify="left",
+        caption_justify="left",
+    )
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    # Off a terminal rich assumes 80 columns; a wider page keeps references unbroken.
+    console = RichConsole(
+        file=streams.stdout,
+        highlight=False,
+        no_color=streams.no_color,
+        width=None if streams.stdout_is_terminal else 200,
+    )
+    console.print(table)

@@ -15,7 +15,7 @@ __all__ = ["ExecutorName", "RunOptions", "run"]
 
 
 class ExecutorName(str, enum.Enum):
-    """Where records run (design §7)."""
+    """Where records run (README "Scaling out")."""
 
     thread = "thread"
     process = "process"
@@ -23,6 +23,7 @@ class ExecutorName(str, enum.Enum):
 
 
 def run(
+    ctx: typer.Context,
     pipeline: Annotated[
         Path, typer.Argument(metavar="PIPELINE", help="The pipeline file.", show_default=False)
     ],
@@ -116,13 +117,14 @@ def run(
             help="A Dask scheduler (tcp://host:8786) for --executor dask; default: a local cluster.",
         ),
     ] = None,
-) -> None:
+) -> ExitCode:
     """Run the pipeline over every record of a JSON Lines input; one result line per record.
 
     Exit 0 when every record succeeded, 1 when one did not, 2 when the command line, the
     pipeline or the input is unusable, 130/143 when interrupted, 141 when stdout closed.
     """
     from choreo_cli.cli.run_session import execute
+    from choreo_cli.cli.streams import streams_of
 
     options = RunOptions(
         pipeline=pipeline,
@@ -144,5 +146,4 @@ def run(
         executor=executor.value,
         scheduler=scheduler,
     )
-    code: ExitCode = execute(options)
-    raise typer.Exit(int(code))
+    return execute(options, streams=streams_of(ctx))

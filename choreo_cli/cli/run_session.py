@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import stat
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -20,9 +20,11 @@ from choreo_cli.jsonl.checkpoint import CheckpointError
 if TYPE_CHECKING:
     from choreo_cli.cli.console import Console
     from choreo_cli.cli.run_options import RunOptions
+    from choreo_cli.cli.streams import Streams
     from choreo_cli.core.result import Result
     from choreo_cli.executors.base import Executor
     from choreo_cli.jsonl.checkpoint import Checkpoint
+    from choreo_cli.jsonl.writer import ResultWriter
 
 
 class UsageError(Exception):
@@ -98,7 +100,10 @@ class RunState:
 
 @contextlib.contextmanager
 def _signals(state: RunState) -> Iterator[None]:
-    previous = {sig: signal.signal(sig, state.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, state.on_signal)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, state.on_wake)
     try:
         yield
@@ -107,11 +112,12 @@ def _signals(state: RunState) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _open_input(path: str) -> tuple[BinaryIO, int | None]:
+def _open_input(path: str, streams: Streams) -> tuple[BinaryIO, int | None]:
     if path == "-":
-        if sys.stdin is None:
+        stdin = streams.stdin_binary
+        if stdin is None:
             raise UsageError("no input: standard input is closed; give --input FILE")
-        return sys.stdin.buffer, None
+        return stdin, None
     try:
         stream = open(path, "rb")  # noqa: SIM115 - closed by the caller's exit stack
     except OSError as exc:
@@ -127,17 +133,19 @@ def _check_summary_path(path: Path | None) -> None:
     # The summary is written after the run: a path that cannot work is better refused now,
     # before any record runs, than found out at the end.
     if path is not None and not path.parent.is_dir():
-        raise UsageError(f"cannot write the summary to {path}: no directory {path.parent}")
+        raise UsageError(
+            f"cannot write the summary to {path}: no directory {path.parent}"
+        )
 
 
-def _check_distinct_files(options: RunOptions) -> None:
+def _check_distinct_files(options: RunOptions, streams: Streams) -> None:
     """Refuse a regular file named for two roles: an output that is the input would be
     emptied before a record is read, and two outputs would overwrite each other.
 
     ``-`` stands for the file behind stdin or stdout (``-o in.jsonl < in.jsonl``)."""
     roles = [
-        ("--input", options.input, 0, "standard input"),
-        ("--output", options.output, 1, "standard output"),
+        ("--input", options.input, streams.stdin_descriptor(), "standard input"),
+        ("--output", options.output, streams.stdout_descriptor(), "standard output"),
         ("--rejects", options.rejects, None, ""),
         ("--summary-json", options.summary_json, None, ""),
         ("--checkpoint", options.checkpoint, None, ""),
@@ -146,9 +154,14 @@ def _check_distinct_files(options: RunOptions) -> None:
     for flag, path, fd, stream in roles:
         if path is None:
             continue
-        standard = str(path) == "-" and fd is not None
+        standard = str(path) == "-" and stream != ""
         try:
-            info = os.fstat(fd) if standard and fd is not None else os.stat(path)
+            if standard:
+                if fd is None:
+                    continue  # closed, or in memory: no file to share
+                info = os.fstat(fd)
+            else:
+                info = os.stat(path)
         except (OSError, ValueError):
             continue  # a file still to be made, or an input that cannot be read (said later)
         if not stat.S_ISREG(info.st_mode):
@@ -156,7 +169,9 @@ def _check_distinct_files(options: RunOptions) -> None:
         key = (info.st_dev, info.st_ino)
         name = stream if standard else f"{flag} {path}"
         if key in seen:
-            raise UsageError(f"{name} is the same file as {seen[key]}: give each its own file")
+            raise UsageError(
+                f"{name} is the same file as {seen[key]}: give each its own file"
+            )
         seen[key] = name
 
 
@@ -198,7 +213,9 @@ def _build_coordinator(options: RunOptions) -> Executor:
     return _build_executor(options, pipeline, overrides)
 
 
-def _build_executor(options: RunOptions, pipeline: Any, overrides: dict[str, Any]) -> Executor:
+def _build_executor(
+    options: RunOptions, pipeline: Any, overrides: dict[str, Any]
+) -> Executor:
     from choreo_cli.executors import ExecutorUnavailable, build_executor
 
     if options.scheduler is not None and options.executor != "dask":
@@ -219,11 +236,11 @@ def _build_executor(options: RunOptions, pipeline: Any, overrides: dict[str, Any
     return executor
 
 
-def execute(options: RunOptions) -> ExitCode:
-    """Run `choreo run` as ``options`` say; the one place its exit code is decided."""
+def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
+    """Run `choreo run` as ``options`` say, over ``streams``; its exit code."""
     from choreo_cli.cli.console import build_console
 
-    console = build_console(quiet=options.quiet)
+    console = build_console(streams, quiet=options.quiet)
     try:
         console.setup_logging(options.log_level)
     except ValueError as exc:
@@ -232,13 +249,13 @@ def execute(options: RunOptions) -> ExitCode:
     with contextlib.ExitStack() as stack:
         results: BinaryIO | None = None
         try:
-            # Before stdout is redirected: ``-`` is checked as the file behind it.
-            _check_distinct_files(options)
+            # Before stdout is diverted: ``-`` is checked as the file behind it.
+            _check_distinct_files(options, streams)
             if str(options.output) == "-":
-                results = _results_stdout(stack)
+                results = streams.divert_stdout(stack)
             coordinator = _build_coordinator(options)
             _check_summary_path(options.summary_json)
-            stream, size = _open_input(options.input)
+            stream, size = _open_input(options.input, streams)
             if options.input != "-":
                 stack.callback(stream.close)
             checkpoint = _open_checkpoint(options)
@@ -264,43 +281,23 @@ def execute(options: RunOptions) -> ExitCode:
         # Handled until the summary is out: a signal during resource teardown must not
         # raise KeyboardInterrupt into it (or kill the process) but end with 130/143.
         stack.enter_context(_signals(state))
-        return _run(options, console, coordinator, stream, size, checkpoint, state, results)
+        return _run(
+            options,
+            streams,
+            console,
+            coordinator,
+            stream,
+            size,
+            checkpoint,
+            state,
+            results,
+        )
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _results_stdout(stack: contextlib.ExitStack) -> BinaryIO | None:
-    """Result lines going to stdout get a file descriptor of their own, and descriptor 1
-    points at stderr until the run ends: what steps and resources print (print(), C code,
-    child processes, worker processes started by the run) goes to stderr, never between
-    the result lines. None (stdout as it is) when stdout or stderr was closed at start."""
-    if getattr(sys.stdout, "choreo_closed_at_start", False):
-        return None
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError):
-        return None
-    try:
-        os.dup2(2, 1)
-    except OSError:
-        os.close(saved)
-        return None
-
-    def restore() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
-        with contextlib.suppress(OSError):
-            os.dup2(saved, 1)
-        os.close(saved)
-
-    stack.callback(restore)
-    results = os.fdopen(os.dup(saved), "wb")
-    stack.callback(results.close)  # closed by the writer, unless the run never began
-    return results
 
 
 def _run(
     options: RunOptions,
+    streams: Streams,
     console: Console,
     coordinator: Executor,
     stream: BinaryIO,
@@ -311,7 +308,6 @@ def _run(
 ) -> ExitCode:
     from choreo_cli.core.summary import RunSummary
     from choreo_cli.jsonl.reader import JsonlReader
-    from choreo_cli.jsonl.writer import build_writer
 
     summary = RunSummary([step.name for step in coordinator.steps])
     rejects: _Rejects | None = None
@@ -320,16 +316,16 @@ def _run(
             if options.rejects is not None:
                 rejects = _Rejects(options.rejects, ordered=options.ordered)
             writer = build_writer(
-                options.output,
-                include_input=options.include_input,
-                include_data=options.include_data,
-                # A dry run calls no job: it must not mark records finished for the real run.
-                on_written=None if checkpoint is None or options.dry_run else checkpoint.mark,
+                options,
+                streams=streams,
+                results=results,
+                checkpoint=checkpoint,
                 on_failure=state.on_output_failure,
-                stdout=results,
             )
         except OSError as exc:
-            console.error(f"cannot write {exc.filename or options.output}: {exc.strerror or exc}")
+            console.error(
+                f"cannot write {exc.filename or options.output}: {exc.strerror or exc}"
+            )
             if rejects is not None:
                 rejects.close()
             return ExitCode.USAGE
@@ -359,7 +355,15 @@ def _run(
                     # reading on its own: a regular file needs no guard around each record.
                     items = state.feed(items)
                 _consume(
-                    options, coordinator, state, items, reader, writer, summary, progress, rejects
+                    options,
+                    coordinator,
+                    state,
+                    items,
+                    reader,
+                    writer,
+                    summary,
+                    progress,
+                    rejects,
                 )
         finally:
             progress.close()
@@ -381,7 +385,7 @@ def _run(
     summary.finish()
     if state.signal is None and not writer.failed and coordinator.interrupted:
         # Nothing here interrupted the run: a callable raised KeyboardInterrupt, which
-        # interrupts the whole run like Ctrl-C (design §2, §6): exit 130.
+        # interrupts the whole run like Ctrl-C (README "Exit codes"): exit 130.
         state.signal = signal.SIGINT
     if state.signal is not None:
         summary.record_signal(state.signal)
@@ -389,16 +393,60 @@ def _run(
         summary.record_broken_pipe()
     elif writer.error is not None:
         summary.record_output_failure()
-        console.error(writer.error_message or f"cannot write {writer.name}: {writer.error}")
+        console.error(
+            writer.error_message or f"cannot write {writer.name}: {writer.error}"
+        )
     if not options.quiet and not summary.broken_pipe:
         console.render_summary(summary)
     if options.summary_json is not None:
         try:
             summary.write_json(options.summary_json)
         except OSError as exc:
-            console.error(f"cannot write the summary to {options.summary_json}: {exc.strerror}")
+            console.error(
+                f"cannot write the summary to {options.summary_json}: {exc.strerror}"
+            )
             summary.record_output_failure()
     return summary.exit_code
+
+
+def build_writer(
+    options: RunOptions,
+    *,
+    streams: Streams,
+    results: BinaryIO | None,
+    checkpoint: Checkpoint | None,
+    on_failure: Callable[[], None],
+) -> ResultWriter:
+    """The writer of the result lines: to ``--output``, or for ``-`` to ``results`` (a
+    stream of its own on stdout's file, which the writer closes) or stdout as it is.
+    Raises OSError when the output cannot be opened, or stdout was closed at start."""
+    from choreo_cli.jsonl.writer import ResultWriter
+    from choreo_cli.jsonl.writer import build_writer as build_file_writer
+
+    # A dry run calls no job: it must not mark records finished for the real run.
+    on_written = None if checkpoint is None or options.dry_run else checkpoint.mark
+    if str(options.output) != "-":
+        return build_file_writer(
+            options.output,
+            include_input=options.include_input,
+            include_data=options.include_data,
+            on_written=on_written,
+            on_failure=on_failure,
+        )
+    if results is None and streams.stdout_closed_at_start:
+        # Started with stdout closed (`>&-`): results would be lost.
+        raise OSError(
+            errno.EBADF, "standard output is closed; give --output FILE", "stdout"
+        )
+    return ResultWriter(
+        streams.stdout_binary if results is None else results,
+        include_input=options.include_input,
+        include_data=options.include_data,
+        on_written=on_written,
+        on_failure=on_failure,
+        owns_stream=results is not None,
+        name="stdout",
+    )
 
 
 def _result_handler(
@@ -430,7 +478,9 @@ def _result_handler(
     return handle
 
 
-def _tally_handler(reader: Any, summary: Any, progress: Any) -> Callable[[Result], None]:
+def _tally_handler(
+    reader: Any, summary: Any, progress: Any
+) -> Callable[[Result], None]:
     """What happens to a record whose line a worker wrote: counted and shown."""
     add = summary.add
     advance = progress.advance if progress.enabled else None
@@ -461,7 +511,10 @@ def _consume(
 
 
 def _clean_line(
-    options: RunOptions, coordinator: Executor, checkpoint: Checkpoint | None, writer: Any
+    options: RunOptions,
+    coordinator: Executor,
+    checkpoint: Checkpoint | None,
+    writer: Any,
 ) -> bytes | None:
     """The clean-line template when ``run_lines`` can run this command, else None.
 
@@ -469,7 +522,9 @@ def _clean_line(
     The thread executor has it for one worker (the fused serial loop); the process and
     Dask executors for any number (their workers parse the lines).
     """
-    if checkpoint is not None or (options.executor == "thread" and coordinator.workers != 1):
+    if checkpoint is not None or (
+        options.executor == "thread" and coordinator.workers != 1
+    ):
         return None
     line: bytes | None = writer.clean_line(coordinator.clean_steps())
     return line

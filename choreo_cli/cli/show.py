@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from choreo_cli.core.exit_codes import ExitCode
+
 if TYPE_CHECKING:
+    from choreo_cli.cli.streams import Streams
     from choreo_cli.pipeline.definitions import CallDefinition, Pipeline
 
 
@@ -22,29 +24,35 @@ class ShowFormat(str, Enum):
 
 
 def show(
+    ctx: typer.Context,
     pipeline_file: Annotated[str, typer.Argument(metavar="PIPELINE", help="The pipeline file.")],
     show_format: Annotated[
         ShowFormat,
         typer.Option("--format", "-f", help="table (for people) or json.", case_sensitive=False),
     ] = ShowFormat.TABLE,
-) -> None:
+) -> ExitCode:
     """Print the steps of a pipeline: name, precheck, job and their with: arguments.
 
     Imports no user code, and shows ${VAR}s as written.
     """
-    from choreo_cli.core.exit_codes import ExitCode
+    from choreo_cli.cli.streams import streams_of
     from choreo_cli.pipeline.loader import read_pipeline_structure
 
+    streams = streams_of(ctx)
     pipeline, problems = read_pipeline_structure(pipeline_file)
     for problem in problems:
-        typer.echo(str(problem), err=True)
+        typer.echo(str(problem), file=streams.stderr)
     if pipeline is None or any(p.is_error for p in problems):
-        typer.echo(f"{pipeline_file}: not a usable pipeline file — see choreo validate", err=True)
-        raise typer.Exit(int(ExitCode.USAGE))
+        typer.echo(
+            f"{pipeline_file}: not a usable pipeline file — see choreo validate",
+            file=streams.stderr,
+        )
+        return ExitCode.USAGE
     if show_format is ShowFormat.JSON:
-        sys.stdout.write(json.dumps(describe(pipeline), ensure_ascii=False, default=str) + "\n")
+        streams.stdout.write(json.dumps(describe(pipeline), ensure_ascii=False, default=str) + "\n")
     else:
-        _print_table(pipeline)
+        _print_table(pipeline, streams)
+    return ExitCode.OK
 
 
 def describe(pipeline: Pipeline) -> dict[str, Any]:
@@ -91,16 +99,10 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
     }
 
 
-def _print_table(pipeline: Pipeline) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+def _print_table(pipeline: Pipeline, streams: Streams) -> None:
+    from choreo_cli.cli.console import print_table
 
-    title = pipeline.name or str(pipeline.path)
-    caption = Text(pipeline.description) if pipeline.description else None
-    table = Table(title=Text(title), caption=caption, title_justify="left", caption_justify="left")
-    for column in ("step", "precheck", "job", "with"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for step in pipeline.steps:
         arguments = []
         if step.precheck is not None and step.precheck.with_:
@@ -108,16 +110,14 @@ def _print_table(pipeline: Pipeline) -> None:
         if step.job.with_:
             arguments.append(f"job: {_inline(step.job.with_)}")
         precheck = "" if step.precheck is None else step.precheck.reference
-        cells = (step.name, precheck, step.job.reference, "\n".join(arguments))
-        table.add_row(*(Text(cell) for cell in cells))
-    from choreo_cli.cli.console import is_terminal, no_color
-
-    # Off a terminal rich assumes 80 columns; a wider page keeps references unbroken.
-    terminal = is_terminal(sys.stdout)
-    console = Console(
-        file=sys.stdout, highlight=False, no_color=no_color(), width=None if terminal else 200
+        rows.append((step.name, precheck, step.job.reference, "\n".join(arguments)))
+    print_table(
+        streams,
+        title=pipeline.name or str(pipeline.path),
+        caption=pipeline.description or None,
+        columns=("step", "precheck", "job", "with"),
+        rows=rows,
     )
-    console.print(table)
 
 
 def _inline(values: Mapping[str, Any]) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from choreo_cli.core.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from choreo_cli.cli.reporters import FileReport
@@ -21,6 +22,7 @@ class ReportFormat(str, Enum):
 
 
 def validate(
+    ctx: typer.Context,
     pipelines: Annotated[
         list[str],
         typer.Argument(metavar="PIPELINE", help="Pipeline files to check.", show_default=False),
@@ -46,24 +48,24 @@ def validate(
             "--strict", help="Treat warnings (an unset ${VAR} without default) as errors."
         ),
     ] = False,
-) -> None:
+) -> ExitCode:
     """Check pipeline files: YAML, schema, names, ${VAR}s, references and signatures.
 
     Exit 0 when every file is valid, 1 when one is not, 2 on a usage error.
     """
     from choreo_cli.cli.reporters import REPORTERS, FileReport
-    from choreo_cli.core.exit_codes import ExitCode
+    from choreo_cli.cli.streams import streams_of
     from choreo_cli.pipeline.loader import check_pipeline
 
+    streams = streams_of(ctx)
     reports = [
         FileReport(path, tuple(check_pipeline(path, import_code=not no_import, strict=strict)))
         for path in pipelines
     ]
-    REPORTERS[report_format.value](sys.stdout).report(reports)
-    sys.stdout.flush()
-    typer.echo(_summary(reports), err=True)
-    all_valid = all(r.valid for r in reports)
-    raise typer.Exit(int(ExitCode.OK if all_valid else ExitCode.FAILED))
+    REPORTERS[report_format.value](streams.stdout).report(reports)
+    streams.stdout.flush()
+    typer.echo(_summary(reports), file=streams.stderr)
+    return ExitCode.OK if all(r.valid for r in reports) else ExitCode.FAILED
 
 
 def _summary(reports: list[FileReport]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -559,35 +558,15 @@ def build_writer(
     include_data: bool = False,
     on_written: OnWritten | None = None,
     on_failure: Callable[[], None] | None = None,
-    stdout: BinaryIO | None = None,
 ) -> ResultWriter:
-    """A writer to ``path`` (``"-"``: stdout's binary buffer, or ``stdout`` when given: a
-    stream on stdout's file that the writer closes); raises OSError if unopenable.
+    """A writer to the file at ``path``, which it opens and closes; raises OSError if
+    unopenable. For standard output (which only the command line touches) give
+    ``ResultWriter`` the stream.
 
-    Example: ``with build_writer("-", include_input=True) as writer: writer.write(result)``.
+    Example: ``with build_writer("results.jsonl", include_input=True) as writer: writer.write(result)``.
     """
-    if str(path) == "-" and stdout is not None:
-        return ResultWriter(
-            stdout,
-            include_input=include_input,
-            include_data=include_data,
-            on_written=on_written,
-            on_failure=on_failure,
-            owns_stream=True,
-            name="stdout",
-        )
     if str(path) == "-":
-        if sys.stdout is None or getattr(sys.stdout, "choreo_closed_at_start", False):
-            # Started with stdout closed (`>&-`): results would be lost.
-            raise OSError(errno.EBADF, "standard output is closed; give --output FILE", "stdout")
-        return ResultWriter(
-            sys.stdout.buffer,
-            include_input=include_input,
-            include_data=include_data,
-            on_written=on_written,
-            on_failure=on_failure,
-            name="stdout",
-        )
+        raise ValueError("'-' is standard output: give ResultWriter the stream to write to")
     stream = open(path, "wb")  # noqa: SIM115 - the writer closes it
     return ResultWriter(
         stream,

@@ -23,6 +23,7 @@ from choreo_cli.cli.console import (
     render_summary,
     setup_logging,
 )
+from choreo_cli.cli.streams import Streams
 from choreo_cli.core.coordinator import Coordinator, Step
 from choreo_cli.core.summary import RunSummary
 
@@ -179,14 +180,19 @@ def test_unknown_log_level_is_a_clear_error() -> None:
         setup_logging("loud", io.StringIO())
 
 
+def streams_over(stderr: TextIO, environ: dict[str, str] | None = None) -> Streams:
+    return Streams(stdin=None, stdout=io.StringIO(), stderr=stderr, environ=environ or {})
+
+
 def test_build_console_offers_the_run_helpers(terminal: TextIO) -> None:
     stream = io.StringIO()
-    console = build_console(stream=stream)
+    console = build_console(streams_over(stream))
     console.error("line 3: unknown key", prefix=False)
     assert stream.getvalue() == "line 3: unknown key\n"
     assert isinstance(console.build_progress(enabled=None, total_bytes=None), NullProgress)
     assert isinstance(
-        build_console(quiet=True, stream=terminal).build_progress(enabled=True), NullProgress
+        build_console(streams_over(terminal), quiet=True).build_progress(enabled=True),
+        NullProgress,
     )
     summary = RunSummary(clock=clock(0.0, 1.0))
     summary.finish()

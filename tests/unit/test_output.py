@@ -8,8 +8,6 @@ import io
 import json
 import os
 import select
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -317,56 +315,6 @@ def test_build_writer_to_a_file(tmp_path: Path) -> None:
         writer.write(FakeResult(index=1))
     assert writer.lines_written == 1
     assert check_lines(path.read_bytes())[0]["input"] == [1, 2]
-
-
-SCRIPT = """
-import sys
-from choreo_cli.jsonl.writer import build_writer
-sys.path.insert(0, {tests!r})
-from test_output import FakeResult
-writer = build_writer("-")
-for i in range({count}):
-    writer.write(FakeResult(index=i))
-    if writer.failed:
-        break
-writer.close()
-print(writer.error_message, file=sys.stderr)
-sys.exit(141 if writer.broken else 1 if writer.failed else 0)
-"""
-
-
-def run_script(count: int, stdout: Any) -> subprocess.CompletedProcess[bytes]:
-    code = SCRIPT.format(tests=str(Path(__file__).parent), count=count)
-    return subprocess.run(
-        [sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, timeout=60, check=False
-    )
-
-
-def test_stdout_closed_by_head_exits_quietly() -> None:
-    head = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert head.stdin is not None
-    done = run_script(1_000_000, head.stdin)
-    head.stdin.close()
-    head.wait(10)
-    assert head.stdout is not None
-    assert head.stdout.read().count(b"\n") == 1
-    head.stdout.close()
-    assert done.returncode == 141
-    assert b"Traceback" not in done.stderr
-    assert b"Exception ignored" not in done.stderr
-    assert (
-        done.stderr.decode().strip() == "cannot write results to stdout: the reader closed the pipe"
-    )
-
-
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_stdout_on_a_full_disk_exits_with_a_message() -> None:
-    with open("/dev/full", "wb") as full:
-        done = run_script(10, full)
-    assert done.returncode == 1
-    assert done.stderr.decode().strip() == (
-        "cannot write results to stdout: No space left on device"
-    )
 
 
 def test_writer_is_thread_safe_for_the_flusher() -> None:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from choreo_cli.cli.app import app
 from choreo_cli.cli.run_options import OPTIONS, RunOptions, read_plain_run_args
+from choreo_cli.cli.streams import Streams
 from choreo_cli.core.exit_codes import ExitCode
 
 RUN = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
@@ -21,7 +22,7 @@ def read_by_typer(args: list[str]) -> RunOptions | None:
     """The RunOptions typer passes on for ``choreo run ARGS``, or None when it refuses."""
     seen: list[RunOptions] = []
 
-    def execute(options: RunOptions) -> ExitCode:
+    def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
         seen.append(options)
         return ExitCode.OK
 
