@@ -1,0 +1,59 @@
+"""`choreo run --rejects PATH`: the input lines of the records that did not succeed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from choreo_cli.core.result import Result
+
+
+class Rejects:
+    """The input lines of records that did not succeed, in input order (re-runnable).
+
+    A write error (disk full) is kept in ``error``, not raised: the run goes on and the
+    exit code says so.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "rejects.jsonl"
+    >>> rejects = Rejects(path, ordered=True)
+    >>> rejects.close()
+    >>> path.read_bytes()
+    b''
+    """
+
+    def __init__(self, path: Path, *, ordered: bool) -> None:
+        self.path = path
+        self.error: OSError | None = None
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._ordered = ordered
+        self._held: list[tuple[int, bytes]] = []
+
+    def add(self, result: Result) -> None:
+        """Keep ``result``'s input line (results of the same run, any order)."""
+        raw = result.raw
+        if raw is None or self.error is not None:
+            return
+        if self._ordered:
+            self._write(raw)
+        else:
+            self._held.append((result.index, raw))
+
+    def _write(self, raw: bytes) -> None:
+        try:
+            self._file.write(raw)
+        except OSError as exc:
+            self.error = exc
+
+    def close(self) -> None:
+        """Write the lines held back (in input order) and close the file."""
+        for _, raw in sorted(self._held):
+            if self.error is not None:
+                break
+            self._write(raw)
+        self._held.clear()
+        try:
+            self._file.close()
+        except OSError as exc:
+            self.error = self.error or exc
