@@ -1,4 +1,4 @@
-"""`choreo run` interrupted (design §6): SIGINT 130, SIGTERM 143, no hole in the output."""
+"""`choreo run` interrupted (README "Exit codes"): SIGINT 130, SIGTERM 143, no hole in the output."""
 
 from __future__ import annotations
 
