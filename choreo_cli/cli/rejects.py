@@ -14,13 +14,6 @@ class Rejects:
 
     A write error (disk full) is kept in ``error``, not raised: the run goes on and the
     exit code says so.
-
-    >>> import tempfile, pathlib
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "rejects.jsonl"
-    >>> rejects = Rejects(path, ordered=True)
-    >>> rejects.close()
-    >>> path.read_bytes()
-    b''
     """
 
     def __init__(self, path: Path, *, ordered: bool) -> None:
