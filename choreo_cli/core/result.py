@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from choreo_cli.core.context import DataBag
 from choreo_cli.errors import Cancel, Interrupted, JobFailed, UnassignableInput
@@ -12,6 +12,12 @@ from choreo_cli.errors import Cancel, Interrupted, JobFailed, UnassignableInput
 Status = Literal["succeeded", "failed", "cancelled", "invalid"]
 Phase = Literal["precheck", "job", "input"]
 Outcome = Literal["succeeded", "skipped", "failed", "cancelled", "not_run", "would_run"]
+
+# Which steps' jobs a precheck skipped: bit i for step i. The step outcomes of a record
+# that ran every step follow from it, so it is the one key of a re-run's common record:
+# the fused line runner computes it as it runs, the process and Dask workers send it,
+# the result-line templates (choreo_cli.jsonl.lines) and the summary are kept by it.
+SkipPattern: TypeAlias = int
 
 SUCCEEDED: Status = "succeeded"
 FAILED: Status = "failed"
@@ -226,6 +232,18 @@ class Result:
         if steps is None:
             steps = self._steps = self._build_steps()
         return steps
+
+    @property
+    def skip_pattern(self) -> SkipPattern:
+        """Which steps' jobs a precheck skipped, as a ``SkipPattern`` (bit i: step i).
+
+        >>> Result.skipped_pattern(("b",), names=("a", "b")).skip_pattern
+        2
+        """
+        pattern = 0
+        for i in self._skipped or ():
+            pattern |= 1 << i
+        return pattern
 
     @property
     def ok(self) -> bool:
