@@ -7,9 +7,12 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from choreo_cli.core.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from choreo_cli.core.result import SkipPattern
 
 STATUSES = ("succeeded", "failed", "cancelled", "invalid")
 STEP_COUNTS = ("ran", "skipped", "failed", "cancelled", "would_run")
@@ -33,6 +36,9 @@ class SummarizedResult(Protocol):
 
     @property
     def steps(self) -> dict[str, str]: ...
+
+    @property
+    def skip_pattern(self) -> SkipPattern: ...
 
 
 class RunSummary:
@@ -68,9 +74,9 @@ class RunSummary:
         }
         self._clean = 0
         self._clean_steps: dict[str, str] | None = None
-        # Other succeeded records: pattern of (step, phase) errors -> [count, step outcomes].
-        self._patterns: dict[tuple[tuple[str | None, str | None], ...], list[Any]] = {}
-        # The last Result counted per pattern, and its pattern's entry: the fused loop and
+        # Other succeeded records (some jobs skipped), by SkipPattern: [count, step outcomes].
+        self._patterns: dict[SkipPattern, list[Any]] = {}
+        # The last Result counted by pattern, and its pattern's entry: the fused loop and
         # the workers stand for each record of a pattern by one Result.
         self._last: tuple[Any, list[Any]] | None = None
 
@@ -91,8 +97,9 @@ class RunSummary:
             return
         status = result.status
         if status == "succeeded":
-            # Ran every step, some skipped (or retried): counted per pattern of errors.
-            key = tuple([(e.step, e.phase) for e in result.errors])
+            # Ran every step, some jobs skipped: counted per pattern (the step outcomes
+            # follow from it).
+            key = result.skip_pattern
             seen = self._patterns.get(key)
             if seen is not None:
                 seen[0] += 1
