@@ -119,13 +119,14 @@ CLEAN: Any = object()
 
 class Written:
     """What a run_lines batch holds for a record whose line the worker wrote: a succeeded
-    record with skipped jobs. ``pattern`` stands for its outcome (no index) in counts."""
+    record with skipped jobs. ``stand_in`` is the Result of its SkipPattern, which stands
+    for its outcome (no index) in counts."""
 
-    __slots__ = ("line", "pattern")
+    __slots__ = ("line", "stand_in")
 
-    def __init__(self, line: bytes, pattern: Result) -> None:
+    def __init__(self, line: bytes, stand_in: Result) -> None:
         self.line = line
-        self.pattern = pattern
+        self.stand_in = stand_in
 
 
 class BatchSizer:
@@ -421,7 +422,7 @@ class BatchExecutor(abc.ABC):
                             elif type(result) is Written:
                                 put(result.line)
                                 if tally is not None:
-                                    tally(result.pattern)
+                                    tally(result.stand_in)
                             elif emit(result):
                                 stopped = True
                     yield clean
@@ -514,7 +515,7 @@ class BatchExecutor(abc.ABC):
             others = chunk[3]
             for k, payload in others:
                 pos = positions[first + k]
-                if len(payload) == 2:  # a line the worker wrote, and the steps it skipped
+                if len(payload) == 2:  # a line the worker wrote, and its SkipPattern
                     results[pos] = Written(payload[0], self._builder.skipped(payload[1]))
                 else:
                     results[pos] = self._line_result(lines, pos, batch.start + pos, payload)

@@ -22,7 +22,7 @@ from typing import Any
 
 from choreo_cli.core.context import DataBag
 from choreo_cli.core.items import Record
-from choreo_cli.core.result import ExecutionError, Result, clean_result_type
+from choreo_cli.core.result import ExecutionError, Result, SkipPattern, clean_result_type
 from choreo_cli.errors import (
     Cancel,
     Interrupted,
@@ -48,7 +48,7 @@ PortableError = tuple[str, str, str]
 # ``jobs`` and ``pres`` hold each record's bag maps (``DataBag._job``, ``DataBag._pre``), or
 # are None when every one is None. ``others`` lists (offset in the chunk, export_result
 # payload) for each record that is not plainly clean (its column entries are then None);
-# in run_lines a succeeded record with skipped jobs is (its line, the skipped steps) instead.
+# in run_lines a succeeded record with skipped jobs is (its line, its SkipPattern) instead.
 Chunk = tuple[int, "list[Any] | None", "list[Any] | None", "list[tuple[int, tuple[Any, ...]]]"]
 
 
@@ -260,7 +260,7 @@ def _portable_value(value: Any) -> Any:
         # A value that pickles but does not unpickle would fail the whole chunk in the parent.
         pickle.loads(pickle.dumps(value, protocol=_PROTOCOL))
     except Exception:
-        from choreo_cli.jsonl.writer import dump_value
+        from choreo_cli.jsonl.lines import dump_value
 
         # What the writer would show for it: JSON as is, anything else as its repr.
         try:
@@ -283,15 +283,22 @@ class ResultBuilder:
         self._folded = {name.casefold(): name for name in names}
         self._clean = clean_result_type(names, would_run=dry_run)
         self._would = dry_run
-        self._skipped: dict[tuple[str, ...], Result] = {}
+        self._skipped: dict[SkipPattern, Result] = {}
 
-    def skipped(self, steps: tuple[str, ...]) -> Result:
-        """A Result standing for every succeeded record whose jobs ``steps`` were skipped
-        (no index, line or messages: what the summary counts)."""
-        result = self._skipped.get(steps)
+    def skipped(self, pattern: SkipPattern) -> Result:
+        """A Result standing for every succeeded record of ``pattern`` (the steps whose
+        jobs a precheck skipped with Skip): no index, line or messages, what the summary
+        counts.
+
+        >>> ResultBuilder(("a", "b")).skipped(0b10).steps
+        {'a': 'succeeded', 'b': 'skipped'}
+        """
+        result = self._skipped.get(pattern)
         if result is None:
-            result = Result.skipped_pattern(steps, names=self._names, would_run=self._would)
-            self._skipped[steps] = result
+            names = self._names
+            steps = tuple([name for i, name in enumerate(names) if pattern >> i & 1])
+            result = Result.skipped_pattern(steps, names=names, would_run=self._would)
+            self._skipped[pattern] = result
         return result
 
     def build_chunk(

@@ -12,8 +12,8 @@ import orjson
 from choreo_cli.core.items import InvalidLine, Record
 from choreo_cli.executors.base import ExecutorUnavailable, PipelineSpec, file_digest
 from choreo_cli.executors.portable import Chunk, ChunkWriter, export_result
+from choreo_cli.jsonl.lines import SkipLines
 from choreo_cli.jsonl.reader import reason_for
-from choreo_cli.jsonl.writer import SkipLines
 
 # A batch's results go back in chunks at least this often (result lines within ~100 ms).
 FLUSH_INTERVAL = 0.05
@@ -144,7 +144,7 @@ class BatchRunner:
         coordinator = self.coordinator
         run = coordinator.run
         steps = self._steps
-        skip_line = self._skip_lines.head
+        skip_line = self._skip_lines.line_of
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         count = 0
@@ -165,11 +165,13 @@ class BatchRunner:
                 result = coordinator.crashed(Record(value, line), index, exc)
             if not result.clean or result.duration is not None:
                 # A succeeded record with skipped jobs (a re-run's common case) travels as
-                # its finished line and which steps skipped: the parent writes and counts it.
-                head = skip_line(result) if result.status == "succeeded" else None
-                if head is not None:
-                    skipped = tuple([e.step for e in result.errors])
-                    others.append((count, (head + b"}\n", skipped)))
+                # its finished line and its SkipPattern: the parent writes and counts it.
+                written = None
+                if result.status == "succeeded" and not result.attempts:
+                    pattern = result.skip_pattern
+                    written = skip_line(result, pattern)
+                if written is not None:
+                    others.append((count, (written, pattern)))
                 else:
                     others.append((count, export_result(result, steps)))
             count += 1

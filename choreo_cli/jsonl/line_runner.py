@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from choreo_cli.core.compiled import Generated, define, record_body, spell
+from choreo_cli.jsonl.lines import SkipLines
 from choreo_cli.jsonl.reader import reason_for
-from choreo_cli.jsonl.writer import SkipTemplates
 
 if TYPE_CHECKING:
     from choreo_cli.core.coordinator import Coordinator
@@ -98,13 +98,13 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
     reading. The generator yields, after each batch, how many clean records it held; it
     stops after the first record ended by an interruption.
     """
-    skip_templates = SkipTemplates()
+    skip_lines = SkipLines()
     extra: dict[str, Any] = {
         "loads": orjson.loads,
         "decode_error": orjson.JSONDecodeError,
         "reason": reason_for,
-        "skip_line": skip_templates.line,
-        "learn_skips": skip_templates.learn,
+        "skip_line": skip_lines.line,
+        "learn_skips": skip_lines.learn,
     }
     clean_exit = [
         "put(clean_line % (index, line))",
@@ -116,7 +116,8 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
     ]
     # A succeeded record whose prechecks skipped jobs (with Skip), of a known pattern: its
     # line from a template (its bag is reused, as a clean record's). The first of a
-    # pattern teaches it.
+    # pattern teaches it. ``pattern`` is the record's SkipPattern (record_body sets bit i
+    # when the precheck of step i raised Skip), or -1 when another exception skipped a job.
     # A job with retry: puts ``attempts`` in the line, which no template has (today its
     # pattern never gets one, since every such line has attempts: this keeps it so).
     retries = " and ctx._attempts is None" if plan.has_retry else ""

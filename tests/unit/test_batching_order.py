@@ -143,7 +143,7 @@ def picker(data: st.DataObject) -> Pick:
 
 def encoded(results: list[Result]) -> list[bytes]:
     writer = ResultWriter(io.BytesIO())
-    lines = [writer.encode(result) for result in results]
+    lines = [writer.encoder.encode(result) for result in results]
     writer.close()
     return lines
 
@@ -188,7 +188,7 @@ def test_run_lines_writes_the_serial_lines_whatever_comes_back_first(
 
     def emit(result: Result) -> bool:
         emitted.append(result)
-        out.append(writer.encode(result))
+        out.append(writer.encoder.encode(result))
         return False
 
     with InProcess(pipeline_path, picker(data)) as executor:

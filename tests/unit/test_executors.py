@@ -342,7 +342,7 @@ def fused_lines(runner: Any, data: bytes, *, keep_raw: bool = False) -> tuple[li
     source = data.split(b"\n")
 
     def emit(result: Result) -> bool:
-        out.append(writer.encode(result))
+        out.append(writer.encoder.encode(result))
         if keep_raw:
             assert result.raw == source[result.line - 1] + b"\n"  # type: ignore[operator]
         return False
@@ -445,7 +445,7 @@ def test_an_interrupted_run_lines_gives_every_record_read_one_line(pipeline_file
                 executor.interrupt("test")
 
         def emit(result: Result) -> bool:
-            out.append(writer.encode(result))
+            out.append(writer.encoder.encode(result))
             return False
 
         batches = JsonlReader(io.BytesIO(data)).iter_line_lists()

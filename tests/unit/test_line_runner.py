@@ -34,7 +34,7 @@ def through_run_many(
     results = list(coordinator.run_many(JsonlReader(io.BytesIO(data), keep_raw=True)))
     writer.close()
     return (
-        b"".join(writer.encode(r) for r in results),
+        b"".join(writer.encoder.encode(r) for r in results),
         [r.raw for r in results if r.status != "succeeded"],
         [r.bag.as_dict() for r in results if not r.clean and r.status != "invalid"],
     )
@@ -52,7 +52,7 @@ def through_run_lines(
 
     def emit(result: Result) -> bool:
         emitted.append(result)
-        out.append(writer.encode(result))
+        out.append(writer.encoder.encode(result))
         if result.status != "succeeded":
             raws.append(result.raw)
         return False
@@ -99,7 +99,7 @@ def summary_of(coordinator: Coordinator, data: bytes, *, max_lines: int | None) 
     writer = ResultWriter(io.BytesIO())
     if max_lines is None:
         results = list(coordinator.run_many(JsonlReader(io.BytesIO(data))))
-        out = [writer.encode(result) for result in results]
+        out = [writer.encoder.encode(result) for result in results]
         for result in results:
             summary.add(result)
     else:
@@ -109,7 +109,7 @@ def summary_of(coordinator: Coordinator, data: bytes, *, max_lines: int | None) 
         tallied: list[Result] = []
 
         def emit(result: Result) -> bool:
-            out.append(writer.encode(result))
+            out.append(writer.encoder.encode(result))
             summary.add(result)
             return False
 

@@ -19,8 +19,9 @@ import pytest
 from choreo_cli.core.coordinator import Coordinator, Step
 from choreo_cli.core.result import ExecutionError
 from choreo_cli.errors import Cancel, Interrupted, Skip
+from choreo_cli.jsonl.lines import dump_value
 from choreo_cli.jsonl.reader import iter_items
-from choreo_cli.jsonl.writer import ResultWriter, build_writer, dump_value
+from choreo_cli.jsonl.writer import ResultWriter, build_writer
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schemas" / "result.schema.json").read_text(encoding="utf-8"))
@@ -58,6 +59,7 @@ class FakeResult:
     raw: bytes | None = None
     duration: float = 0.0
     clean: bool = False
+    skip_pattern: int = 0
 
 
 def test_clean_and_failing_records_through_the_real_coordinator() -> None:
@@ -135,9 +137,9 @@ def test_clean_fast_path_gives_the_same_line_as_the_full_encoding() -> None:
     steps = {"100% done": "succeeded", 'say "hi"': "succeeded"}
     for line in (5, None):
         result = FakeResult(index=3, line=line, steps=steps)
-        fast = writer.encode(result)
-        assert fast == writer._encode_full(result)
-        assert fast == writer.encode(result)  # from the cached template
+        fast = writer.encoder.encode(result)
+        assert fast == writer.encoder.encode_full(result)
+        assert fast == writer.encoder.encode(result)  # from the cached template
         check_lines(fast)
     writer.close()
 
@@ -145,8 +147,8 @@ def test_clean_fast_path_gives_the_same_line_as_the_full_encoding() -> None:
 def test_clean_fast_path_with_input_and_data() -> None:
     writer = ResultWriter(io.BytesIO(), include_input=True, include_data=True)
     result = FakeResult(index=0, input={"id": 1}, bag=FakeBag({"precheck": {}, "job": {"a": 1}}))
-    assert writer.encode(result) == writer._encode_full(result)
-    (line,) = check_lines(writer.encode(result))
+    assert writer.encoder.encode(result) == writer.encoder.encode_full(result)
+    (line,) = check_lines(writer.encoder.encode(result))
     assert line["input"] == {"id": 1}
     assert line["data"] == {"precheck": {}, "job": {"a": 1}}
     writer.close()
@@ -161,7 +163,7 @@ def test_attempts_and_interruption_are_written() -> None:
         steps={"a": "succeeded", "b": "not_run"},
         attempts={"a": 3},
     )
-    (line,) = check_lines(ResultWriter(io.BytesIO()).encode(result))
+    (line,) = check_lines(ResultWriter(io.BytesIO()).encoder.encode(result))
     assert line["attempts"] == {"a": 3}
     assert line["error"] == {
         "step": None,
@@ -202,7 +204,7 @@ def test_values_that_are_not_json_are_written_with_repr() -> None:
     )
     result = FakeResult(index=0, status="failed", input=Opaque(), bag=bag)
     writer = ResultWriter(io.BytesIO(), include_input=True, include_data=True)
-    (line,) = check_lines(writer.encode(result))
+    (line,) = check_lines(writer.encoder.encode(result))
     assert line["input"] == "<Opaque>"
     assert line["data"]["precheck"] == {"a": "<Opaque>"}
     assert line["data"]["job"] == {

@@ -94,8 +94,8 @@ def test_lines_and_counts_equal_the_general_paths(
         writer = ResultWriter(io.BytesIO(), include_input=include_input)
         for result in results:
             # Twice: the second time from the template the first one made.
-            assert writer.encode(result) == writer._encode_full(result)
-            assert writer.encode(result) == writer._encode_full(result)
+            assert writer.encoder.encode(result) == writer.encoder.encode_full(result)
+            assert writer.encoder.encode(result) == writer.encoder.encode_full(result)
         writer.close()
     for result in results:
         summary.add(result)
