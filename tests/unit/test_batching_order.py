@@ -70,8 +70,8 @@ class InProcess(BatchExecutor):
 
     max_batch = 4  # many small batches: many orders
 
-    def __init__(self, path: Path, pick: Pick) -> None:
-        super().__init__(load_pipeline(path), workers=2)
+    def __init__(self, path: Path, pick: Pick, *, dry_run: bool = False) -> None:
+        super().__init__(load_pipeline(path), workers=2, dry_run=dry_run)
         self._pick = pick
         self._runner: BatchRunner | None = None
         self._flight: list[tuple[Batch, collections.deque[Chunk]]] = []
