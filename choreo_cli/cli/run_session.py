@@ -164,31 +164,33 @@ def check_distinct_files(options: RunOptions, *, streams: Streams) -> None:
     emptied before a record is read, and two outputs would overwrite each other.
 
     ``-`` stands for the file behind stdin or stdout (``-o in.jsonl < in.jsonl``)."""
-    roles = [
-        ("--input", options.input, streams.stdin_descriptor(), "standard input"),
-        ("--output", options.output, streams.stdout_descriptor(), "standard output"),
-        ("--rejects", options.rejects, None, ""),
-        ("--summary-json", options.summary_json, None, ""),
-        ("--checkpoint", options.checkpoint, None, ""),
+    # (flag, path, for "-": the stream it stands for and that stream's descriptor)
+    roles: list[tuple[str, str | Path | None, str | None, int | None]] = [
+        ("--input", options.input, "standard input", streams.stdin_descriptor()),
+        ("--output", options.output, "standard output", streams.stdout_descriptor()),
+        ("--rejects", options.rejects, None, None),
+        ("--summary-json", options.summary_json, None, None),
+        ("--checkpoint", options.checkpoint, None, None),
     ]
     seen: dict[tuple[int, int], str] = {}
-    for flag, path, fd, stream in roles:
+    for flag, path, standard, fd in roles:
         if path is None:
             continue
-        standard = str(path) == "-" and stream != ""
+        if str(path) != "-":
+            standard = None
         try:
-            if standard:
-                if fd is None:
-                    continue  # closed, or in memory: no file to share
+            if standard is None:
+                info = os.stat(path)
+            elif fd is not None:
                 info = os.fstat(fd)
             else:
-                info = os.stat(path)
+                continue  # closed, or in memory: no file to share
         except (OSError, ValueError):
             continue  # a file still to be made, or an input that cannot be read (said later)
         if not stat.S_ISREG(info.st_mode):
             continue  # /dev/null, a pipe, a terminal: any number of roles may share one
         key = (info.st_dev, info.st_ino)
-        name = stream if standard else f"{flag} {path}"
+        name = standard or f"{flag} {path}"
         if key in seen:
             raise UsageError(f"{name} is the same file as {seen[key]}: give each its own file")
         seen[key] = name
