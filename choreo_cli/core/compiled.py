@@ -17,8 +17,11 @@ worker's event loop: the thread pool's) and, in ``choreo_cli.jsonl.line_runner``
 
 The builders (``record_source``, ``async_source``, ``record_body``) return source and the
 names it uses, and change nothing; ``define`` runs the source and registers it with
-``linecache`` under a name of its own, so tracebacks, pdb and ``inspect.getsource`` show
-the generated lines.
+``linecache`` under a name of its own (``<choreo generated run/run_serial for steps
+['a', 'b'] #3>``), so tracebacks, pdb and ``inspect.getsource`` show the generated lines.
+The source of each plan shape is pinned in ``tests/unit/generated/`` (see
+tests/unit/test_generated.py; ``CHOREO_UPDATE_SNAPSHOTS=1`` rewrites it after a deliberate
+change); tests/unit/test_reference_runner.py holds the runners to ``interpreted.py``.
 """
 
 from __future__ import annotations
@@ -236,6 +239,10 @@ def record_body(
         namespace[f"key_{i}"] = planned.key
         namespace[f"step_{i}"] = planned
         general = planned.timeout is not None
+        # A timeout gives the worker a fresh Context (the late callable keeps the old one):
+        # a record that ends in an error must end on the worker's, whose attempts it resets
+        # (else the next record would start with them).
+        renewed = ["    ctx = worker.ctx"] if general else []
         lines += [
             f"# step {i}: {planned.name!r}",
             "if flags.interrupted:",
@@ -252,6 +259,7 @@ def record_body(
                 f"    errors, skipped = on_skip(exc, {i}, bag, errors, skipped)",
                 *([f"    pattern |= {1 << i}"] if skip_exit else []),
                 "except BaseException as exc:",
+                *renewed,
                 f"    errors, skipped, stopped = on_precheck_error(exc, {i}, ctx, raw, started, errors, skipped)",
                 "    if stopped is not None:",
                 "        EXIT stopped",
@@ -279,6 +287,7 @@ def record_body(
             "try:",
             *(f"    {c}" for c in call),
             "except BaseException as exc:",
+            *renewed,
             f"    EXIT on_job_error(exc, {i}, ctx, raw, started, errors, skipped)",
             "if v is not None:",
             "    if bag._job is None:",

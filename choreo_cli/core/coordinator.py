@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 import types
@@ -341,8 +340,8 @@ class _Runners:
 def _runners(plan: Plan) -> _Runners:
     """``CHOREO_RUNNER=interpreted`` runs records with the plain loop of interpreted.py,
     the reference the compiled runners are tested against (slower; for debugging)."""
-    if os.environ.get("CHOREO_RUNNER", "compiled") == "interpreted":
-        from choreo_cli.core import interpreted
+    from choreo_cli.core import interpreted
 
+    if interpreted.selected():
         return _Runners(interpreted.build_runner, interpreted.build_async_runner)
     return _Runners(compile_runner, compile_async_runner)

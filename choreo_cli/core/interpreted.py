@@ -1,14 +1,22 @@
 """The reference runner: a record's steps as a plain loop over the plan.
 
 The compiled runners (compiled.py) unroll the same semantics into straight-line code for
-speed; this loop is what they are held to in the tests, and what runs records when
-``CHOREO_RUNNER=interpreted`` is set (to rule the generated code out while debugging).
-Every callable goes through the general call path (``Plan.invoke``); the rare paths are
-the same ``Outcomes``.
+speed; this loop is what they are held to in the tests (tests/unit/test_reference_runner.py),
+and what runs records when the environment variable ``CHOREO_RUNNER=interpreted`` is set,
+to rule the generated code out while debugging::
+
+    CHOREO_RUNNER=interpreted choreo run pipeline.yaml -i in.jsonl
+
+It covers ``Coordinator.run``, ``run_many`` (one worker or the thread pool, async steps
+included) and `choreo run`'s line loop (``choreo_cli.jsonl.line_runner.run_lines``); the
+choice is made when a coordinator first runs a record after its last ``add_step``. Every
+callable goes through the general call path (``Plan.invoke``); the rare paths are the same
+``Outcomes``.
 """
 
 from __future__ import annotations
 
+import os
 from asyncio import events
 from collections.abc import Iterable, Iterator
 from time import perf_counter
@@ -25,6 +33,15 @@ if TYPE_CHECKING:
     from choreo_cli.core.result import Result
     from choreo_cli.core.signatures import CallSpec
     from choreo_cli.core.workers import Worker
+
+
+RUNNER_VARIABLE = "CHOREO_RUNNER"
+
+
+def selected() -> bool:
+    """True when the environment asks for this runner: ``CHOREO_RUNNER=interpreted``
+    (any other value, or none, runs the compiled code)."""
+    return os.environ.get(RUNNER_VARIABLE, "compiled") == "interpreted"
 
 
 def build_runner(plan: Plan) -> tuple[RecordRunner, SerialRunner]:

@@ -4,7 +4,8 @@
 record at a time, and never builds the Result of a record that ran every step without an
 error: its line is written from a template. The record code is the compiled runners'
 (``choreo_cli.core.compiled``); this module adds the parsing of each line and the
-templates of the lines it writes.
+templates of the lines it writes. With ``CHOREO_RUNNER=interpreted`` the same loop is
+run as plain Python over the reference runner (``interpret_line_runner``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from choreo_cli.core import interpreted
 from choreo_cli.core.compiled import Generated, define, record_body, spell
+from choreo_cli.core.items import InvalidLine
 from choreo_cli.jsonl.lines import SkipLines
 from choreo_cli.jsonl.reader import reason_for
 
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from choreo_cli.core.coordinator import Coordinator
     from choreo_cli.core.plan import Plan
     from choreo_cli.core.result import Result
+    from choreo_cli.core.workers import Worker
 
 LineRunner = Callable[
     [
@@ -72,15 +76,78 @@ def run_lines(
     if coordinator.workers != 1:
         raise ValueError("run_lines runs one record at a time: it needs workers == 1")
     runner: LineRunner = coordinator.compiled(
-        ("run_lines", keep_raw), lambda plan: compile_line_runner(plan, keep_raw=keep_raw)
+        ("run_lines", keep_raw), lambda plan: build_line_runner(plan, keep_raw=keep_raw)
     )
     return runner(batches, coordinator.local_worker(), clean_line, put, emit, tally)
+
+
+def build_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
+    """The compiled line runner, or the interpreted one when ``CHOREO_RUNNER=interpreted``
+    (see ``choreo_cli.core.interpreted``)."""
+    if interpreted.selected():
+        return interpret_line_runner(plan, keep_raw=keep_raw)
+    return compile_line_runner(plan, keep_raw=keep_raw)
 
 
 def compile_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
     """``run_lines`` of ``line_source``, defined."""
     runner: LineRunner = define(line_source(plan, keep_raw=keep_raw), plan)[0]
     return runner
+
+
+def interpret_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
+    """``run_lines`` as a plain loop: each line parsed as the compiled loop parses it, each
+    record run by the reference runner (``choreo_cli.core.interpreted``), the line of a
+    clean Result written from ``clean_line``, every other Result emitted.
+
+    The reference for ``line_source``'s loop: the same lines, counts and stops. ``tally``
+    is not used: a record the compiled loop writes from a skip template is emitted here,
+    which writes the same line and counts the same.
+    """
+    run, _ = interpreted.build_runner(plan)
+    flags = plan.flags
+    invalid = plan.outcomes.invalid
+
+    def run_lines(
+        batches: Iterable[list[bytes]],
+        worker: Worker,
+        clean_line: bytes,
+        put: Callable[[bytes], Any],
+        emit: Callable[[Result], Any],
+        tally: Callable[[Result], Any] | None,
+    ) -> Iterator[int]:
+        if flags.interrupted:
+            return
+        number = 0  # lines before this list (blank ones too)
+        index = -1  # the last record's number (every non-blank line counts)
+        for lines in batches:
+            clean = 0
+            for line, data in enumerate(lines, number + 1):
+                raw = data + b"\n" if keep_raw else None
+                try:
+                    value = orjson.loads(data)
+                except orjson.JSONDecodeError as exc:
+                    if not data.strip():
+                        continue
+                    index += 1
+                    result = invalid(InvalidLine(line, reason_for(data, exc), raw, index), index)
+                else:
+                    index += 1
+                    result = run(value, index, line, raw, worker)
+                    if result.clean:
+                        put(clean_line % (index, line))
+                        clean += 1
+                        if flags.interrupted:
+                            yield clean
+                            return
+                        continue
+                if emit(result) or flags.interrupted:
+                    yield clean
+                    return
+            number += len(lines)
+            yield clean
+
+    return run_lines
 
 
 def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
