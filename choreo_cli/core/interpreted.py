@@ -17,7 +17,6 @@ callable goes through the general call path (``Plan.invoke``); the rare paths ar
 from __future__ import annotations
 
 import os
-from asyncio import events
 from collections.abc import Iterable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -189,6 +188,8 @@ class _Record:
     async def _acall(self, spec: CallSpec) -> Any:
         if spec.is_async:
             return await self.plan.ainvoke(spec, self.ctx, self.value, self.worker)
+        from asyncio import events  # not at module level: `choreo run` need not import asyncio
+
         # A plain callable must not see the worker's loop running (as on a thread without one).
         events._set_running_loop(None)
         try:
