@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import linecache
+import os
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,14 @@ SerialRunner = Callable[[Iterable[Any], Any], Iterator[Any]]
 AsyncRecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Awaitable[Any]]
 
 _serial_numbers = itertools.count(1)
+
+RUNNER_VARIABLE = "CHOREO_RUNNER"
+
+
+def reference_selected() -> bool:
+    """True when the environment asks for the reference runner: ``CHOREO_RUNNER=interpreted``
+    (any other value, or none, runs the compiled code)."""
+    return os.environ.get(RUNNER_VARIABLE, "compiled") == "interpreted"
 
 
 @dataclass(frozen=True)

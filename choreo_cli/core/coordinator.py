@@ -16,6 +16,7 @@ from choreo_cli.core.compiled import (
     SerialRunner,
     compile_async_runner,
     compile_runner,
+    reference_selected,
 )
 from choreo_cli.core.context import _RunFlags
 from choreo_cli.core.items import InvalidLine, Record
@@ -340,8 +341,8 @@ class _Runners:
 def _runners(plan: Plan) -> _Runners:
     """``CHOREO_RUNNER=interpreted`` runs records with the plain loop of interpreted.py,
     the reference the compiled runners are tested against (slower; for debugging)."""
-    from choreo_cli.core import interpreted
+    if reference_selected():
+        from choreo_cli.core import interpreted
 
-    if interpreted.selected():
         return _Runners(interpreted.build_runner, interpreted.build_async_runner)
     return _Runners(compile_runner, compile_async_runner)

@@ -16,11 +16,11 @@ callable goes through the general call path (``Plan.invoke``); the rare paths ar
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from choreo_cli.core.compiled import reference_selected
 from choreo_cli.core.context import DataBag
 from choreo_cli.core.items import InvalidLine, Record
 from choreo_cli.errors import Skip
@@ -34,13 +34,9 @@ if TYPE_CHECKING:
     from choreo_cli.core.workers import Worker
 
 
-RUNNER_VARIABLE = "CHOREO_RUNNER"
-
-
-def selected() -> bool:
-    """True when the environment asks for this runner: ``CHOREO_RUNNER=interpreted``
-    (any other value, or none, runs the compiled code)."""
-    return os.environ.get(RUNNER_VARIABLE, "compiled") == "interpreted"
+# Whether the environment asks for this runner (see compiled.py: the check is there, so
+# that a run with the compiled code does not import this module).
+selected = reference_selected
 
 
 def build_runner(plan: Plan) -> tuple[RecordRunner, SerialRunner]:

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from choreo_cli.core import interpreted
-from choreo_cli.core.compiled import Generated, define, record_body, spell
+from choreo_cli.core.compiled import Generated, define, record_body, reference_selected, spell
 from choreo_cli.core.items import InvalidLine
 from choreo_cli.jsonl.lines import SkipLines
 from choreo_cli.jsonl.reader import reason_for
@@ -84,7 +83,7 @@ def run_lines(
 def build_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
     """The compiled line runner, or the interpreted one when ``CHOREO_RUNNER=interpreted``
     (see ``choreo_cli.core.interpreted``)."""
-    if interpreted.selected():
+    if reference_selected():
         return interpret_line_runner(plan, keep_raw=keep_raw)
     return compile_line_runner(plan, keep_raw=keep_raw)
 
@@ -104,6 +103,8 @@ def interpret_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
     is not used: a record the compiled loop writes from a skip template is emitted here,
     which writes the same line and counts the same.
     """
+    from choreo_cli.core import interpreted
+
     run, _ = interpreted.build_runner(plan)
     flags = plan.flags
     invalid = plan.outcomes.invalid
