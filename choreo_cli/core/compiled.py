@@ -83,33 +83,38 @@ def record_source(plan: Plan) -> Generated:
     body, namespace = record_body(plan)
     single = ["def run(value, index, line, raw, worker):"]
     single += spell(body, 1, lambda result: [f"return {result}"])
+    # The stream is one run of the coordinator (see context._RunFlags): it ends when the
+    # generator does (exhausted, raising, closed early), which clears an interruption.
     serial = [
         "def run_serial(records, worker):",
-        "    if flags.interrupted:",
-        "        return",
-        "    for index, item in enumerate(records):",
-        "        cls = type(item)",
-        "        if cls is Record:",
-        "            value = item.value",
-        "            line = item.line",
-        "            raw = item.raw",
-        "            if item.index is not None:",
-        "                index = item.index",
-        "        elif cls is InvalidLine:",
-        "            yield on_invalid(item, index if item.index is None else item.index)",
-        "            if flags.interrupted:",
-        "                return",
-        "            continue",
-        "        else:",
-        "            value = item",
-        "            line = raw = None",
+        "    flags.begin()",
+        "    try:",
+        "        if flags.interrupted:",
+        "            return",
+        "        for index, item in enumerate(records):",
+        "            cls = type(item)",
+        "            if cls is Record:",
+        "                value = item.value",
+        "                line = item.line",
+        "                raw = item.raw",
+        "                if item.index is not None:",
+        "                    index = item.index",
+        "            elif cls is InvalidLine:",
+        "                yield on_invalid(item, index if item.index is None else item.index)",
+        "                if flags.interrupted:",
+        "                    return",
+        "                continue",
+        "            else:",
+        "                value = item",
+        "                line = raw = None",
     ]
     # A record's end: hand its Result over, then stop reading if interrupted.
     serial += spell(
         body,
-        2,
+        3,
         lambda result: [f"yield {result}", "if flags.interrupted:", "    return", "continue"],
     )
+    serial += ["    finally:", "        flags.end()"]
     source = "\n".join(single) + "\n\n\n" + "\n".join(serial) + "\n"
     return Generated(source, namespace, ("run", "run_serial"))
 

@@ -97,24 +97,77 @@ class _Frame:
 
 
 class _RunFlags:
-    """Shared by all records of a coordinator: set when the run is interrupted."""
+    """Shared by all records of a coordinator: whether the run in progress is interrupted.
 
-    __slots__ = ("_event", "dry_run", "interrupted", "reason")
+    An interruption ends the run in progress, not the coordinator. ``interrupted`` (read
+    before every step) is cleared when the run ends: when the last of the runs in
+    progress (``runs``: a ``run_many`` or ``run_lines`` being iterated, a
+    ``Coordinator.running()`` scope) ends, or, with none, when a ``run()`` ends. An
+    ``interrupt()`` that comes while no run is in progress stops the next run at its
+    start (a signal just before `choreo run` starts its loop is not lost).
+    ``was_interrupted`` says whether the run in progress, or the last one, was
+    interrupted; it is cleared when a run starts with no interruption pending.
+    """
+
+    __slots__ = ("_event", "_lock", "dry_run", "interrupted", "reason", "runs", "was_interrupted")
 
     def __init__(self) -> None:
         self.interrupted = False
+        self.was_interrupted = False
         self.reason: str | None = None
         self.dry_run = False
+        self.runs = 0
         self._event = threading.Event()
+        self._lock = threading.Lock()
 
     def interrupt(self, reason: str) -> None:
+        """Stop the run in progress (or the next one). Sets flags only: safe from a signal
+        handler."""
         self.reason = reason
+        self.was_interrupted = True
         self.interrupted = True
         self._event.set()
 
     def wait_interrupted(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True (at once) if the run is interrupted meanwhile."""
         return self._event.wait(seconds) if seconds > 0 else self.interrupted
+
+    def begin(self) -> None:
+        """A run starts (it ends with ``end()``, also when it raises or is closed early)."""
+        with self._lock:
+            if not self.runs:
+                self._starting()
+            self.runs += 1
+
+    def end(self) -> None:
+        """A run ends; the last one in progress clears an interruption."""
+        with self._lock:
+            self.runs -= 1
+            if not self.runs:
+                self._clear()
+
+    def begin_alone(self) -> None:
+        """A ``run()`` of one record starts, perhaps within another run; called only when
+        ``was_interrupted`` is set (the common path pays one attribute check)."""
+        with self._lock:
+            if not self.runs:
+                self._starting()
+
+    def end_alone(self) -> None:
+        """A ``run()`` ended interrupted: outside any other run, it was the run to end."""
+        with self._lock:
+            if not self.runs:
+                self._clear()
+
+    def _starting(self) -> None:
+        if not self.interrupted:
+            self.was_interrupted = False
+            self.reason = None
+
+    def _clear(self) -> None:
+        # In this order: an interrupt() that comes meanwhile is the ending run's, whole.
+        self._event.clear()
+        self.interrupted = False
 
 
 class Context:

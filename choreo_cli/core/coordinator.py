@@ -114,8 +114,10 @@ class Coordinator:
 
     @property
     def interrupted(self) -> bool:
-        """True once ``interrupt()`` was called."""
-        return self._flags.interrupted
+        """True when the run in progress, or the last run, was interrupted (by
+        ``interrupt()`` or a step's KeyboardInterrupt), or an interruption waits for the
+        next run; false again once a run starts with none pending."""
+        return self._flags.was_interrupted
 
     @property
     def dry_run(self) -> bool:
@@ -123,8 +125,24 @@ class Coordinator:
         return self._flags.dry_run
 
     def interrupt(self, reason: str = "interrupted") -> None:
-        """Stop the run: no new record starts, records in flight stop before their next step."""
+        """Stop the run in progress: no new record starts, records in flight stop before
+        their next step. Only sets flags: safe from a signal handler.
+
+        An interruption ends the run, not the coordinator: once the run ends, the next
+        runs normally. A run is a ``run_many`` (or ``run_lines``) until its generator ends
+        (exhausted, raising or closed), a ``running()`` scope, or a ``run()`` outside
+        them. Called while no run is in progress, it stops the next run at its start.
+        """
         self._flags.interrupt(reason)
+
+    def running(self) -> contextlib.AbstractContextManager[None]:
+        """A scope that is one run: an interruption lasts until the scope ends.
+
+        For a loop of ``run()`` calls that an interruption must stop as a whole (a worker
+        of the process and Dask executors holds one for all its batches); runs inside it
+        (``run_many`` too) leave an interruption on for the scope's later ones.
+        """
+        return _Running(self._flags)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -215,15 +233,28 @@ class Coordinator:
     # -- running ------------------------------------------------------------------------------
 
     def run(self, record: Any, *, index: int = 0, line: int | None = None) -> Result:
-        """Run every step over one record and return its Result."""
+        """Run every step over one record and return its Result.
+
+        Outside any other run (``run_many``, ``running()``) this is a run of its own: an
+        interruption during it ends with it.
+        """
+        flags = self._flags
+        if flags.was_interrupted:
+            flags.begin_alone()
         if type(record) in (Record, InvalidLine):
-            return self.run_item(record, index, self.local_worker())
-        return self._execute(record, index, line, None, self.local_worker())
+            result = self.run_item(record, index, self.local_worker())
+        else:
+            result = self._execute(record, index, line, None, self.local_worker())
+        if flags.interrupted:
+            flags.end_alone()
+        return result
 
     def run_many(self, records: Iterable[Any], ordered: bool = True) -> Iterator[Result]:
         """Yield exactly one Result per item of ``records``, streaming, at most ``workers`` at once.
 
-        Items may be plain values, ``items.Record`` or ``items.InvalidLine``.
+        Items may be plain values, ``items.Record`` or ``items.InvalidLine``. If iterating
+        ``records`` raises, no more is read: the Results of the items already read come
+        first, then the exception propagates. The iteration is one run (see ``interrupt``).
         """
         if self.workers == 1:
             return self._run_serial(records)
@@ -243,30 +274,43 @@ class Coordinator:
         submitted = received = yielded = 0
         pending: dict[int, Result] = {}
         exhausted = False
-        while True:
-            while not exhausted and not flags.interrupted:
-                owed = submitted - yielded if ordered else submitted - received
-                if owed >= window:
-                    break
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    exhausted = True
-                    break
-                pool.submit(submitted, item, outq)
-                submitted += 1
-            if received == submitted:
-                return
-            seq, result = outq.get()
-            received += 1
-            if not ordered:
-                yielded += 1
-                yield result
-                continue
-            pending[seq] = result
-            while yielded in pending:
-                yield pending.pop(yielded)
-                yielded += 1
+        broken: BaseException | None = None  # what iterating the input raised
+        flags.begin()
+        try:
+            while True:
+                while not exhausted and not flags.interrupted:
+                    owed = submitted - yielded if ordered else submitted - received
+                    if owed >= window:
+                        break
+                    try:
+                        item = next(iterator)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    except BaseException as exc:
+                        # The records read run on: their Results first, then the error.
+                        broken = exc
+                        exhausted = True
+                        break
+                    pool.submit(submitted, item, outq)
+                    submitted += 1
+                if received == submitted:
+                    if broken is not None:
+                        raise broken
+                    return
+                seq, result = outq.get()
+                received += 1
+                if not ordered:
+                    yielded += 1
+                    yield result
+                    continue
+                pending[seq] = result
+                while yielded in pending:
+                    yield pending.pop(yielded)
+                    yielded += 1
+        finally:
+            broken = None  # no cycle through the traceback's frames
+            flags.end()
 
     def clean_steps(self) -> dict[str, str]:
         """The ``steps`` of a record that ran every step without an error."""
@@ -324,6 +368,21 @@ class Coordinator:
 
 async def _resolved(result: Result) -> Result:
     return result
+
+
+class _Running:
+    """``Coordinator.running()``: one run, from entry to exit."""
+
+    __slots__ = ("_flags",)
+
+    def __init__(self, flags: _RunFlags) -> None:
+        self._flags = flags
+
+    def __enter__(self) -> None:
+        self._flags.begin()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._flags.end()
 
 
 class _Runners:

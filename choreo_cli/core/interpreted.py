@@ -57,19 +57,23 @@ def build_runner(plan: Plan) -> tuple[RecordRunner, SerialRunner]:
 
     def run_serial(records: Iterable[Any], worker: Worker) -> Iterator[Result]:
         flags = plan.flags
-        if flags.interrupted:
-            return
-        for index, item in enumerate(records):
-            cls = type(item)
-            if cls is InvalidLine:
-                yield plan.outcomes.invalid(item, index if item.index is None else item.index)
-            elif cls is Record:
-                number = index if item.index is None else item.index
-                yield run(item.value, number, item.line, item.raw, worker)
-            else:
-                yield run(item, index, None, None, worker)
-            if flags.interrupted:  # checked before the next item is taken
+        flags.begin()  # one run of the coordinator, until the generator ends
+        try:
+            if flags.interrupted:
                 return
+            for index, item in enumerate(records):
+                cls = type(item)
+                if cls is InvalidLine:
+                    yield plan.outcomes.invalid(item, index if item.index is None else item.index)
+                elif cls is Record:
+                    number = index if item.index is None else item.index
+                    yield run(item.value, number, item.line, item.raw, worker)
+                else:
+                    yield run(item, index, None, None, worker)
+                if flags.interrupted:  # checked before the next item is taken
+                    return
+        finally:
+            flags.end()
 
     return run, run_serial
 

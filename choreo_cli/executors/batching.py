@@ -199,6 +199,9 @@ class BatchExecutor(abc.ABC):
             raise ValueError(f"workers must be at least 1, not {workers}")
         self.workers = workers
         self._local = pipeline.coordinator(workers=1, dry_run=dry_run, timings=False)
+        # The executor's life is one run of the local coordinator: once interrupted, it
+        # stays so (``_cancel`` relies on it to give records their cancelled Results).
+        self._local.running().__enter__()
         self._builder = ResultBuilder(tuple(s.name for s in self._local.steps), dry_run=dry_run)
         self._spec = PipelineSpec.for_file(pipeline.path, overrides=overrides, dry_run=dry_run)
         self._sizer = BatchSizer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from time import perf_counter
@@ -50,6 +51,10 @@ class BatchRunner:
         self.coordinator = pipeline.coordinator(workers=1, dry_run=spec.dry_run, timings=False)
         # Worker-scoped resources too: a failing factory is reported before any record.
         self.coordinator.open(prebuild_workers=True)
+        # Every batch of the runner is one run of the coordinator: once interrupted (by the
+        # parent, or a step's KeyboardInterrupt), it cancels the rest of its batches.
+        self._run = contextlib.ExitStack()
+        self._run.enter_context(self.coordinator.running())
         self._steps = len(self.coordinator.steps)
         self._skip_lines = SkipLines()
         self._owner = threading.get_ident()
@@ -188,6 +193,7 @@ class BatchRunner:
         """Tear down every resource; the teardown errors, as messages."""
         from choreo_cli.errors import ResourceError
 
+        self._run.close()
         try:
             self.coordinator.close()
         except ResourceError as exc:

@@ -61,6 +61,8 @@ def run_lines(
     re-run's common record) is written as its line, handed to ``put``, once a record
     of the same pattern (the same jobs skipped, by the same exception types) went to
     ``emit``: ``tally`` gets that first Result, which stands for its outcome in counts.
+    Iterating the generator is one run of the coordinator: an interruption ends with it
+    (see ``Coordinator.interrupt``).
 
     >>> from choreo_cli import Coordinator, Step
     >>> coordinator = Coordinator()
@@ -117,36 +119,41 @@ def interpret_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
         emit: Callable[[Result], Any],
         tally: Callable[[Result], Any] | None,
     ) -> Iterator[int]:
-        if flags.interrupted:
-            return
-        number = 0  # lines before this list (blank ones too)
-        index = -1  # the last record's number (every non-blank line counts)
-        for lines in batches:
-            clean = 0
-            for line, data in enumerate(lines, number + 1):
-                raw = data + b"\n" if keep_raw else None
-                try:
-                    value = orjson.loads(data)
-                except orjson.JSONDecodeError as exc:
-                    if not data.strip():
-                        continue
-                    index += 1
-                    result = invalid(InvalidLine(line, reason_for(data, exc), raw, index), index)
-                else:
-                    index += 1
-                    result = run(value, index, line, raw, worker)
-                    if result.clean:
-                        put(clean_line % (index, line))
-                        clean += 1
-                        if flags.interrupted:
-                            yield clean
-                            return
-                        continue
-                if emit(result) or flags.interrupted:
-                    yield clean
-                    return
-            number += len(lines)
-            yield clean
+        flags.begin()  # one run of the coordinator, until the generator ends
+        try:
+            if flags.interrupted:
+                return
+            number = 0  # lines before this list (blank ones too)
+            index = -1  # the last record's number (every non-blank line counts)
+            for lines in batches:
+                clean = 0
+                for line, data in enumerate(lines, number + 1):
+                    raw = data + b"\n" if keep_raw else None
+                    try:
+                        value = orjson.loads(data)
+                    except orjson.JSONDecodeError as exc:
+                        if not data.strip():
+                            continue
+                        index += 1
+                        item = InvalidLine(line, reason_for(data, exc), raw, index)
+                        result = invalid(item, index)
+                    else:
+                        index += 1
+                        result = run(value, index, line, raw, worker)
+                        if result.clean:
+                            put(clean_line % (index, line))
+                            clean += 1
+                            if flags.interrupted:
+                                yield clean
+                                return
+                            continue
+                    if emit(result) or flags.interrupted:
+                        yield clean
+                        return
+                number += len(lines)
+                yield clean
+        finally:
+            flags.end()
 
     return run_lines
 
@@ -164,7 +171,8 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
     Every other record (invalid, failed, cancelled, the first of a skip pattern) is built
     by the plan's rare paths and handed to ``emit(result)``; a true return stops
     reading. The generator yields, after each batch, how many clean records it held; it
-    stops after the first record ended by an interruption.
+    stops after the first record ended by an interruption. Its iteration is one run of
+    the coordinator: an interruption ends with it (``Coordinator.interrupt``).
     """
     skip_lines = SkipLines()
     extra: dict[str, Any] = {
@@ -211,33 +219,37 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
     )
     raw = "data + NEWLINE" if keep_raw else "None"
     namespace["NEWLINE"] = b"\n"
+    # The generator is one run of the coordinator (see core.context._RunFlags): it ends
+    # when the generator does, which clears an interruption.
     source = [
         "def run_lines(batches, worker, clean_line, put, emit, tally):",
-        "    if flags.interrupted:",
-        "        return",
-        "    number = 0",
-        "    index = -1",
-        "    for lines in batches:",
-        "        clean = 0",
-        "        for line, data in enumerate(lines, number + 1):",
-        "            try:",
-        "                value = loads(data)",
-        "            except decode_error as exc:",
-        "                if not data.strip():",
+        "    flags.begin()",
+        "    try:",
+        "        if flags.interrupted:",
+        "            return",
+        "        number = 0",
+        "        index = -1",
+        "        for lines in batches:",
+        "            clean = 0",
+        "            for line, data in enumerate(lines, number + 1):",
+        "                try:",
+        "                    value = loads(data)",
+        "                except decode_error as exc:",
+        "                    if not data.strip():",
+        "                        continue",
+        "                    index += 1",
+        f"                    item = InvalidLine(line, reason(data, exc), {raw}, index)",
+        "                    if emit(on_invalid(item, index)) or flags.interrupted:",
+        "                        yield clean",
+        "                        return",
         "                    continue",
         "                index += 1",
-        f"                item = InvalidLine(line, reason(data, exc), {raw}, index)",
-        "                if emit(on_invalid(item, index)) or flags.interrupted:",
-        "                    yield clean",
-        "                    return",
-        "                continue",
-        "            index += 1",
-        f"            raw = {raw}",
+        f"                raw = {raw}",
     ]
     # A record that did not end clean: its Result keeps the bag, so the worker gets a new one.
     source += spell(
         body,
-        3,
+        4,
         lambda result: [
             f"result = {result}",
             "worker.ctx.bag = DataBag(names)",
@@ -247,6 +259,11 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
             "continue",
         ],
     )
-    source += ["        number += len(lines)", "        yield clean"]
+    source += [
+        "            number += len(lines)",
+        "            yield clean",
+        "    finally:",
+        "        flags.end()",
+    ]
     namespace.update(extra)
     return Generated("\n".join(source) + "\n", namespace, ("run_lines",))

@@ -286,6 +286,7 @@ def test_an_interruption_ends_the_record_in_flight_and_reads_no_more() -> None:
         (1, "cancelled", "Interrupted")
     ]
     # Interrupted before it starts: nothing is read at all.
+    coordinator.interrupt("again")
     assert (
         list(run_lines(coordinator, [[b"9"]], clean_line=b"", put=out.append, emit=emitted.append))
         == []
