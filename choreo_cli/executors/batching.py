@@ -24,6 +24,7 @@ from choreo_cli.core.items import InvalidLine, Record
 from choreo_cli.executors.base import PipelineSpec
 from choreo_cli.executors.portable import Chunk, ResultBuilder
 from choreo_cli.executors.runner import BatchArgs
+from choreo_cli.jsonl.numbers import loads_exact
 from choreo_cli.jsonl.reader import reason_for
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class LineItems(Sequence[Any]):
         line = self.numbers[pos]
         raw = data + b"\n" if self.keep_raw else None
         try:
-            value = orjson.loads(data)
+            value = loads_exact(data)  # as the worker read it: integers past 64 bits too
         except orjson.JSONDecodeError as exc:
             return InvalidLine(line, reason_for(data, exc), raw, self.start + pos)
         return Record(value, line, raw, self.start + pos)

@@ -261,12 +261,12 @@ def _portable_value(value: Any) -> Any:
         pickle.loads(pickle.dumps(value, protocol=_PROTOCOL))
     except Exception:
         from choreo_cli.jsonl.lines import dump_value
+        from choreo_cli.jsonl.numbers import loads_exact
 
-        # What the writer would show for it: JSON as is, anything else as its repr.
+        # What the writer would show for it: JSON as is (integers past 64 bits too),
+        # anything else as its repr.
         try:
-            import orjson
-
-            return orjson.loads(dump_value(value))
+            return loads_exact(dump_value(value))
         except Exception:
             return repr(value)
     return value

@@ -14,6 +14,7 @@ from choreo_cli.core.items import InvalidLine, Record
 from choreo_cli.executors.base import ExecutorUnavailable, PipelineSpec, file_digest
 from choreo_cli.executors.portable import Chunk, ChunkWriter, export_result
 from choreo_cli.jsonl.lines import SkipLines
+from choreo_cli.jsonl.numbers import has_wide_digits, loads_exact
 from choreo_cli.jsonl.reader import reason_for
 
 # A batch's results go back in chunks at least this often (result lines within ~100 ms).
@@ -93,14 +94,19 @@ class BatchRunner:
                 worker = self._local.worker = coordinator.new_worker()
         run = coordinator.run
         parse = type(values) is bytes
+        loads: Callable[[bytes], Any] = orjson.loads
         if parse:
             assert isinstance(values, bytes)
+            # Integers past 64 bits, which orjson reads as floats: once per batch, and
+            # only a batch with a wide digit run parses its lines exactly.
+            if has_wide_digits(values):
+                loads = loads_exact
             if worker is None and positions is None and type(lines) is range and died is None:
-                return self._run_lines(start, values.split(b"\n"), lines, flush, current, eager)
+                data = values.split(b"\n")
+                return self._run_lines(start, data, lines, flush, current, eager, loads)
             values = values.split(b"\n")
         chunk = ChunkWriter(self._steps, maps=not parse)
         add = chunk.add
-        loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         last = perf_counter()
         for k, value in enumerate(values):
@@ -143,6 +149,7 @@ class BatchRunner:
         flush: Callable[[Chunk], None] | None,
         current: Any,
         eager: bool = False,
+        loads: Callable[[bytes], Any] = orjson.loads,
     ) -> Chunk:
         """``run`` for consecutive JSON lines on the runner's own thread: the common case of
         run_lines, kept tight (a clean record costs a count)."""
@@ -150,7 +157,6 @@ class BatchRunner:
         run = coordinator.run
         steps = self._steps
         skip_line = self._skip_lines.line_of
-        loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         count = 0
         others: list[tuple[int, tuple[Any, ...]]] = []

@@ -18,6 +18,7 @@ import orjson
 from choreo_cli.core.compiled import Generated, define, record_body, reference_selected, spell
 from choreo_cli.core.items import InvalidLine
 from choreo_cli.jsonl.lines import SkipLines
+from choreo_cli.jsonl.numbers import WideLines, loads_exact, loads_for
 from choreo_cli.jsonl.reader import reason_for
 
 if TYPE_CHECKING:
@@ -127,10 +128,11 @@ def interpret_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
             index = -1  # the last record's number (every non-blank line counts)
             for lines in batches:
                 clean = 0
+                loads = loads_for(lines)  # exact for integers past 64 bits
                 for line, data in enumerate(lines, number + 1):
                     raw = data + b"\n" if keep_raw else None
                     try:
-                        value = orjson.loads(data)
+                        value = loads(data)
                     except orjson.JSONDecodeError as exc:
                         if not data.strip():
                             continue
@@ -163,7 +165,9 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
     the serial loop of `choreo run`, fused with JSON parsing and the writing of lines.
 
     ``batches`` yields lists of input lines (bytes, without their ``\n``), as
-    ``JsonlReader.iter_line_lists`` does. Each record that ran every step without an error
+    ``JsonlReader.iter_line_lists`` does; a list that may hold an integer past 64 bits is
+    a ``WideLines``, whose lines are parsed exactly (``loads_exact``), the others by
+    orjson alone. Each record that ran every step without an error
     costs no Record and no Result: ``put(clean_line % (index, line))`` writes its line.
     With ``tally``, a record that succeeded with skipped jobs (a re-run's common record)
     costs no Result either once its pattern is known: its line from the pattern's
@@ -176,7 +180,9 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
     """
     skip_lines = SkipLines()
     extra: dict[str, Any] = {
-        "loads": orjson.loads,
+        "orjson_loads": orjson.loads,
+        "loads_exact": loads_exact,
+        "WideLines": WideLines,
         "decode_error": orjson.JSONDecodeError,
         "reason": reason_for,
         "skip_line": skip_lines.line,
@@ -231,6 +237,7 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
         "        index = -1",
         "        for lines in batches:",
         "            clean = 0",
+        "            loads = loads_exact if type(lines) is WideLines else orjson_loads",
         "            for line, data in enumerate(lines, number + 1):",
         "                try:",
         "                    value = loads(data)",

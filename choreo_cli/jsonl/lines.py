@@ -40,6 +40,7 @@ class WrittenResult(Protocol):
     index: int
     line: int | None
     input: Any
+    raw: bytes | None
     error: Any
     bag: Any
     clean: bool
@@ -137,7 +138,7 @@ class LineEncoder:
         parts = [head]
         if self.include_input:
             parts.append(b',"input":')
-            parts.append(dump_value(result.input))
+            parts.append(dump_input(result.input, result.raw))
         if self.include_data:
             parts.append(b',"data":')
             parts.append(dump_value(result.bag.as_dict()))
@@ -307,14 +308,39 @@ def _utf8(text: str) -> str:
 def dump_value(value: Any) -> bytes:
     """JSON for a user value; what is not JSON (or not writable by orjson) becomes its repr.
 
-    >>> dump_value({1: {2}})
-    b'{"1":"{2}"}'
+    >>> dump_value({1: {2}, "n": -(2**70)})
+    b'{"1":"{2}","n":-1180591620717411303424}'
     """
     try:
         return orjson.dumps(value, default=_repr, option=_VALUE_OPTIONS)
     except TypeError:
         # A key orjson cannot write, an int past 64 bits, a cycle: clean up in Python.
         return orjson.dumps(_jsonable(value, 0), default=_repr, option=_VALUE_OPTIONS)
+
+
+def _exact_int(value: int) -> Any:
+    """An integer past 64 bits as orjson writes it: its digits (a Fragment); its repr
+    when Python will not write it (more than ``sys.get_int_max_str_digits()`` digits)."""
+    try:
+        return orjson.Fragment(int.__repr__(value))
+    except ValueError:
+        return _repr(value)
+
+
+def dump_input(value: Any, raw: bytes | None) -> bytes:
+    """JSON for a record read from ``raw`` (its line, or None): as ``dump_value`` when
+    orjson writes it as it is, else (an integer past 64 bits, deeper than orjson writes)
+    the line's own JSON text, which holds the record as it was read.
+
+    >>> dump_input({"id": 2**70}, b'{"id": 1180591620717411303424} \\r\\n')
+    b'{"id": 1180591620717411303424}'
+    """
+    try:
+        return orjson.dumps(value, default=_repr, option=_VALUE_OPTIONS)
+    except TypeError:
+        if raw is None:
+            return dump_value(value)
+        return raw.strip(b" \t\r\n")
 
 
 def _repr(value: Any) -> str:
@@ -334,7 +360,7 @@ def _jsonable(value: Any, depth: int) -> Any:
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, int):
-        return value if _INT64[0] <= value <= _INT64[1] else _repr(value)
+        return value if _INT64[0] <= value <= _INT64[1] else _exact_int(value)
     if depth > 200:
         return _repr(value)
     if isinstance(value, dict):
@@ -348,6 +374,11 @@ def _jsonable(value: Any, depth: int) -> Any:
 
 
 def _key(key: Any) -> str:
-    if isinstance(key, (int, float, bool)) or key is None:
+    if isinstance(key, int) and not isinstance(key, bool):
+        try:
+            return int.__repr__(key)  # as OPT_NON_STR_KEYS writes it, past 64 bits too
+        except ValueError:
+            return _repr(key)
+    if isinstance(key, (float, bool)) or key is None:
         return orjson.dumps(key).decode()
     return _repr(key)
