@@ -118,7 +118,9 @@ class _RunFlags:
         self.dry_run = False
         self.runs = 0
         self._event = threading.Event()
-        self._lock = threading.Lock()
+        # Reentrant: a run_many generator left to the garbage collector ends its run in
+        # whatever code the collection interrupts, perhaps begin() or end() on this thread.
+        self._lock = threading.RLock()
 
     def interrupt(self, reason: str) -> None:
         """Stop the run in progress (or the next one). Sets flags only: safe from a signal

@@ -308,6 +308,13 @@ class Coordinator:
                 while yielded in pending:
                     yield pending.pop(yielded)
                     yielded += 1
+        except GeneratorExit:
+            # Closed early, interrupted: the records in flight stop before their next step,
+            # so the run ends once they have (a step that is running is not waited past).
+            if flags.interrupted:
+                for _ in range(submitted - received):
+                    outq.get()
+            raise
         finally:
             broken = None  # no cycle through the traceback's frames
             flags.end()

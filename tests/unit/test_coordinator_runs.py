@@ -345,3 +345,28 @@ def test_a_batch_runner_cancels_the_rest_of_its_batches_after_an_interruption(
         assert count == 1 and len(others) == 1
     finally:
         assert batch_runner.close() == []
+
+
+def test_records_in_flight_when_an_interrupted_run_many_is_closed_run_no_further_step(
+    runner: str,
+) -> None:
+    release = threading.Event()
+    second: list[int] = []
+
+    def first(ctx: Context, record: int) -> int:
+        if record:
+            assert release.wait(10)
+        return record
+
+    with Coordinator(workers=4) as coordinator:
+        coordinator.add_step(Step(name="a", job=first))
+        coordinator.add_step(Step(name="b", job=lambda ctx, record: second.append(record)))
+        results = coordinator.run_many(range(100))
+        assert next(results).index == 0  # the others wait in step a
+        coordinator.interrupt()
+        threading.Timer(0.2, release.set).start()
+        results.close()  # returns once the records in flight have stopped
+        time.sleep(0.5)  # time enough for a record that went on to step b
+        assert second == [0]
+        assert coordinator.run(5).status == "succeeded"
+        assert second == [0, 5]
