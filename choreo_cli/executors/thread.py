@@ -40,7 +40,8 @@ class ThreadExecutor:
 
     @property
     def interrupted(self) -> bool:
-        """True once ``interrupt()`` was called."""
+        """True when the run in progress, or the last one, was interrupted (``interrupt()``
+        or a step's KeyboardInterrupt): see ``Coordinator.interrupted``."""
         return self.coordinator.interrupted
 
     def open(self, *, prebuild_workers: bool = False) -> ThreadExecutor:
