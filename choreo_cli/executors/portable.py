@@ -31,6 +31,7 @@ from choreo_cli.errors import (
     StepTimeout,
     UnassignableInput,
 )
+from choreo_cli.jsonl.lines import unprintable_message
 
 _new = object.__new__
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -82,7 +83,8 @@ def export_exception(exc: BaseException) -> PortableError:
     try:
         message = str(exc)
     except Exception as failure:
-        message = f"<str() failed: {failure!r}>"
+        # What the writer shows for it when the exception itself reaches it (threads).
+        message = unprintable_message(failure)
     return (cls.__module__, cls.__name__, message)
 
 

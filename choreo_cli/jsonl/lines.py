@@ -288,12 +288,22 @@ def _error_json(error: Any) -> dict[str, Any]:
             "step": error.step,
             "phase": error.phase,
             "type": type(error.exception).__name__,
-            "message": f"<str() of the exception failed: {_repr(exc)}>",
+            "message": unprintable_message(exc),
         }
     message = data["message"]
     if isinstance(message, str):
         data["message"] = _utf8(message)
     return data
+
+
+def unprintable_message(failure: BaseException) -> str:
+    """The message written for an exception whose ``str()`` raised ``failure`` (every
+    executor writes this one: worker processes send it in place of the message).
+
+    >>> unprintable_message(RuntimeError("no str"))
+    "<str() of the exception failed: RuntimeError('no str')>"
+    """
+    return f"<str() of the exception failed: {_repr(failure)}>"
 
 
 def _utf8(text: str) -> str:

@@ -215,6 +215,28 @@ def test_an_exception_comes_back_with_its_type_name_and_message() -> None:
     assert type(rebuild_exception(export_exception(Skip("s")))) is Skip
 
 
+def test_an_exception_whose_str_raises_has_the_thread_executors_message() -> None:
+    """A record's line must not change with the executor: a worker sends the message the
+    writer would have made from the exception itself."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+    def job(ctx: Any) -> None:
+        raise Unprintable
+
+    coordinator = Coordinator()
+    coordinator.add_step(Step(name="s", job=job))
+    original = coordinator.run({"id": 1})
+    payload = pickle.loads(pickle.dumps(export_result(original, 1)))
+    rebuilt = ResultBuilder(("s",)).build(payload, 0, None, {"id": 1}, None)
+    assert lines_of(iter([rebuilt])) == lines_of(iter([original]))
+    assert (
+        b"<str() of the exception failed: RuntimeError('no str')>" in lines_of(iter([rebuilt]))[0]
+    )
+
+
 def test_a_bag_value_that_does_not_pickle_becomes_its_repr() -> None:
     payload = (0.1, {"work": threading.Lock(), "fine": 3}, None, None)
     chunk = (2, [{"work": threading.Lock()}, {"fine": 3}], None, [(1, payload)])
