@@ -128,7 +128,7 @@ def _run(
             console=console,
             executor=executor,
             state=state,
-            reader=build_reader(source, keep_raw=rejects is not None),
+            reader=build_reader(source, keep_raw=rejects is not None, checkpoint=checkpoint),
             writer=writer,
             summary=summary,
             progress=build_progress(options, console=console, source=source),
@@ -328,11 +328,19 @@ def build_writer(
     )
 
 
-def build_reader(source: RunInput, *, keep_raw: bool) -> JsonlReader:
-    """The reader of the input's lines (``keep_raw`` for ``--rejects``)."""
+def build_reader(
+    source: RunInput, *, keep_raw: bool, checkpoint: Checkpoint | None = None
+) -> JsonlReader:
+    """The reader of the input's lines (``keep_raw`` for ``--rejects``). It tells the
+    checkpoint of a last line without a line ending, which is never marked finished: a
+    producer may still be writing it."""
     from choreo_cli.jsonl.reader import JsonlReader
 
-    return JsonlReader(source.stream, keep_raw=keep_raw)
+    return JsonlReader(
+        source.stream,
+        keep_raw=keep_raw,
+        on_unterminated=None if checkpoint is None else checkpoint.keep_unfinished,
+    )
 
 
 def build_progress(options: RunOptions, *, console: Console, source: RunInput) -> Progress:

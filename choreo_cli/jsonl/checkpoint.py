@@ -4,7 +4,9 @@ The file starts with a fingerprint line: the pipeline file's content and the fir
 min(size, 64 KiB) bytes of the input as they were. Each later line lists input line
 numbers (``1-4096 4098``) whose result lines were written *and flushed* to the output:
 the checkpoint never claims a record the output does not have. A line cut short by a
-crash is ignored, so its records run again (they were in flight).
+crash is ignored, so its records run again (they were in flight). A last input line
+without a line ending is never marked: a producer may still be writing it, and the rerun
+reads it again once it is complete.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Checkpoint:
         self._starts = [start for start, _ in done]
         self._ends = [end for _, end in done]
         self._stream = stream
+        # The number of a last input line without a line ending, once the reader saw one.
+        self._unfinished: int | None = None
 
     @classmethod
     def open(cls, path: Path, *, pipeline: Path, input_path: Path) -> Checkpoint:
@@ -151,12 +155,24 @@ class Checkpoint:
                 continue
             yield item
 
+    def keep_unfinished(self, line: int) -> None:
+        """Never mark ``line``: the input's last line, which has no line ending (yet).
+
+        The reader says so before it hands the line over, so before its result is
+        written. Parsed or not, the line may be cut short by a producer still writing
+        it: a rerun must read it again once it is complete.
+        """
+        self._unfinished = line
+
     def mark(self, results: Sequence[Any]) -> None:
-        """Record as finished the results just written and flushed (not interrupted ones)."""
+        """Record as finished the results just written and flushed (not interrupted ones,
+        nor the unfinished last line: see ``keep_unfinished``)."""
+        unfinished = self._unfinished
         lines = [
             r.line
             for r in results
             if r.line is not None
+            and r.line != unfinished
             and not (r.error is not None and isinstance(r.error.exception, Interrupted))
         ]
         if lines:

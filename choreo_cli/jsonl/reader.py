@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import orjson
@@ -28,18 +28,29 @@ class JsonlReader:
     line without one; the BOM is not part of the first line). ``bytes_read`` counts the
     bytes consumed so far, for a progress bar.
 
+    A last line without a line ending (a producer may still be writing it) is read like
+    any other; its number is ``unterminated_line``, set (and ``on_unterminated`` called
+    with it) before the line is handed over, so before any result of it exists.
+
     >>> import io
     >>> [item.value for item in JsonlReader(io.BytesIO(b'{"id": 1}\\n\\n[2]\\n'))]
     [{'id': 1}, [2]]
     """
 
     def __init__(
-        self, stream: BinaryIO, *, keep_raw: bool = False, chunk_size: int = CHUNK_SIZE
+        self,
+        stream: BinaryIO,
+        *,
+        keep_raw: bool = False,
+        chunk_size: int = CHUNK_SIZE,
+        on_unterminated: Callable[[int], None] | None = None,
     ) -> None:
         self._stream = stream
         self._keep_raw = keep_raw
         self._chunk_size = chunk_size
+        self._on_unterminated = on_unterminated
         self.bytes_read = 0
+        self.unterminated_line: int | None = None
 
     def __iter__(self) -> Iterator[Record | InvalidLine]:
         return self._iter_items()
@@ -81,8 +92,10 @@ class JsonlReader:
                 yield lines[start : start + max_lines]
 
     def _iter_lines(self) -> Iterator[list[bytes]]:
-        """Yield lists of complete lines without their ``\\n``; a last unterminated line too."""
+        """Yield lists of complete lines without their ``\\n``; a last unterminated line too
+        (``unterminated_line`` set first)."""
         pending: list[bytes] = []
+        complete = 0  # lines yielded so far
         for chunk in self._iter_chunks():
             if b"\n" not in chunk:
                 # Part of a long line: joined once when its end arrives (no quadratic copy).
@@ -96,8 +109,12 @@ class JsonlReader:
             tail = lines.pop()
             if tail:
                 pending.append(tail)
+            complete += len(lines)
             yield lines
         if pending:
+            self.unterminated_line = complete + 1
+            if self._on_unterminated is not None:
+                self._on_unterminated(complete + 1)
             yield [b"".join(pending)]
 
     def _iter_items(self) -> Iterator[Record | InvalidLine]:

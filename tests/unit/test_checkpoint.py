@@ -70,6 +70,18 @@ def test_interrupted_results_and_results_without_a_line_are_not_marked(
     assert files.path.read_bytes().count(b"\n") == 2  # header, "1": no empty mark line
 
 
+def test_an_unfinished_last_line_is_never_marked(files: SimpleNamespace) -> None:
+    """The input's last line has no line ending (yet): a rerun must read it again."""
+    checkpoint = _open(files)
+    checkpoint.mark([_result(1), _result(2)])
+    checkpoint.keep_unfinished(4)
+    checkpoint.mark([_result(3), _result(4)])
+    checkpoint.mark([_result(4)])
+    checkpoint.close()
+    assert _finished(files) == [1, 2, 3]
+    assert files.path.read_bytes().split(b"\n")[1:] == [b"1-2", b"3", b""]
+
+
 def test_each_mark_reaches_the_file_at_once(files: SimpleNamespace) -> None:
     # Unbuffered: a kill -9 right after mark() returns loses nothing that was marked.
     checkpoint = _open(files)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from choreo_cli.core.items import InvalidLine, Record
-from choreo_cli.jsonl.reader import JsonlReader, iter_items
+from choreo_cli.jsonl.reader import CHUNK_SIZE, JsonlReader, iter_items
 
 
 def read(data: bytes, **kwargs: object) -> list[Record | InvalidLine]:
@@ -78,6 +78,35 @@ def test_bad_utf8_is_a_unicode_decode_error() -> None:
 def test_last_line_without_newline_is_read() -> None:
     items = read(b"1\n2")
     assert [item.value for item in items] == [1, 2]  # type: ignore[union-attr]
+
+
+def test_a_last_line_without_a_line_ending_is_told_before_it_is_handed_over() -> None:
+    """A producer may still be writing it: the checkpoint must never mark it finished."""
+    told: list[int] = []
+    reader = JsonlReader(io.BytesIO(b'{"id": 1}\n\n{"id":'), on_unterminated=told.append)
+    items = iter(reader)
+    assert next(items).line == 1
+    assert (told, reader.unterminated_line) == ([], None)
+    last = next(items)
+    assert (told, reader.unterminated_line) == ([3], 3)
+    assert isinstance(last, InvalidLine) and last.line == 3
+    # Parsed or not, a line without its ending is unfinished; one chunk or many.
+    for chunk_size in (1, 3, CHUNK_SIZE):
+        reader = JsonlReader(io.BytesIO(b"1\r\n2\n3"), chunk_size=chunk_size)
+        assert [item.line for item in reader] == [1, 2, 3]
+        assert reader.unterminated_line == 3
+    # Also for the lines the fused loop reads.
+    reader = JsonlReader(io.BytesIO(b"1\n2\n3"), on_unterminated=told.append)
+    assert list(reader.iter_line_lists(max_lines=2)) == [[b"1", b"2"], [b"3"]]
+    assert (told, reader.unterminated_line) == ([3, 3], 3)
+
+
+def test_every_line_ended_leaves_no_unterminated_line() -> None:
+    for data in (b"", b"1\n", b"1\r\n2\n", b"\xef\xbb\xbf1\n\n"):
+        told: list[int] = []
+        reader = JsonlReader(io.BytesIO(data), chunk_size=2, on_unterminated=told.append)
+        list(reader)
+        assert (told, reader.unterminated_line) == ([], None), data
 
 
 def test_raw_is_the_line_as_read_with_its_ending() -> None:
