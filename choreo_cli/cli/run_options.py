@@ -1,4 +1,5 @@
-"""`choreo run`'s options: the RunOptions object, and a quick reading of plain command lines.
+"""`choreo run`'s options: the RunOptions object, UsageError for options that cannot work,
+and a quick reading of plain command lines.
 
 typer (with the pydantic models it builds to check option values) takes about 0.2 s to
 start, as long as choreo takes for 300,000 trivial records. A `choreo run` command line
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 EXECUTORS = ("thread", "process", "dask")
+
+
+class UsageError(Exception):
+    """The command line, the pipeline or the input is unusable: exit 2 before any record ran."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from choreo_cli.cli.run_files import check_distinct_files
+from choreo_cli.cli.run_options import UsageError
 from choreo_cli.cli.run_state import RunState, handle_signals
 from choreo_cli.core.exit_codes import ExitCode
 from choreo_cli.errors import PipelineError, ResourceError
@@ -29,10 +31,6 @@ if TYPE_CHECKING:
     from choreo_cli.jsonl.checkpoint import Checkpoint
     from choreo_cli.jsonl.reader import JsonlReader
     from choreo_cli.jsonl.writer import ResultWriter
-
-
-class UsageError(Exception):
-    """The command line, the pipeline or the input is unusable: exit 2 before any record ran."""
 
 
 def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
@@ -157,43 +155,6 @@ class RunInput:
     stream: BinaryIO
     size: int | None
     regular: bool
-
-
-def check_distinct_files(options: RunOptions, *, streams: Streams) -> None:
-    """Refuse a regular file named for two roles: an output that is the input would be
-    emptied before a record is read, and two outputs would overwrite each other.
-
-    ``-`` stands for the file behind stdin or stdout (``-o in.jsonl < in.jsonl``)."""
-    # (flag, path, for "-": the stream it stands for and that stream's descriptor)
-    roles: list[tuple[str, str | Path | None, str | None, int | None]] = [
-        ("--input", options.input, "standard input", streams.stdin_descriptor()),
-        ("--output", options.output, "standard output", streams.stdout_descriptor()),
-        ("--rejects", options.rejects, None, None),
-        ("--summary-json", options.summary_json, None, None),
-        ("--checkpoint", options.checkpoint, None, None),
-    ]
-    seen: dict[tuple[int, int], str] = {}
-    for flag, path, standard, fd in roles:
-        if path is None:
-            continue
-        if str(path) != "-":
-            standard = None
-        try:
-            if standard is None:
-                info = os.stat(path)
-            elif fd is not None:
-                info = os.fstat(fd)
-            else:
-                continue  # closed, or in memory: no file to share
-        except (OSError, ValueError):
-            continue  # a file still to be made, or an input that cannot be read (said later)
-        if not stat.S_ISREG(info.st_mode):
-            continue  # /dev/null, a pipe, a terminal: any number of roles may share one
-        key = (info.st_dev, info.st_ino)
-        name = standard or f"{flag} {path}"
-        if key in seen:
-            raise UsageError(f"{name} is the same file as {seen[key]}: give each its own file")
-        seen[key] = name
 
 
 def check_summary_path(path: Path | None) -> None:

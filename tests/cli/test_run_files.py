@@ -1,14 +1,17 @@
-"""The files of `choreo run`: a checkpoint that never marks an unfinished last line
-(README "Re-running safely")."""
+"""The files of `choreo run`: one file for one role (by identity and by resolved path), and
+a checkpoint that never marks an unfinished last line (README "Commands" and "Re-running
+safely")."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import RunChoreo, WritePipeline
+from tests.cli.conftest import CHOREO, RunChoreo, WritePipeline, choreo_env
 
 PIPELINE = """\
 version: 1
@@ -17,8 +20,11 @@ steps:
     job: steps:echo
 """
 
+# Each call leaves a line in calls.txt: a test sees whether a record ran at all.
 STEPS = """\
 def echo(ctx, record):
+    with open("calls.txt", "a") as calls:
+        calls.write(f"{record}\\n")
     return record
 """
 
@@ -29,6 +35,121 @@ DATA = b'{"id": 1}\n{"id": 2}\n'
 def echo(write_pipeline: WritePipeline, tmp_path: Path) -> Path:
     (tmp_path / "in.jsonl").write_bytes(DATA)
     return write_pipeline(PIPELINE, STEPS)
+
+
+def _calls(tmp_path: Path) -> list[str]:
+    calls = tmp_path / "calls.txt"
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def _files(tmp_path: Path) -> set[str]:
+    return {path.name for path in tmp_path.iterdir() if path.name != "__pycache__"}
+
+
+# -- one file, one role: paths that do not exist yet -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["-o", "out.jsonl", "--summary-json", "out.jsonl"],
+            "--summary-json out.jsonl is the same file as --output out.jsonl",
+        ),
+        (
+            ["-o", "x", "--checkpoint", "x"],
+            "--checkpoint x is the same file as --output x",
+        ),
+        (
+            ["-o", "./out.jsonl", "--rejects", "sub/../out.jsonl"],
+            "--rejects sub/../out.jsonl is the same file as --output ./out.jsonl",
+        ),
+        (
+            ["--rejects", "real/r.jsonl", "--summary-json", "link/r.jsonl"],
+            "--summary-json link/r.jsonl is the same file as --rejects real/r.jsonl",
+        ),
+        (
+            ["-o", "dangling.jsonl", "--checkpoint", "target.jsonl"],
+            "--checkpoint target.jsonl is the same file as --output dangling.jsonl",
+        ),
+    ],
+)
+def test_a_new_file_named_for_two_roles_is_refused(
+    echo: Path, run_choreo: RunChoreo, tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Before, the summary replaced the result lines (exit 0, no result line left) and
+    checkpoint spans were spliced into result lines: the guard compared existing files only."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    (tmp_path / "dangling.jsonl").symlink_to("target.jsonl")
+    before = _files(tmp_path)
+    run = run_choreo(["run", "pipeline.yaml", "-i", "in.jsonl", *args])
+    assert (run.code, run.stdout) == (2, b"")
+    assert run.stderr == f"error: {message}: give each its own file\n"
+    assert _calls(tmp_path) == []
+    assert _files(tmp_path) == before  # nothing made, nothing left
+
+
+def test_a_hard_link_is_the_same_file(echo: Path, run_choreo: RunChoreo, tmp_path: Path) -> None:
+    (tmp_path / "out.jsonl").write_bytes(b"kept\n")
+    os.link(tmp_path / "out.jsonl", tmp_path / "hard.jsonl")
+    run = run_choreo(
+        ["run", "pipeline.yaml", "-i", "in.jsonl", "-o", "out.jsonl", "--rejects", "hard.jsonl"]
+    )
+    assert run.code == 2
+    assert run.stderr.startswith("error: --rejects hard.jsonl is the same file as --output")
+    assert (tmp_path / "out.jsonl").read_bytes() == b"kept\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--summary-json", "/dev/stdout"],
+        ["--rejects", "/dev/stdout"],
+        ["--summary-json", "/proc/self/fd/1"],
+        ["--rejects", "/dev/fd/1"],
+        ["-o", "-", "--checkpoint", "/dev/stdout"],
+    ],
+)
+def test_naming_the_stdout_that_carries_the_results_is_refused(
+    echo: Path, run_choreo: RunChoreo, tmp_path: Path, args: list[str]
+) -> None:
+    """Before, --summary-json /dev/stdout went to stderr (stdout is pointed at stderr while
+    the run runs) and --rejects /dev/stdout spliced input lines into the result lines."""
+    run = run_choreo(["run", "pipeline.yaml", "-i", "in.jsonl", *args])
+    assert (run.code, run.stdout) == (2, b"")
+    flag, path = args[-2:]
+    assert run.stderr == (
+        f"error: {flag} {path} is the same file as standard output: give each its own file\n"
+    )
+    assert _calls(tmp_path) == []
+
+
+def test_what_is_not_a_regular_file_may_still_serve_several_roles(
+    echo: Path, run_choreo: RunChoreo, tmp_path: Path
+) -> None:
+    run = run_choreo(
+        ["run", "pipeline.yaml", "-i", "in.jsonl", "-o", os.devnull, "--summary-json", os.devnull]
+    )
+    assert (run.code, run.stdout) == (0, b"")
+    # The summary on stderr (as text, and as JSON) is no result line on stdout.
+    run = run_choreo(["run", "pipeline.yaml", "-i", "in.jsonl", "--summary-json", "/dev/stderr"])
+    assert run.code == 0
+    assert len(run.lines) == 2
+    assert '"succeeded": 2' in run.stderr
+    # Results in a file: stdout carries nothing else, the summary may go there.
+    args = ["-o", "out.jsonl", "--summary-json", "/dev/stdout"]
+    done = subprocess.run(
+        [CHOREO, "run", "pipeline.yaml", "-i", "in.jsonl", *args],
+        capture_output=True,
+        cwd=tmp_path,
+        env=choreo_env(),
+        check=False,
+    )
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["records"]["succeeded"] == 2
+    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 2
 
 
 # -- an unfinished last line ---------------------------------------------------------------------
