@@ -8,6 +8,7 @@ from typing import BinaryIO
 import orjson
 
 from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.jsonl.numbers import WideLines, loads_for, wide_lines
 
 _BOM = b"\xef\xbb\xbf"
 # Large enough that splitting is done in C on many lines at once; small enough to keep
@@ -83,13 +84,18 @@ class JsonlReader:
         line's number is its position) in lists of at most ``max_lines``.
 
         This is what ``choreo_cli.jsonl.line_runner.run_lines`` reads: it parses the lines itself.
+        A list cut from a chunk that holds a run of 20 digits (or a minus and 19) is a
+        ``WideLines``: its lines may hold integers past 64 bits, which orjson reads as
+        floats, so they are parsed with ``choreo_cli.jsonl.numbers.loads_exact``.
         """
         for lines in self._iter_lines():
             if len(lines) <= max_lines:
                 yield lines
                 continue
+            wide = type(lines) is WideLines
             for start in range(0, len(lines), max_lines):
-                yield lines[start : start + max_lines]
+                part = lines[start : start + max_lines]
+                yield WideLines(part) if wide else part
 
     def _iter_lines(self) -> Iterator[list[bytes]]:
         """Yield lists of complete lines without their ``\\n``; a last unterminated line too
@@ -110,21 +116,22 @@ class JsonlReader:
             if tail:
                 pending.append(tail)
             complete += len(lines)
-            yield lines
+            yield wide_lines(chunk, lines)
         if pending:
             self.unterminated_line = complete + 1
             if self._on_unterminated is not None:
                 self._on_unterminated(complete + 1)
-            yield [b"".join(pending)]
+            last = b"".join(pending)
+            yield wide_lines(last, [last])
 
     def _iter_items(self) -> Iterator[Record | InvalidLine]:
-        loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         new_record = object.__new__
         keep_raw = self._keep_raw
         number = 0
         index = -1  # every non-blank line is a record, numbered from 0
         for lines in self._iter_lines():
+            loads = loads_for(lines)  # exact for integers past 64 bits (WideLines)
             # The happy path is one orjson call; blank and bad lines are sorted out
             # only when it fails, so they cost nothing on the lines that parse.
             for number, line in enumerate(lines, number + 1):  # noqa: B020 - carries on
