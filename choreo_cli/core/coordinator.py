@@ -309,8 +309,9 @@ class Coordinator:
                     yield pending.pop(yielded)
                     yielded += 1
         except GeneratorExit:
-            # Closed early, interrupted: the records in flight stop before their next step,
-            # so the run ends once they have (a step that is running is not waited past).
+            # Closed early, interrupted: the records in flight must still see the
+            # interruption before their next step, so the run ends once they have come
+            # back (after the steps running now; they start no other).
             if flags.interrupted:
                 for _ in range(submitted - received):
                     outq.get()
