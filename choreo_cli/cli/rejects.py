@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ class Rejects:
     def __init__(self, path: Path, *, ordered: bool) -> None:
         self.path = path
         self.error: OSError | None = None
+        self._created = not os.path.lexists(path)
         self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
         self._ordered = ordered
         self._held: list[tuple[int, bytes]] = []
@@ -50,3 +53,11 @@ class Rejects:
             self._file.close()
         except OSError as exc:
             self.error = self.error or exc
+
+    def discard(self) -> None:
+        """Close the file, and remove it if this run made it: the run ends before any
+        record (exit 2)."""
+        self.close()
+        if self._created:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)

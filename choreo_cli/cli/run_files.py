@@ -1,5 +1,5 @@
-"""The files of `choreo run`, checked before anything is opened: one file for one role
-(README "Commands").
+"""The files of `choreo run`, checked before anything is opened: one file for one role, and
+every output writable (README "Commands").
 
 A file is known by where its path leads: symlinks followed, ``..`` taken as the system
 takes it, also for a file that does not exist yet, and for a path through
@@ -9,7 +9,9 @@ regular file is also known by its device and inode (a hard link is the same file
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
 import re
 import stat
@@ -28,6 +30,14 @@ _DESCRIPTORS = re.compile(r"/proc/(\d+)(?:/task/\d+)?/fd")
 K = TypeVar("K")
 # At most as many symlinks as Linux follows for one path.
 _MAX_LINKS = 40
+
+# What each output holds, for messages.
+_WHAT = {
+    "--output": "results",
+    "--rejects": "rejects",
+    "--summary-json": "the summary",
+    "--checkpoint": "the checkpoint",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,3 +139,67 @@ def _claim(seen: dict[K, Role], key: K, role: Role) -> None:
     other = seen.setdefault(key, role)
     if other is not role:
         raise UsageError(f"{role.name} is the same file as {other.name}: give each its own file")
+
+
+def check_outputs_writable(options: RunOptions) -> None:
+    """Refuse an output (``--output``, ``--rejects``, ``--summary-json``, ``--checkpoint``)
+    that cannot be written, before anything is opened and any record runs.
+
+    Nothing is changed: an existing regular file is opened for writing without being
+    truncated, and closed; a file that does not exist is created and removed at once; a
+    device or a pipe (which an open may block on, or act on) is only asked whether it
+    may be written. A descriptor (``/dev/stderr``) is open already and is not checked.
+    """
+    for flag, path in (
+        ("--output", None if options.output == "-" else options.output),
+        ("--rejects", options.rejects),
+        ("--summary-json", options.summary_json),
+        ("--checkpoint", options.checkpoint),
+    ):
+        if path is None:
+            continue
+        problem = _why_unwritable(path)
+        if problem is not None:
+            raise UsageError(f"cannot write {_WHAT[flag]} to {path}: {problem}")
+
+
+def _why_unwritable(path: str | Path) -> str | None:
+    """Why ``path`` cannot be written (a message), or None when it can."""
+    target = resolve(path)
+    if isinstance(target, int):
+        return None
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        return _why_not_creatable(path, target)
+    except OSError as exc:
+        return _reason(path, exc)
+    if stat.S_ISDIR(info.st_mode):
+        return os.strerror(errno.EISDIR)
+    if stat.S_ISREG(info.st_mode):
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            return _reason(path, exc)
+        return None
+    return None if os.access(target, os.W_OK) else os.strerror(errno.EACCES)
+
+
+def _why_not_creatable(path: str | Path, target: str) -> str | None:
+    try:
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except FileExistsError:
+        return None  # made meanwhile: it is there to be written
+    except OSError as exc:
+        return _reason(path, exc)
+    os.close(descriptor)
+    with contextlib.suppress(OSError):
+        os.unlink(target)
+    return None
+
+
+def _reason(path: str | Path, exc: OSError) -> str:
+    parent = Path(path).parent
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not parent.is_dir():
+        return f"no directory {parent}"
+    return exc.strerror or str(exc)

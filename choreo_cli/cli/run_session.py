@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from choreo_cli.cli.run_files import check_distinct_files
+from choreo_cli.cli.run_files import check_distinct_files, check_outputs_writable
 from choreo_cli.cli.run_options import UsageError
 from choreo_cli.cli.run_state import RunState, handle_signals
 from choreo_cli.core.exit_codes import ExitCode
@@ -49,13 +49,14 @@ def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
         return ExitCode.USAGE
     with contextlib.ExitStack() as stack:
         results: BinaryIO | None = None
+        checkpoint: Checkpoint | None = None
         try:
             # Before stdout is diverted: ``-`` is checked as the file behind it.
             check_distinct_files(options, streams=streams)
+            check_outputs_writable(options)
             if str(options.output) == "-":
                 results = streams.divert_stdout(stack)
             executor = build_executor(options)
-            check_summary_path(options.summary_json)
             source = open_input(options, streams=streams, stack=stack)
             checkpoint = build_checkpoint(options, stack=stack)
             executor.open(prebuild_workers=True)
@@ -70,6 +71,9 @@ def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
             console.error(str(exc))
             with contextlib.suppress(ResourceError):
                 executor.close()
+            # No record ran: a checkpoint made now would only hold the input's fingerprint.
+            if checkpoint is not None:
+                checkpoint.discard()
             return ExitCode.USAGE
         except CheckpointError as exc:
             console.error(str(exc))
@@ -117,9 +121,12 @@ def _run(
                 on_failure=state.on_output_failure,
             )
         except OSError as exc:
+            # Every output was found writable before: something changed since.
             console.error(f"cannot write {exc.filename or options.output}: {exc.strerror or exc}")
             if rejects is not None:
-                rejects.close()
+                rejects.discard()
+            if checkpoint is not None:
+                checkpoint.discard()
             return ExitCode.USAGE
         session = RunSession(
             options=options,
@@ -155,14 +162,6 @@ class RunInput:
     stream: BinaryIO
     size: int | None
     regular: bool
-
-
-def check_summary_path(path: Path | None) -> None:
-    """Refuse a ``--summary-json`` path in no directory."""
-    # The summary is written after the run: a path that cannot work is better refused now,
-    # before any record runs, than found out at the end.
-    if path is not None and not path.parent.is_dir():
-        raise UsageError(f"cannot write the summary to {path}: no directory {path.parent}")
 
 
 def build_executor(options: RunOptions) -> Executor:

@@ -48,8 +48,12 @@ class Checkpoint:
     >>> # items = checkpoint.skip_finished(reader, on_skip=...)
     """
 
-    def __init__(self, path: Path, done: list[tuple[int, int]], stream: Any) -> None:
+    def __init__(
+        self, path: Path, done: list[tuple[int, int]], stream: Any, *, created: bool = False
+    ) -> None:
         self.path = path
+        #: True when this run made the file (there was none at ``path``).
+        self.created = created
         self._starts = [start for start, _ in done]
         self._ends = [end for _, end in done]
         self._stream = stream
@@ -82,7 +86,7 @@ class Checkpoint:
                 header = cls._header(*fingerprint(pipeline, input_path))
                 stream = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
                 stream.write(header.encode() + b"\n")
-                return cls(path, [], stream)
+                return cls(path, [], stream, created=existing is None)
             done = cls._read(path, existing, pipeline, input_path)
             complete = existing.rfind(b"\n") + 1
             if complete < len(existing):
@@ -177,6 +181,14 @@ class Checkpoint:
         ]
         if lines:
             self._stream.write(_format_spans(lines).encode("ascii") + b"\n")
+
+    def discard(self) -> None:
+        """Remove the file if this run made it: the run ends before any record (exit 2),
+        and a checkpoint holding only the input's fingerprint would refuse a corrected
+        input next time. An existing checkpoint is kept as it is."""
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
     def close(self) -> None:
         """Close the file (every mark is already written: the file is unbuffered)."""

@@ -1,6 +1,6 @@
-"""The files of `choreo run`: one file for one role (by identity and by resolved path), and
-a checkpoint that never marks an unfinished last line (README "Commands" and "Re-running
-safely")."""
+"""The files of `choreo run`: one file for one role (by identity and by resolved path), every
+output writable before the first record, and a checkpoint that never marks an unfinished
+last line (README "Commands" and "Re-running safely")."""
 
 from __future__ import annotations
 
@@ -25,6 +25,25 @@ STEPS = """\
 def echo(ctx, record):
     with open("calls.txt", "a") as calls:
         calls.write(f"{record}\\n")
+    return record
+"""
+
+FAILING_RESOURCE = """\
+version: 1
+resources:
+  db:
+    factory: steps:broken
+steps:
+  - name: echo
+    job: steps:echo
+"""
+
+BROKEN_STEPS = """\
+def broken():
+    raise ConnectionError("the database is down")
+
+
+def echo(ctx, record):
     return record
 """
 
@@ -115,8 +134,9 @@ def test_a_hard_link_is_the_same_file(echo: Path, run_choreo: RunChoreo, tmp_pat
 def test_naming_the_stdout_that_carries_the_results_is_refused(
     echo: Path, run_choreo: RunChoreo, tmp_path: Path, args: list[str]
 ) -> None:
-    """Before, --summary-json /dev/stdout went to stderr (stdout is pointed at stderr while
-    the run runs) and --rejects /dev/stdout spliced input lines into the result lines."""
+    """Before, the summary or the rejects named /dev/stdout went to stderr (stdout is
+    pointed at stderr while the run runs), or where stdout could not be pointed elsewhere
+    between the result lines."""
     run = run_choreo(["run", "pipeline.yaml", "-i", "in.jsonl", *args])
     assert (run.code, run.stdout) == (2, b"")
     flag, path = args[-2:]
@@ -150,6 +170,112 @@ def test_what_is_not_a_regular_file_may_still_serve_several_roles(
     assert done.returncode == 0
     assert json.loads(done.stdout)["records"]["succeeded"] == 2
     assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 2
+
+
+# -- every output writable before the first record ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--summary-json", "adir"], "cannot write the summary to adir: Is a directory"),
+        (["-o", "adir"], "cannot write results to adir: Is a directory"),
+        (["--rejects", "adir"], "cannot write rejects to adir: Is a directory"),
+        (["--checkpoint", "adir"], "cannot write the checkpoint to adir: Is a directory"),
+        (
+            ["--rejects", "in.jsonl/r.jsonl"],
+            "cannot write rejects to in.jsonl/r.jsonl: no directory in.jsonl",
+        ),
+        (
+            ["--summary-json", "missing/s.json"],
+            "cannot write the summary to missing/s.json: no directory missing",
+        ),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_first_record(
+    echo: Path, run_choreo: RunChoreo, tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Before, a --summary-json naming a directory was found out after every record ran
+    (exit 1)."""
+    (tmp_path / "adir").mkdir()
+    run = run_choreo(["run", "pipeline.yaml", "-i", "in.jsonl", *args])
+    assert (run.code, run.stdout) == (2, b"")
+    assert run.stderr == f"error: {message}\n"
+    assert _calls(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any file")
+def test_a_read_only_summary_is_refused_before_the_first_record(
+    echo: Path, run_choreo: RunChoreo, tmp_path: Path
+) -> None:
+    (tmp_path / "s.json").write_text("old\n")
+    (tmp_path / "s.json").chmod(0o444)
+    run = run_choreo(["run", "pipeline.yaml", "-i", "in.jsonl", "--summary-json", "s.json"])
+    assert run.code == 2
+    assert run.stderr == "error: cannot write the summary to s.json: Permission denied\n"
+    assert _calls(tmp_path) == []
+
+
+def test_the_check_truncates_nothing_and_leaves_no_file_behind(
+    echo: Path, run_choreo: RunChoreo, tmp_path: Path
+) -> None:
+    """The outputs checked before a later one is refused: an existing file keeps its bytes,
+    a new one is not left behind."""
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "old.json").write_bytes(b"old summary\n")
+    (tmp_path / "old.ckpt").write_bytes(b"not a checkpoint\n")
+    before = _files(tmp_path)
+    for args in (
+        ["-o", "new.jsonl", "--rejects", "new.rejects", "--summary-json", "old.json"],
+        ["-o", "old.json", "--rejects", "old.ckpt", "--summary-json", "new.json"],
+    ):
+        # --checkpoint is checked last.
+        run = run_choreo(["run", "pipeline.yaml", "-i", "in.jsonl", *args, "--checkpoint", "adir"])
+        assert run.code == 2
+        assert _files(tmp_path) == before
+        assert (tmp_path / "old.json").read_bytes() == b"old summary\n"
+        assert (tmp_path / "old.ckpt").read_bytes() == b"not a checkpoint\n"
+    # Refused for another reason once the outputs were checked: nothing left either.
+    run = run_choreo(
+        ["run", "missing.yaml", "-i", "in.jsonl", "-o", "new.jsonl", "--summary-json", "new.json"]
+    )
+    assert run.code == 2
+    assert _files(tmp_path) == before
+
+
+def test_a_new_checkpoint_is_not_left_behind_when_a_resource_fails(
+    write_pipeline: WritePipeline, run_choreo: RunChoreo, tmp_path: Path
+) -> None:
+    """Before, the checkpoint (made before the resources were built) stayed, holding the
+    input's fingerprint: with the input then corrected, the next run was refused."""
+    write_pipeline(FAILING_RESOURCE, BROKEN_STEPS)
+    (tmp_path / "in.jsonl").write_bytes(DATA)
+    args = ["run", "pipeline.yaml", "-i", "in.jsonl", "-o", "out.jsonl"]
+    run = run_choreo([*args, "--checkpoint", "run.ckpt", "--rejects", "r.jsonl"])
+    assert run.code == 2
+    assert "the database is down" in run.stderr
+    assert not (tmp_path / "run.ckpt").exists()
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_no_new_file_is_left_behind_when_stdout_is_closed(echo: Path, tmp_path: Path) -> None:
+    """Results for a stdout closed at start are refused once the checkpoint and the rejects
+    file were made: before, both stayed (the checkpoint pinning the input's fingerprint)."""
+    before = _files(tmp_path)
+    command = f"'{CHOREO}' run pipeline.yaml -i in.jsonl --checkpoint c.ckpt --rejects r.jsonl >&-"
+    done = subprocess.run(["sh", "-c", command], capture_output=True, cwd=tmp_path, check=False)
+    assert done.returncode == 2
+    assert b"standard output is closed" in done.stderr
+    assert _files(tmp_path) == before
+
+
+def test_an_existing_summary_is_written_at_the_end(
+    echo: Path, run_choreo: RunChoreo, tmp_path: Path
+) -> None:
+    (tmp_path / "s.json").write_text("old\n")
+    run = run_choreo(["run", "pipeline.yaml", "-i", "in.jsonl", "--summary-json", "s.json"])
+    assert run.code == 0
+    assert json.loads((tmp_path / "s.json").read_text())["records"]["succeeded"] == 2
 
 
 # -- an unfinished last line ---------------------------------------------------------------------

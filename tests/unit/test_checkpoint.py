@@ -82,6 +82,20 @@ def test_an_unfinished_last_line_is_never_marked(files: SimpleNamespace) -> None
     assert files.path.read_bytes().split(b"\n")[1:] == [b"1-2", b"3", b""]
 
 
+def test_discard_removes_only_a_checkpoint_this_run_made(files: SimpleNamespace) -> None:
+    checkpoint = _open(files)
+    assert checkpoint.created
+    checkpoint.discard()
+    checkpoint.close()
+    assert not files.path.exists()
+    _open(files).close()
+    checkpoint = _open(files)
+    assert not checkpoint.created
+    checkpoint.discard()
+    checkpoint.close()
+    assert files.path.read_bytes().startswith(MAGIC.encode())
+
+
 def test_each_mark_reaches_the_file_at_once(files: SimpleNamespace) -> None:
     # Unbuffered: a kill -9 right after mark() returns loses nothing that was marked.
     checkpoint = _open(files)
