@@ -141,6 +141,10 @@ class DaskExecutor(BatchExecutor):
                         processes=True,
                         host="127.0.0.1",
                         dashboard_address=None,
+                        # The scheduler serves HTTP (metrics, health) even without a
+                        # dashboard, by default on port 8787: a second choreo run at the
+                        # same time warned on stderr that the port was taken.
+                        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                         # choreo reports a worker's death per record itself; Dask's own
                         # lines about it ("Couldn't gather keys") would only add noise.
                         silence_logs=logging.CRITICAL,

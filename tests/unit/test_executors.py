@@ -600,6 +600,8 @@ def dask_scheduler(dask_counts: Path) -> Iterator[str]:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            # Not the default port 8787 (taken by any other cluster running here).
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.ERROR,
         )
     finally:
