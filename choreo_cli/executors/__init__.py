@@ -59,6 +59,7 @@ def _process(pipeline: Pipeline, options: dict[str, Any]) -> Executor:
         workers=options["workers"],
         overrides=options["overrides"],
         dry_run=options["dry_run"],
+        fail_fast=options["fail_fast"],
     )
 
 
@@ -77,6 +78,7 @@ def _dask(pipeline: Pipeline, options: dict[str, Any]) -> Executor:
         overrides=options["overrides"],
         dry_run=options["dry_run"],
         scheduler=options["scheduler"],
+        fail_fast=options["fail_fast"],
     )
 
 
@@ -96,13 +98,18 @@ def build_executor(
     dry_run: bool = False,
     scheduler: str | None = None,
     timings: bool = True,
+    fail_fast: bool = False,
 ) -> Executor:
     """The executor called ``name`` for ``pipeline`` (nothing started until ``open()``).
 
     ``overrides`` must be the ones ``pipeline`` was loaded with: workers in other
     processes load the file again. ``scheduler`` (a Dask scheduler's address) is for
     ``dask`` only. ``timings=False``: the thread executor's Results carry no duration
-    (cheaper per record; `choreo run` writes none). Raises ExecutorUnavailable for an unknown name or a missing extra.
+    (cheaper per record; `choreo run` writes none). ``fail_fast``: a process or Dask
+    worker whose record did not succeed halts the run itself (``Executor.halt``), so
+    that no later record of its batch starts and the other workers stop as soon as
+    choreo learns of it (the thread executor needs no help: it halts when told). Raises
+    ExecutorUnavailable for an unknown name or a missing extra.
     """
     factory = EXECUTORS.get(name)
     if factory is None:
@@ -116,5 +123,6 @@ def build_executor(
         "dry_run": dry_run,
         "scheduler": scheduler,
         "timings": timings,
+        "fail_fast": fail_fast,
     }
     return factory(pipeline, options)

@@ -45,7 +45,8 @@ class Executor(Protocol):
 
     @property
     def interrupted(self) -> bool:
-        """True once ``interrupt()`` was called."""
+        """True once the run was interrupted: ``interrupt()``, or a step raised
+        KeyboardInterrupt (in any worker). Not after ``halt()``."""
         ...
 
     def open(self, *, prebuild_workers: bool = False) -> Any:
@@ -76,7 +77,19 @@ class Executor(Protocol):
         ...
 
     def interrupt(self, reason: str = "interrupted") -> None:
-        """No new record starts; safe to call from a signal handler."""
+        """No new record starts, and records in flight stop before their next step; safe
+        to call from a signal handler."""
+        ...
+
+    def halt(self, reason: str) -> None:
+        """No new record starts (``--fail-fast``, a failure budget); records in flight
+        finish. Every worker checks before each record, also in the middle of a batch;
+        records read but not started get a cancelled Result ("interrupted before step
+        ..."). Not an interruption: ``interrupted`` stays False. Safe from a signal handler.
+
+        The thread executor stops only what reads its input: records it queued for its
+        threads (at most ``workers``) still start.
+        """
         ...
 
     def kill_workers(self) -> None:
@@ -100,6 +113,14 @@ class WorkerDied(ChoreoError):
     """The worker process running a record died before it reported the record's result."""
 
 
+# What a worker's stop flag says (the parent's and the workers' shared word): go on; start
+# no new record (``halt``); and also stop the records in flight before their next step
+# (``interrupt``). It only ever rises within a run.
+RUNNING = 0
+HALTED = 1
+INTERRUPTED = 2
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineSpec:
     """What a worker needs to load the pipeline itself: no callable crosses a process boundary.
@@ -115,6 +136,9 @@ class PipelineSpec:
     run_id: str
     # choreo's own log level: workers send the step loggers' lines from it up.
     log_level: int = logging.WARNING
+    # --fail-fast: a worker whose record did not succeed starts no other record itself,
+    # without waiting for choreo to tell it (its batch's later records are not run).
+    fail_fast: bool = False
 
     @classmethod
     def for_file(
@@ -123,6 +147,7 @@ class PipelineSpec:
         *,
         overrides: Mapping[str, Any] | None = None,
         dry_run: bool = False,
+        fail_fast: bool = False,
     ) -> PipelineSpec:
         """The spec of a pipeline file, with a fresh run id (resources are built per run)."""
         absolute = Path(path).resolve()
@@ -133,6 +158,7 @@ class PipelineSpec:
             digest=file_digest(absolute),
             run_id=os.urandom(8).hex(),
             log_level=logs.forwarded_level(),
+            fail_fast=fail_fast,
         )
 
 

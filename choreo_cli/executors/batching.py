@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from choreo_cli.core.items import InvalidLine, Record
-from choreo_cli.executors.base import PipelineSpec
+from choreo_cli.executors.base import HALTED, INTERRUPTED, RUNNING, PipelineSpec
 from choreo_cli.executors.portable import Chunk, ResultBuilder
 from choreo_cli.executors.runner import BatchArgs
 from choreo_cli.jsonl.numbers import loads_exact
@@ -195,6 +195,7 @@ class BatchExecutor(abc.ABC):
         workers: int,
         overrides: Mapping[str, Any] | None = None,
         dry_run: bool = False,
+        fail_fast: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
@@ -204,11 +205,17 @@ class BatchExecutor(abc.ABC):
         # stays so (``_cancel`` relies on it to give records their cancelled Results).
         self._local.running().__enter__()
         self._builder = ResultBuilder(tuple(s.name for s in self._local.steps), dry_run=dry_run)
-        self._spec = PipelineSpec.for_file(pipeline.path, overrides=overrides, dry_run=dry_run)
+        self._spec = PipelineSpec.for_file(
+            pipeline.path, overrides=overrides, dry_run=dry_run, fail_fast=fail_fast
+        )
+        self._fail_fast = fail_fast
         self._sizer = BatchSizer(
             target_seconds=self.target_seconds, max_size=self.max_batch, growth=self.growth
         )
         self._interrupted = False
+        # RUNNING, HALTED or INTERRUPTED (base.py): once set, no batch is sent and no input
+        # is read; it only rises.
+        self._level = RUNNING
         self._ready: collections.deque[Result] = collections.deque()
         self._ordered = True
         self._unsent: collections.deque[Batch] = collections.deque()
@@ -220,7 +227,8 @@ class BatchExecutor(abc.ABC):
 
     @property
     def interrupted(self) -> bool:
-        """True once ``interrupt()`` was called."""
+        """True once ``interrupt()`` was called, or a step raised KeyboardInterrupt in a
+        worker (not after ``halt()``)."""
         return self._interrupted
 
     def clean_steps(self) -> dict[str, str]:
@@ -228,13 +236,37 @@ class BatchExecutor(abc.ABC):
         return self._local.clean_steps()
 
     def interrupt(self, reason: str = "interrupted") -> None:
-        """No new batch is sent; workers are told to stop their records before the next step.
+        """No new batch is sent; workers start no new record and stop their records in
+        flight before the next step.
 
         Only sets flags, so it is safe from a signal handler.
         """
+        # The local coordinator gives the records that never start their cancelled Results.
         self._local.interrupt(reason)
         self._interrupted = True
+        self._level = INTERRUPTED
         self._tell_workers()
+
+    def halt(self, reason: str) -> None:
+        """No new batch is sent; workers start no new record (they check before each one,
+        in the middle of a batch too); records in flight finish. Records read but not
+        started get a cancelled Result. Not an interruption (``interrupted`` stays False).
+
+        Only sets flags, so it is safe from a signal handler.
+        """
+        if self._level:
+            return
+        self._local.interrupt(reason)
+        self._level = HALTED
+        self._tell_workers()
+
+    def _adopt(self, level: int) -> None:
+        """A worker raised the stop flag: a step's KeyboardInterrupt (INTERRUPTED, the
+        run is interrupted as by Ctrl-C) or, with fail-fast, a record that did not succeed."""
+        if level >= INTERRUPTED and not self._interrupted:
+            self.interrupt("a step raised KeyboardInterrupt")
+        elif level == HALTED:
+            self.halt("a record did not succeed (--fail-fast)")
 
     @abc.abstractmethod
     def kill_workers(self) -> None:
@@ -259,9 +291,9 @@ class BatchExecutor(abc.ABC):
 
     def _send_unsent(self) -> None:
         """Send the batches read but not sent while workers have room; once the run is
-        interrupted, cancel them instead (their records get their cancelled results)."""
+        interrupted or halted, cancel them instead (their records get their cancelled results)."""
         unsent = self._unsent
-        if self._interrupted:
+        if self._level:
             while unsent:
                 self._cancel(unsent.popleft())
         while unsent and self._capacity() > 0:
@@ -269,7 +301,8 @@ class BatchExecutor(abc.ABC):
 
     @abc.abstractmethod
     def _tell_workers(self) -> None:
-        """Tell the workers the run was interrupted (from a signal handler: flags only)."""
+        """Tell the workers the stop level (``self._level``) rose (from a signal handler:
+        flags only)."""
 
     @abc.abstractmethod
     def _capacity(self) -> int:
@@ -291,7 +324,7 @@ class BatchExecutor(abc.ABC):
 
     def run_many(self, records: Iterable[Any], ordered: bool = True) -> Iterator[Result]:
         """Yield exactly one Result per item of ``records``; see ``Coordinator.run_many``."""
-        if self._interrupted:  # as the Coordinator: no input is read once interrupted
+        if self._level:  # as the Coordinator: no input is read once interrupted
             return
         self._ordered = ordered
         iterator = iter(records)
@@ -306,7 +339,7 @@ class BatchExecutor(abc.ABC):
             # Until a batch came back, one single-record batch per worker (no more: their
             # round trips would delay the batches sized from what came back).
             limit = self.workers * (self.batches_per_worker if sizer.measured else 1)
-            while not exhausted and not self._interrupted and len(alive) < limit:
+            while not exhausted and not self._level and len(alive) < limit:
                 batch, exhausted = self._read_batch(iterator, next_index)
                 if batch is None:
                     break
@@ -338,7 +371,7 @@ class BatchExecutor(abc.ABC):
                 if any(batch.done for batch in alive):
                     alive = collections.deque(batch for batch in alive if not batch.done)
             if not alive:
-                if exhausted or self._interrupted:
+                if exhausted or self._level:
                     return
                 continue
             # Poll only while there are results to hand on; else wait for some.
@@ -364,7 +397,7 @@ class BatchExecutor(abc.ABC):
         (the records already read still get their lines). Lines come out in input order.
         Yields, after each batch, how many clean records it held.
         """
-        if self._interrupted:
+        if self._level:
             return
         self._ordered = True
         source = iter(batches)
@@ -377,7 +410,7 @@ class BatchExecutor(abc.ABC):
         exhausted = stopped = False
         while True:
             limit = self.workers * (self.batches_per_worker if sizer.measured else 1)
-            while not stopped and not self._interrupted and len(alive) < limit:
+            while not stopped and not self._level and len(alive) < limit:
                 size = sizer.size
                 while not exhausted and len(pending) < size:
                     try:
@@ -434,7 +467,7 @@ class BatchExecutor(abc.ABC):
                     alive.popleft()
                     progressed = True
             if not alive:
-                if (exhausted and not pending) or stopped or self._interrupted:
+                if (exhausted and not pending) or stopped or self._level:
                     return
                 continue
             self._wait(0 if progressed else 0.1)
@@ -544,10 +577,19 @@ class BatchExecutor(abc.ABC):
             index = record_number(batch.items[pos], batch.start + pos)
             self._fill(batch, pos, self._local.crashed(batch.items[pos], index, error))
         batch.received += len(positions)
+        if positions and self._fail_fast:
+            self.halt("a record failed (--fail-fast)")
+
+    def _ended_early(self, batch: Batch, level: int) -> None:
+        """A worker ended ``batch`` before its last record (its stop flag, at ``level``,
+        was set): the records it did not run are cancelled."""
+        self._adopt(max(level, HALTED))
+        self._cancel(batch)
 
     def _cancel(self, batch: Batch) -> None:
-        """Every item of ``batch`` still without a result is cancelled (the run was interrupted)."""
-        assert self._interrupted, "only an interrupted run cancels records"
+        """Every item of ``batch`` still without a result is cancelled (the run was
+        interrupted or halted)."""
+        assert self._level, "only an interrupted or halted run cancels records"
         for pos in batch.unreported:
             index = batch.start + pos
             # The local coordinator is interrupted: it returns before the first step.

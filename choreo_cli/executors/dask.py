@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from choreo_cli.errors import ResourceError
 from choreo_cli.executors import logs
-from choreo_cli.executors.base import WorkerDied
+from choreo_cli.executors.base import RUNNING, WorkerDied
 from choreo_cli.executors.batching import Batch, BatchExecutor
-from choreo_cli.executors.dask_worker import close_runner, open_runner, run_batch
+from choreo_cli.executors.dask_worker import close_runner, open_runner, run_batch, stop_run
 from choreo_cli.executors.portable import rebuild_exception
 
 if TYPE_CHECKING:
@@ -98,8 +98,11 @@ class DaskExecutor(BatchExecutor):
         overrides: Mapping[str, Any] | None = None,
         dry_run: bool = False,
         scheduler: str | None = None,
+        fail_fast: bool = False,
     ) -> None:
-        super().__init__(pipeline, workers=workers, overrides=overrides, dry_run=dry_run)
+        super().__init__(
+            pipeline, workers=workers, overrides=overrides, dry_run=dry_run, fail_fast=fail_fast
+        )
         self.scheduler = scheduler
         self._client: Any = None
         self._cluster: Any = None
@@ -109,6 +112,7 @@ class DaskExecutor(BatchExecutor):
         # Finished futures, put there by Dask's callback thread.
         self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._tokens = itertools.count(1)  # names a batch across its attempts
+        self._told = RUNNING  # the stop level the workers were told
 
     def open(self, *, prebuild_workers: bool = True) -> DaskExecutor:
         """Connect (or start a local cluster) and build the resources on every worker.
@@ -224,7 +228,23 @@ class DaskExecutor(BatchExecutor):
     # -- the batch stream ---------------------------------------------------------------
 
     def _tell_workers(self) -> None:
-        pass  # _wait cancels the futures (not from a signal handler: it talks to the scheduler)
+        pass  # _wait tells them (not from a signal handler: it talks to the scheduler)
+
+    def _stop_workers(self) -> None:
+        """Tell every worker the run's stop level: each starts no new record of the run
+        (checked before each record, also in the middle of a batch) and, when interrupted,
+        stops its records in flight before their next step. Their batches then come back
+        at once with what ran; the parent cancels the rest. Should the workers be out of
+        reach, the batches not yet back are cancelled instead (some of their records may
+        have run)."""
+        level = self._told = self._level
+        try:
+            self._client.run(stop_run, self._spec.run_id, level, on_error="ignore")
+        except Exception:
+            for future in list(self._futures):
+                if not future.done():
+                    future.cancel()
+                    self._cancel(self._futures.pop(future))
 
     def _capacity(self) -> int:
         return self._slots - len(self._futures)
@@ -246,13 +266,8 @@ class DaskExecutor(BatchExecutor):
         future.add_done_callback(self._done.put)
 
     def _wait(self, timeout: float) -> None:
-        if self._interrupted and self._futures:
-            # Pending batches are cancelled; their records get a cancelled result here.
-            futures = list(self._futures)
-            for future in futures:
-                if not future.done():
-                    future.cancel()
-                    self._cancel(self._futures.pop(future))
+        if self._level > self._told and self._futures:
+            self._stop_workers()
         if not self._futures:
             time.sleep(min(timeout, 0.01))
             return
@@ -278,13 +293,18 @@ class DaskExecutor(BatchExecutor):
             if future.status == "finished":
                 try:
                     raw = data[future] if future in data else future.result()
-                    parts = [pickle.loads(part) for part in pickle.loads(raw)]
+                    level, parts = pickle.loads(raw)
+                    parts = [pickle.loads(part) for part in parts]
                 except Exception as exc:
                     self._fail(batch, exc)
                 else:
                     for elapsed, chunk in parts:
                         self._deliver(batch, chunk, elapsed)
-            elif future.status == "cancelled" and self._interrupted:
+                    if batch.unreported:  # the stop flag ended it before its last record
+                        self._ended_early(batch, level)
+                    elif level > self._level:
+                        self._adopt(level)
+            elif future.status == "cancelled" and self._level:
                 self._cancel(batch)
             else:
                 self._failed(batch, _future_error(future))
@@ -295,7 +315,7 @@ class DaskExecutor(BatchExecutor):
         _, token, killed = batch.ticket
         if type(error).__name__ != "KilledWorker":
             self._fail(batch, error)
-        elif killed < KILLED_RESUBMITS and not self._interrupted:
+        elif killed < KILLED_RESUBMITS and not self._level:
             # Workers died while it waited on them, or its attempts on other machines
             # could not see where the last one stopped: once more, as a new task.
             batch.ticket = (None, token, killed + 1)

@@ -6,9 +6,12 @@ knows nothing of these files (it only gives each batch a token that its attempts
 
 Each worker process keeps a small memory-mapped file (per thread: the token of the batch
 it runs and the index of the record running) and, per thread, a journal of the results
-it has flushed. When Dask runs a batch again because its worker died, the new attempt
-(on the same machine) reads what the dead process left: the results it journalled come
-back, the record it was running fails with WorkerDied, and the rest of the batch runs.
+it has flushed: every record's before the next record starts, except those of records
+that ran clean with an empty bag, which a count tells (``BatchRunner.run``'s ``eager``).
+When Dask runs a batch again because its worker died, the new attempt (on the same
+machine) reads what the dead process left: the results it journalled come back, the
+records between them are clean ones, the record it was running fails with WorkerDied,
+and the rest of the batch runs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from choreo_cli.executors.base import WorkerDied
-from choreo_cli.executors.portable import encode_chunk
+from choreo_cli.executors.portable import Chunk, encode_chunk
 from choreo_cli.executors.runner import BatchArgs
 
 # A progress slot's record index once its batch has ended (every record ran).
@@ -103,73 +106,166 @@ class ProgressFile:
 
 
 class _Slot:
-    """One thread's cells in the progress file, and its journal of flushed results."""
+    """One thread's cells in the progress file, and its journal of the batch's results."""
 
-    __slots__ = ("_fd", "current", "journal", "token")
+    __slots__ = ("_at", "_fd", "_map", "current", "journal", "token")
 
     def __init__(self, view: mmap.mmap, k: int, journal: Path) -> None:
         offset = _HEADER + k * _SLOT.size
         self.token = ctypes.c_int64.from_buffer(view, offset)
         self.current = ctypes.c_int64.from_buffer(view, offset + 8)
         self.journal = journal
-        self._fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        self._fd = os.open(journal, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._map: mmap.mmap | None = None
+        self._at = 0
+        self._grow(_JOURNAL_START)
 
     def begin(self, token: int) -> None:
         # In this order: a death at any point leaves no journal that names another batch.
         self.current.value = -1
-        os.ftruncate(self._fd, 0)
+        self._at = 0
+        assert self._map is not None
+        self._map[: _FRAME.size] = _NO_FRAME
         self.token.value = token
 
-    def write(self, part: bytes) -> None:
-        os.write(self._fd, _FRAME.pack(self.token.value, len(part)) + part)
+    def write(self, position: int, entry: bytes) -> None:
+        """Journal ``entry`` (what ``dask_worker.run_batch`` puts there) at ``position``.
+
+        A store into a shared memory map, no system call: what was stored stays in the
+        file when the process dies. The frame's header goes last, after the next frame's
+        header was cleared: a death at any point leaves only whole frames before it.
+        """
+        at = self._at
+        end = at + _FRAME.size + len(entry)
+        if end + _FRAME.size > len(self._map):  # type: ignore[arg-type]
+            self._grow(2 * (end + _FRAME.size))
+        view = self._map
+        assert view is not None
+        view[end : end + _FRAME.size] = _NO_FRAME
+        view[at + _FRAME.size : end] = entry
+        _FRAME.pack_into(view, at, self.token.value, position, len(entry))
+        self._at = end
+
+    def _grow(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        old, self._map = self._map, mmap.mmap(self._fd, size)
+        if old is not None:
+            old.close()
 
     def close(self) -> None:
+        with contextlib.suppress(OSError, BufferError):
+            if self._map is not None:
+                self._map.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
 
-_FRAME = struct.Struct("<qQ")  # (batch token, length) before each journalled part
+# Before each journalled entry: (batch token, the record's position in the batch, length).
+_FRAME = struct.Struct("<qqQ")
+_NO_FRAME = bytes(_FRAME.size)
+_JOURNAL_START = 1 << 16
+
+
+def entry_frames(data: bytes, token: int) -> list[tuple[int, bytes]]:
+    """The whole frames of batch ``token`` at the start of a journal: (position, entry)."""
+    frames = []
+    at = 0
+    while at + _FRAME.size <= len(data):
+        tag, position, length = _FRAME.unpack_from(data, at)
+        at += _FRAME.size
+        if tag != token or at + length > len(data):
+            break
+        frames.append((position, data[at : at + length]))
+        at += length
+    return frames
 
 
 class _Earlier:
-    """What a dead attempt of a batch left: its journalled parts, the record it was running."""
+    """What a dead attempt of a batch left: its journal, the record it was running."""
 
-    def __init__(self, parts: list[bytes], index: int, who: str) -> None:
-        self.parts = parts
+    def __init__(self, frames: list[tuple[int, bytes]], index: int, who: str) -> None:
+        self.frames = frames
         self.index = index
         self.who = who
+        self.chunk: Chunk | None = None  # the results taken back (see resume)
+        self.parts: list[bytes] = []  # the same, as the part of a batch's results
+        self.done = 0  # how many of the batch's records they cover
 
     def resume(self, args: BatchArgs) -> tuple[BatchArgs | None, Callable[[int], Any]]:
-        """The batch's records left to run (None: none), and the errors of those not to run.
+        """The batch's records left to run (None: none), and the error of those not to run.
 
-        Before the tail go the parts the dead attempt journalled, then (JSON lines) the
-        clean records it ran since: a record that did not end clean is journalled at once,
-        so the others were clean. Otherwise those records' results were lost with it.
+        The dead attempt journalled each record's results before the next record started
+        (``dask_worker.run_batch``), but for records that ran clean with an empty bag: a
+        position without an entry is such a record. Its records up to the one it was
+        running come back as one chunk (``self.parts``); that one killed the worker and
+        fails. An attempt that ended (its worker died before its result came back) says
+        how many records it ran: the records its stop flag kept from starting run now.
         """
         start, positions, values, _ = args
         parse = type(values) is bytes
         count = values.count(b"\n") + 1 if parse else len(values)
-        covered = sum(pickle.loads(part)[1][0] for part in self.parts)
         index, who = self.index, self.who
-        ended = index == BATCH_ENDED
 
         def number(k: int) -> int:
             return start + (k if positions is None else positions[k])
 
-        stop = count if ended else next((k for k in range(count) if number(k) == index), count)
-        if parse and stop > covered:
-            self.parts.append(encode_chunk((stop - covered, None, None, []), 0.0))
-            covered = stop
-        last_ran = number(stop - 1) if stop > covered else -1
+        if index == BATCH_ENDED:  # its last frame, empty, is at the number of records it ran
+            ran = next((k for k, entry in self.frames if not entry), 0)
+        else:
+            ran = next((k for k in range(count) if number(k) == index), count)
+        ran = min(ran, count)
+        chunk = _rebuild(self.frames, ran, maps=not parse)
+        self.done = chunk[0]
+        if self.done:
+            self.chunk = chunk
+            self.parts = [encode_chunk(chunk, 0.0)]
+        # Only when an entry did not unpickle: the records from it on ran, their results lost.
+        lost = number(ran - 1) if self.done < ran else -1
 
         def died(record: int) -> BaseException | None:
             if record == index:
                 return WorkerDied(f"{who} while running this record")
-            if record <= last_ran:
+            if record <= lost:
                 return WorkerDied(f"{who} after this record ran, before its result came back")
             return None
 
-        return (_tail(args, covered) if covered < count else None), died
+        return (_tail(args, self.done) if self.done < count else None), died
+
+
+def _rebuild(frames: list[tuple[int, bytes]], ran: int, *, maps: bool) -> Chunk:
+    """The chunk of the first ``ran`` records of a batch from its journal's ``frames``
+    (``dask_worker.run_batch`` says what they hold); it stops short of an entry that does
+    not unpickle (a bag value that pickled but does not unpickle)."""
+    jobs: list[Any] = [None] * ran
+    pres: list[Any] = [None] * ran
+    others: list[tuple[int, tuple[Any, ...]]] = []
+    for position, data in frames:
+        if position >= ran:
+            continue
+        try:
+            entry = pickle.loads(data)
+        except Exception:
+            ran = position
+            break
+        if len(entry) == 1:  # a record that is not clean: its payload
+            others.append((position, entry[0]))
+        elif len(entry) == 2:  # a clean record: its bag's two maps
+            jobs[position], pres[position] = entry
+        elif len(entry) == 4:  # a chunk from the batch's start, taken back from an earlier death
+            size, chunk_jobs, chunk_pres, chunk_others = entry
+            if chunk_jobs is not None:
+                jobs[position : position + size] = chunk_jobs
+            if chunk_pres is not None:
+                pres[position : position + size] = chunk_pres
+            others.extend((position + k, payload) for k, payload in chunk_others)
+    del jobs[ran:], pres[ran:]
+    others = sorted(item for item in others if item[0] < ran)
+    return (
+        ran,
+        jobs if maps and any(m is not None for m in jobs) else None,
+        pres if maps and any(m is not None for m in pres) else None,
+        others,
+    )
 
 
 def _tail(args: BatchArgs, skip: int) -> BatchArgs:
@@ -214,18 +310,10 @@ def earlier_attempt(run_id: str, token: int) -> _Earlier | None:
     if not found:
         return None
     index, pid, address, journal = max(found)
-    parts: list[bytes] = []
+    frames: list[tuple[int, bytes]] = []
     with contextlib.suppress(OSError):
-        data = journal.read_bytes()
-        at = 0
-        while at + _FRAME.size <= len(data):
-            tag, length = _FRAME.unpack_from(data, at)
-            at += _FRAME.size
-            if tag != token or at + length > len(data):
-                break
-            parts.append(data[at : at + length])
-            at += length
-    return _Earlier(parts, index, f"Dask worker {address} (process {pid}) died")
+        frames = entry_frames(journal.read_bytes(), token)
+    return _Earlier(frames, index, f"Dask worker {address} (process {pid}) died")
 
 
 def _alive(pid: int) -> bool:

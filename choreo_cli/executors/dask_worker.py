@@ -13,12 +13,13 @@ from __future__ import annotations
 import pickle
 import threading
 from time import perf_counter
+from typing import Any
 
 from choreo_cli.errors import ChoreoError
 from choreo_cli.executors import logs
-from choreo_cli.executors.base import PipelineSpec
+from choreo_cli.executors.base import INTERRUPTED, PipelineSpec
 from choreo_cli.executors.dask_attempts import BATCH_ENDED, ProgressFile, earlier_attempt
-from choreo_cli.executors.portable import Chunk, encode_chunk, merge_chunks
+from choreo_cli.executors.portable import encode_chunk, encode_entry
 from choreo_cli.executors.runner import BatchArgs, BatchRunner
 
 
@@ -64,50 +65,65 @@ def open_runner(spec: PipelineSpec) -> list[str]:
 
 
 def run_batch(spec: PipelineSpec, batch: bytes, token: int = 0) -> bytes:
-    """Run one pickled batch on this worker: its results, as a pickled list of parts, each
-    a pickled (time taken, chunk) for consecutive records of the batch.
+    """Run one pickled batch on this worker: its results, as a pickled (stop level, parts):
+    the run's stop flag on this worker once the batch ended (see ``BatchRunner``: the batch
+    ends before its last record once it is set), and parts, each a pickled (time taken,
+    chunk) for consecutive records of the batch.
 
     ``token`` names the batch across attempts: when an earlier attempt's worker died,
     this one takes back the results it journalled and does not run again the records it
-    ran or died running (those whose results were lost fail with WorkerDied).
+    ran; the record it died running fails with WorkerDied.
     """
     started = perf_counter()
     args: BatchArgs | None = pickle.loads(batch)
     run = _run_of(spec)
+    stop = run.runner.stop
     slot = run.progress.slot() if token else None
     if slot is None:
         chunk = run.runner.run(args)  # type: ignore[arg-type]
-        return pickle.dumps([encode_chunk(chunk, perf_counter() - started)])
+        return pickle.dumps((stop.value, [encode_chunk(chunk, perf_counter() - started)]))
     slot.begin(token)
     parts: list[bytes] = []
     died = None
+    done = 0  # the records an earlier attempt ran, whose results it journalled
     earlier = earlier_attempt(spec.run_id, token)
     if earlier is not None:
         assert args is not None
         args, died = earlier.resume(args)
         parts = earlier.parts
-        for part in parts:
-            slot.write(part)
+        done = earlier.done
+        if earlier.chunk is not None:  # journalled again: a death of this attempt keeps them
+            slot.write(0, encode_entry(earlier.chunk))
+    write = slot.write
 
-    # Journalled as they come (a record that did not end clean comes alone), returned as
-    # one part: the parent unpickles a part per batch, not one per such record.
-    chunks: list[Chunk] = []
-    elapsed = 0.0
+    def journal(position: int, entry: tuple[Any, ...]) -> None:
+        # Each record's results before the next record starts, but for records that ran
+        # clean with an empty bag (their count tells them): a store in a memory map.
+        write(done + position, encode_entry(entry))
 
-    def flush(chunk: Chunk) -> None:
-        nonlocal started, elapsed
-        now = perf_counter()
-        slot.write(encode_chunk(chunk, now - started))
-        elapsed += now - started
-        started = now
-        chunks.append(chunk)
-
+    ran = done
     if args is not None:
-        flush(run.runner.run(args, flush, slot.current, died=died, eager=True))
+        chunk = run.runner.run(args, current=slot.current, died=died, journal=journal)
+        ran += chunk[0]
+        parts.append(encode_chunk(chunk, perf_counter() - started))
+    write(ran, b"")  # the end, at the number of records that ran (its stop flag may stop it)
     slot.current.value = BATCH_ENDED
-    if chunks:
-        parts.append(encode_chunk(merge_chunks(chunks), elapsed))
-    return pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((stop.value, parts), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def stop_run(run_id: str, level: int) -> None:
+    """choreo halted (HALTED) or interrupted (INTERRUPTED) run ``run_id``: this worker
+    starts no new record of it, and when interrupted its records in flight stop before
+    their next step. Run through ``Client.run`` on the worker's event loop, while batches
+    run on its threads."""
+    with _RUNS_LOCK:
+        run = _RUNS.get(run_id)
+    if run is None:
+        return
+    if level >= INTERRUPTED:
+        run.runner.interrupt("interrupted by choreo")
+    else:
+        run.runner.halt()
 
 
 def close_runner(run_id: str) -> list[str]:

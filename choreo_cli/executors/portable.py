@@ -182,6 +182,19 @@ class ChunkWriter:
         self.jobs.append(None)
         self.pres.append(None)
 
+    def last_kept(self) -> tuple[Any, ...] | None:
+        """The results of the record added last, unless its count alone tells them (it ran
+        clean with an empty bag): ``(payload,)`` for one that is not clean (see
+        ``export_result``), else ``(job map, precheck map)`` of its bag."""
+        others = self.others
+        if others and others[-1][0] == len(self.jobs) - 1:
+            return (others[-1][1],)
+        job = self.jobs[-1]
+        pre = self.pres[-1]
+        if job is None and pre is None:
+            return None
+        return (job, pre)
+
     def take(self) -> Chunk:
         """The chunk of the Results added since the last ``take()``; start a new one."""
         jobs, pres, others = self.jobs, self.pres, self.others
@@ -195,44 +208,37 @@ class ChunkWriter:
         )
 
 
-def merge_chunks(chunks: Sequence[Chunk]) -> Chunk:
-    """One chunk of the results of consecutive ``chunks``.
-
-    >>> merge_chunks([(2, None, None, [(1, ("x",))]), (1, [{"a": 1}], None, [])])
-    (3, [None, None, {'a': 1}], None, [(1, ('x',))])
-    """
-    if len(chunks) == 1:
-        return chunks[0]
-    count = 0
-    jobs: list[Any] = []
-    pres: list[Any] = []
-    others: list[tuple[int, tuple[Any, ...]]] = []
-    for size, job_maps, pre_maps, rest in chunks:
-        jobs.extend(job_maps if job_maps is not None else repeat(None, size))
-        pres.extend(pre_maps if pre_maps is not None else repeat(None, size))
-        others.extend((count + k, payload) for k, payload in rest)
-        count += size
-    return (
-        count,
-        None if jobs.count(None) == count else jobs,
-        None if pres.count(None) == count else pres,
-        others,
-    )
-
-
 def encode_chunk(chunk: Chunk, *head: Any) -> bytes:
     """Pickle ``(*head, chunk)``; a bag value that does not pickle becomes its repr."""
     try:
         return pickle.dumps((*head, chunk), protocol=_PROTOCOL)
     except Exception:
-        count, jobs, pres, others = chunk
-        sanitized = (
-            count,
-            None if jobs is None else [_sanitized_map(m) for m in jobs],
-            None if pres is None else [_sanitized_map(m) for m in pres],
-            [(k, _sanitized(p)) for k, p in others],
-        )
-        return pickle.dumps((*head, sanitized), protocol=_PROTOCOL)
+        return pickle.dumps((*head, _sanitized_chunk(chunk)), protocol=_PROTOCOL)
+
+
+def encode_entry(entry: tuple[Any, ...]) -> bytes:
+    """Pickle ``entry``: one record's results as ``ChunkWriter.last_kept`` gives them, or a
+    Chunk; a bag value that does not pickle becomes its repr."""
+    try:
+        return pickle.dumps(entry, protocol=_PROTOCOL)
+    except Exception:
+        if len(entry) == 1:
+            entry = (_sanitized(entry[0]),)
+        elif len(entry) == 2:
+            entry = (_sanitized_map(entry[0]), _sanitized_map(entry[1]))
+        else:
+            entry = _sanitized_chunk(entry)
+        return pickle.dumps(entry, protocol=_PROTOCOL)
+
+
+def _sanitized_chunk(chunk: Chunk) -> Chunk:
+    count, jobs, pres, others = chunk
+    return (
+        count,
+        None if jobs is None else [_sanitized_map(m) for m in jobs],
+        None if pres is None else [_sanitized_map(m) for m in pres],
+        [(k, _sanitized(p)) for k, p in others],
+    )
 
 
 def _sanitized_map(values: dict[str, Any] | None) -> dict[str, Any] | None:

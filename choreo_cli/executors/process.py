@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from choreo_cli.errors import ResourceError
 from choreo_cli.executors import logs
-from choreo_cli.executors.base import WorkerDied, describe_exit
+from choreo_cli.executors.base import INTERRUPTED, WorkerDied, describe_exit
 from choreo_cli.executors.batching import Batch, BatchExecutor
 from choreo_cli.executors.process_worker import PROTOCOL, worker_main
 
@@ -75,11 +75,18 @@ class ProcessExecutor(BatchExecutor):
         workers: int,
         overrides: Mapping[str, Any] | None = None,
         dry_run: bool = False,
+        fail_fast: bool = False,
     ) -> None:
-        super().__init__(pipeline, workers=workers, overrides=overrides, dry_run=dry_run)
+        super().__init__(
+            pipeline, workers=workers, overrides=overrides, dry_run=dry_run, fail_fast=fail_fast
+        )
         self._context = multiprocessing.get_context("spawn")
-        # Shared memory, not an Event: setting it takes no lock, so a signal handler can,
-        # and a worker that died holding a lock cannot block it.
+        # The stop flag (base.py: RUNNING, HALTED, INTERRUPTED) of choreo and every worker:
+        # each worker reads it before each record, and raises it itself when a step raised
+        # KeyboardInterrupt or, with fail-fast, a record did not succeed, so the others
+        # start no new record at once. Shared memory, not an Event: setting it takes no
+        # lock, so a signal handler can, and a worker that died holding a lock cannot
+        # block it.
         self._flag = self._context.RawValue("b", 0)
         self._procs: list[_Worker] = []
         self._started = 0
@@ -134,7 +141,7 @@ class ProcessExecutor(BatchExecutor):
             return
         self._closed = True
         if any(proc.batches for proc in self._procs):
-            self._flag.value = 1  # abandoned mid-run: let queued batches end fast
+            self._flag.value = INTERRUPTED  # abandoned mid-run: let queued batches end fast
         errors: list[str] = []
         for proc in self._procs:
             with contextlib.suppress(OSError):
@@ -189,7 +196,18 @@ class ProcessExecutor(BatchExecutor):
     # -- the batch stream -------------------------------------------------------------------
 
     def _tell_workers(self) -> None:
-        self._flag.value = 1
+        if self._flag.value < self._level:
+            self._flag.value = self._level
+
+    def _heed_workers(self) -> None:
+        """Take up a stop a worker raised (a step's KeyboardInterrupt, fail-fast); tell
+        the workers again a level they may have written over (a worker's halt and an
+        interruption at the same moment)."""
+        level = self._flag.value
+        if level > self._level:
+            self._adopt(level)
+        elif level < self._level:
+            self._tell_workers()
 
     def _capacity(self) -> int:
         return sum(max(0, PER_WORKER - len(p.batches)) for p in self._procs if p.ready)
@@ -207,6 +225,7 @@ class ProcessExecutor(BatchExecutor):
             self._bury(proc)
 
     def _wait(self, timeout: float) -> None:
+        self._heed_workers()
         if not self._procs:
             # Every worker is gone and none could be started again: nothing can run.
             error = WorkerDied(f"no worker process is left: {self._startup_error}")
@@ -250,6 +269,8 @@ class ProcessExecutor(BatchExecutor):
             self._deliver(batch, chunk, elapsed)
             if end:
                 proc.batches.popleft()
+                if batch.unreported:  # the stop flag ended it before its last record
+                    self._ended_early(batch, self._flag.value)
         elif kind == "ready":
             proc.ready = True
         elif kind == "failed":
@@ -281,5 +302,5 @@ class ProcessExecutor(BatchExecutor):
             for batch in reversed(batches):  # another worker runs what never started
                 if not batch.done:
                     self._resubmit(batch)
-        if replace and not self._interrupted and not self._closed:
+        if replace and not self._level and not self._closed:
             self._procs.append(self._start())

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from choreo_cli.errors import ChoreoError
 from choreo_cli.executors import logs
+from choreo_cli.executors.base import INTERRUPTED
 from choreo_cli.executors.portable import Chunk, encode_chunk
 from choreo_cli.executors.runner import BatchRunner
 
@@ -47,8 +48,10 @@ def worker_main(
 ) -> None:
     """A worker process: load the pipeline, build resources, run batches until told to close.
 
-    ``flag`` (shared memory) is set by the parent to interrupt; ``current`` (shared
-    memory) holds the index of the record running, for the parent to read if this dies.
+    ``flag`` (shared memory) is the run's stop flag (see ``BatchRunner``): read before
+    each record, raised by the parent (to interrupt or halt) or by a worker; ``current``
+    (shared memory) holds the index of the record running, for the parent to read if
+    this dies.
     """
     # This is the worker program's own main, not choreo's: the parent's signal handlers
     # (cli/) do not run here, so the worker sets its own. The parent coordinates
@@ -65,7 +68,7 @@ def worker_main(
     # starts first: a parent killed while resources are being built is noticed too.
     threading.Thread(target=_receive, args=(tasks, inbox, built), daemon=True).start()
     try:
-        runner = BatchRunner(spec)
+        runner = BatchRunner(spec, stop=flag)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             outbox.send(pickle.dumps(("failed", _startup_message(exc))))
@@ -134,7 +137,9 @@ def _receive(tasks: Connection, inbox: queue.SimpleQueue[Any], built: list[Batch
 
 
 def _watch(flag: Any, runner: BatchRunner) -> None:
-    while not flag.value:
+    """An interruption stops the record in flight before its next step (the runner
+    checks the flag itself before each record)."""
+    while flag.value < INTERRUPTED:
         time.sleep(0.02)
     runner.interrupt()
 

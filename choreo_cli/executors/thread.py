@@ -86,6 +86,11 @@ class ThreadExecutor:
         """No new record starts; records in flight stop before their next step."""
         self.coordinator.interrupt(reason)
 
+    def halt(self, reason: str) -> None:
+        """Start no new record; records in flight finish. Records start only as the
+        caller's input feeds them, so stopping the feed is all it takes here, but for the
+        records already queued for the threads (at most ``workers``): those still start."""
+
     def close(self) -> None:
         """Stop the threads and close every resource."""
         self.coordinator.close()

@@ -188,6 +188,76 @@ def test_a_dask_worker_that_dies_mid_record_fails_only_that_record_and_the_run_g
     assert "records: 601" in run.stderr
 
 
+def test_a_dying_dask_worker_fails_only_its_record_also_with_data_input_and_rejects(
+    run_choreo: RunChoreo, pipeline: Path, tmp_path: Path
+) -> None:
+    """With --include-data or --include-input every record's bag travels: the dead worker
+    journalled each one's before the next started, so only the killer fails. Before, the
+    records it had run since its last flush failed too (shown as not run, sent to the
+    rejects, so a replay ran them twice)."""
+    pytest.importorskip("distributed")
+    write_input(tmp_path / "in.jsonl", 600, die=152)
+    write_input(tmp_path / "clean.jsonl", 600)
+    args = ["run", pipeline, "--include-data", "--include-input", "-q"]
+    run = run_choreo(
+        [*args, "-i", "in.jsonl", "--rejects", "dask.rejects", "--executor", "dask", "-w", "2"],
+        timeout=120,
+    )
+    thread = run_choreo([*args, "-i", "clean.jsonl", "--rejects", "thread.rejects"])
+    assert run.code == 1
+    died = [line for line in run.lines if (line["error"] or {}).get("type") == "WorkerDied"]
+    assert [line["line"] for line in died] == [154]  # id 152, after the line that is not JSON
+    assert died[0]["error"]["message"].endswith("died while running this record")
+    assert [line for line in run.lines if line["line"] != 154] == [
+        line for line in thread.lines if line["line"] != 154
+    ]
+    # The rejects are the thread run's and the killer: none ran and is run again on a replay.
+    rejects = (tmp_path / "dask.rejects").read_bytes().splitlines()
+    killer = [line for line in rejects if b'"die": true' in line]
+    assert len(killer) == 1
+    assert [line for line in rejects if line not in killer] == (
+        (tmp_path / "thread.rejects").read_bytes().splitlines()
+    )
+
+
+FAIL_FAST = """\
+version: 1
+steps:
+  - name: one
+    job: steps:job
+"""
+
+KEYBOARD = """\
+def job(ctx, record):
+    if record == 5:
+        raise KeyboardInterrupt
+"""
+
+
+@pytest.mark.parametrize("executor", ["process", "dask"])
+def test_a_step_raising_keyboard_interrupt_exits_130(
+    run_choreo: RunChoreo, write_pipeline: WritePipeline, tmp_path: Path, executor: str
+) -> None:
+    """As with threads: the worker tells choreo, which interrupts the run (was exit 1)."""
+    if executor == "dask":
+        pytest.importorskip("distributed")
+    pipeline = write_pipeline(FAIL_FAST, KEYBOARD)
+    (tmp_path / "in.jsonl").write_text("".join(f"{i}\n" for i in range(2000)))
+    run = run_choreo(
+        ["run", pipeline, "-i", "in.jsonl", "--executor", executor, "-w", "2"], timeout=120
+    )
+    assert run.code == 130, run.stderr
+    assert run.indices == list(range(len(run.lines)))
+    assert run.lines[5]["status"] == "cancelled"
+    assert run.lines[5]["error"] == {
+        "step": "one",
+        "phase": None,
+        "type": "Interrupted",
+        "message": "interrupted during step 'one'",
+    }
+    assert {line["status"] for line in run.lines} == {"succeeded", "cancelled"}
+
+
 def test_sigterm_stops_a_process_run_with_no_hole_in_the_output(
     start_choreo: StartChoreo, pipeline: Path, tmp_path: Path, parse_results: ParseResults
 ) -> None:

@@ -17,16 +17,17 @@ from choreo_cli import Coordinator, Skip, Step, load_pipeline
 from choreo_cli.core.items import InvalidLine, Record
 from choreo_cli.core.result import Result
 from choreo_cli.errors import Cancel, ResourceError
-from choreo_cli.executors import ExecutorUnavailable, build_executor
+from choreo_cli.executors import ExecutorUnavailable, WorkerDied, build_executor
 from choreo_cli.executors.batching import BatchSizer
+from choreo_cli.executors.dask_attempts import _Earlier
 from choreo_cli.executors.portable import (
     ChunkWriter,
     RemoteError,
     ResultBuilder,
     encode_chunk,
+    encode_entry,
     export_exception,
     export_result,
-    merge_chunks,
     rebuild_exception,
 )
 from choreo_cli.executors.process import ProcessExecutor
@@ -291,8 +292,10 @@ def test_a_chunk_rebuilds_the_results_of_every_kind_in_their_places() -> None:
     assert rebuilt[0].bag.job("ONLY") == {"seen": {"id": 0}}
 
 
-def test_merged_chunks_rebuild_the_results_of_the_chunks_one_by_one() -> None:
-    """A Dask batch returns the chunks it journalled one by one as one chunk."""
+def test_a_journal_gives_back_every_result_of_the_records_a_dead_attempt_ran() -> None:
+    """A Dask worker journals each record's results before the next starts, but for
+    records that ran clean with an empty bag: with the record it died running, that gives
+    back the chunk the records before it would have sent."""
 
     def job(ctx: Any, record: Any) -> Any:
         if record % 3 == 1:
@@ -303,26 +306,27 @@ def test_merged_chunks_rebuild_the_results_of_the_chunks_one_by_one() -> None:
     coordinator.add_step(Step(name="Only", job=job))
     items: list[Any] = list(range(9))
     writer = ChunkWriter(step_count=1)
-    chunks = []
-    for cut in ([0], [1, 2, 3], [4], [5, 6, 7, 8]):
-        for pos in cut:
-            writer.add(coordinator.run(items[pos], index=pos))
-        chunks.append(writer.take())
-    merged = merge_chunks(chunks)
-    assert merged[0] == 9 and [k for k, _ in merged[3]] == [1, 4, 7]
+    frames = []
+    for pos in range(6):  # it died running record 6
+        writer.add(coordinator.run(items[pos], index=pos))
+        entry = writer.last_kept()
+        if entry is not None:
+            frames.append((pos, encode_entry(entry)))
+    assert [pos for pos, _ in frames] == [1, 3, 4, 5]  # 0 and 2 ran clean, bags empty
+    sent = writer.take()
+    earlier = _Earlier(frames, 6, "Dask worker tcp://w:1 (process 9) died")
+    tail, died = earlier.resume((0, None, items, None))
+    assert earlier.done == 6 and tail == (6, None, items[6:], None)
+    error = died(6)
+    assert isinstance(error, WorkerDied)
+    assert str(error) == "Dask worker tcp://w:1 (process 9) died while running this record"
+    assert died(7) is None
     builder = ResultBuilder(("Only",))
-    one: list[Result | None] = [None] * 9
-    builder.build_chunk(one, merged, items, range(9), 0, 0)
-    apart: list[Result | None] = [None] * 9
-    first = 0
-    for chunk in chunks:
-        builder.build_chunk(apart, chunk, items, range(9), first, 0)
-        first += chunk[0]
-    assert lines_of(iter(one)) == lines_of(iter(apart))  # type: ignore[arg-type]
-    assert [r.bag.job("only") for r in one if r is not None] == [
-        r.bag.job("only") for r in apart if r is not None
-    ]
-    assert merge_chunks([(2, None, None, []), (1, None, None, [])]) == (3, None, None, [])
+    back: list[Result | None] = [None] * 6
+    builder.build_chunk(back, pickle.loads(earlier.parts[0])[1], items, range(6), 0, 0)
+    expected: list[Result | None] = [None] * 6
+    builder.build_chunk(expected, sent, items, range(6), 0, 0)
+    assert lines_of(iter(back)) == lines_of(iter(expected))  # type: ignore[arg-type]
 
 
 def test_build_executor_names_what_is_wrong(pipeline_file: Path) -> None:
@@ -668,6 +672,25 @@ def test_a_dask_worker_that_dies_fails_only_the_record_it_was_running(
         expected, _ = fused_lines(serial, make_input(400))
     with build_executor("dask", pipeline, workers=2, scheduler=dask_scheduler) as executor:
         got, _ = fused_lines(executor, data)
+    assert len(got) == len(expected)
+    differ = [k for k, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b]
+    assert len(differ) == 1
+    died = json.loads(got[differ[0]])
+    assert (died["index"], died["error"]["type"]) == (153, "WorkerDied")  # id 152, after line 21
+    assert died["error"]["message"].endswith("died while running this record")
+
+
+def test_a_dask_worker_that_dies_in_run_many_fails_only_the_record_it_was_running(
+    pipeline_file: Path, dask_scheduler: str
+) -> None:
+    """run_many, as `choreo run --include-data` or `--include-input` runs: each record whose
+    bag holds something is journalled before the next starts, so the retry takes back
+    every result the dead worker made, bags included, and runs none of them again."""
+    data = make_input(400, die=152)
+    pipeline = load_pipeline(pipeline_file)
+    expected = thread_lines(pipeline_file, make_input(400))
+    with build_executor("dask", pipeline, workers=2, scheduler=dask_scheduler) as executor:
+        got = run_lines(executor, data)
     assert len(got) == len(expected)
     differ = [k for k, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b]
     assert len(differ) == 1
