@@ -133,7 +133,13 @@ def _run(
             console=console,
             executor=executor,
             state=state,
-            reader=build_reader(source, keep_raw=rejects is not None, checkpoint=checkpoint),
+            # Each line's bytes for --rejects, and for --include-input: a record orjson
+            # cannot write as it was read (an integer past 64 bits) is written as its line.
+            reader=build_reader(
+                source,
+                keep_raw=rejects is not None or options.include_input,
+                checkpoint=checkpoint,
+            ),
             writer=writer,
             summary=summary,
             progress=build_progress(options, console=console, source=source),
@@ -291,9 +297,9 @@ def build_writer(
 def build_reader(
     source: RunInput, *, keep_raw: bool, checkpoint: Checkpoint | None = None
 ) -> JsonlReader:
-    """The reader of the input's lines (``keep_raw`` for ``--rejects``). It tells the
-    checkpoint of a last line without a line ending, which is never marked finished: a
-    producer may still be writing it."""
+    """The reader of the input's lines (``keep_raw`` for ``--rejects`` and
+    ``--include-input``). It tells the checkpoint of a last line without a line ending,
+    which is never marked finished: a producer may still be writing it."""
     from choreo_cli.jsonl.reader import JsonlReader
 
     return JsonlReader(
