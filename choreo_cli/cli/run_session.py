@@ -199,6 +199,8 @@ def build_executor(options: RunOptions) -> Executor:
             scheduler=options.scheduler,
             # No timings: result lines have none and the summary uses the wall time.
             timings=False,
+            # A worker whose record did not succeed stops itself, without waiting for us.
+            fail_fast=options.fail_fast,
         )
     except ExecutorUnavailable as exc:
         raise UsageError(str(exc)) from None
@@ -406,6 +408,7 @@ class RunSession:
         tally = self._tally()
         rejects = self.rejects
         state = self.state
+        executor = self.executor
         fail_fast = self.options.fail_fast
 
         def handle(result: Result) -> bool:
@@ -415,7 +418,9 @@ class RunSession:
                 if rejects is not None:
                     rejects.add(result)
                 if fail_fast:
+                    # No input is read any more, and no worker starts a record it holds.
                     state.stop = True
+                    executor.halt("a record did not succeed (--fail-fast)")
                     return True
             return False
 

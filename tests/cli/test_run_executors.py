@@ -227,6 +227,83 @@ steps:
     job: steps:job
 """
 
+FAIL_FAST_STEPS = """\
+import time
+
+
+def job(ctx, record):
+    with open("started.log", "a") as log:
+        log.write(f"start {record['id']} {time.monotonic()}\\n")
+    if record.get("fail"):
+        with open("started.log", "a") as log:
+            log.write(f"failed {record['id']} {time.monotonic()}\\n")
+        raise RuntimeError("the first failure")
+    time.sleep(record["nap"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("executor", "workers", "nap", "bound"),
+    [
+        # One worker starts no record after its own failure: not even its batch's next one.
+        ("process", 1, 0.02, 0),
+        # The workers share one stop flag, read before each record: the one that failed
+        # raises it at once. Each other worker may have read it just before it rose.
+        ("process", 4, 0.02, 3),
+        # The failed record's batch comes back at once (its worker stops itself), and
+        # choreo then tells the other worker, between two of its records: it may start
+        # one more while that message travels (records of 0.1 s; a second one on a
+        # loaded machine).
+        ("dask", 2, 0.1, 2),
+    ],
+)
+def test_fail_fast_starts_no_record_once_a_failure_is_known(
+    run_choreo: RunChoreo,
+    write_pipeline: WritePipeline,
+    tmp_path: Path,
+    executor: str,
+    workers: int,
+    nap: float,
+    bound: int,
+) -> None:
+    """Record 3 of 100 fails. Before, the workers ran on until their batches ended: 13
+    (process -w 1), 60 (-w 4) and 46 (dask -w 2) later records ran their jobs."""
+    if executor == "dask":
+        pytest.importorskip("distributed")
+    pipeline = write_pipeline(FAIL_FAST, FAIL_FAST_STEPS)
+    records = [{"id": i, "nap": nap, **({"fail": True} if i == 3 else {})} for i in range(100)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = run_choreo(
+        [
+            "run",
+            pipeline,
+            "-i",
+            "in.jsonl",
+            "--fail-fast",
+            "--executor",
+            executor,
+            "-w",
+            str(workers),
+        ],
+        timeout=120,
+    )
+    assert run.code == 1, run.stderr  # a failure, not an interruption (130)
+    events = [line.split() for line in (tmp_path / "started.log").read_text().splitlines()]
+    (failed_at,) = [float(at) for kind, _, at in events if kind == "failed"]
+    started = {int(record): float(at) for kind, record, at in events if kind == "start"}
+    late = sorted(record for record, at in started.items() if at > failed_at)
+    assert len(late) <= bound, f"{late} started after the failure"
+    # One line per record read; those that started are reported as they ran (records in
+    # flight finish), the others are cancelled as by an interruption.
+    assert run.indices == list(range(len(run.lines)))
+    for line in run.lines:
+        if line["index"] in started:
+            assert line["status"] == ("failed" if line["index"] == 3 else "succeeded")
+        else:
+            assert line["status"] == "cancelled"
+            assert line["error"]["type"] == "Interrupted"
+
+
 KEYBOARD = """\
 def job(ctx, record):
     if record == 5:
