@@ -80,7 +80,8 @@ class BatchRunner:
         # Worker-scoped resources too: a failing factory is reported before any record.
         self.coordinator.open(prebuild_workers=True)
         # Every batch of the runner is one run of the coordinator: once interrupted (by the
-        # parent, or a step's KeyboardInterrupt), it cancels the rest of its batches.
+        # parent, or a step's KeyboardInterrupt), it stays so, and the records in flight on
+        # other threads (Dask) stop before their next step, until close().
         self._run = contextlib.ExitStack()
         self._run.enter_context(self.coordinator.running())
         self._steps = len(self.coordinator.steps)

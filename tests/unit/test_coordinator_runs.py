@@ -324,27 +324,27 @@ PIPELINE = """
 """
 
 
-def test_a_batch_runner_cancels_the_rest_of_its_batches_after_an_interruption(
-    runner: str, tmp_path: Path
-) -> None:
+def test_a_batch_runner_stays_interrupted_for_all_its_batches(runner: str, tmp_path: Path) -> None:
     (tmp_path / "steps.py").write_text(textwrap.dedent(STEPS), encoding="utf-8")
     path = tmp_path / "pipeline.yaml"
     path.write_text(textwrap.dedent(PIPELINE), encoding="utf-8")
     batch_runner = BatchRunner(PipelineSpec.for_file(path))
+    coordinator = batch_runner.coordinator
     try:
         records = [{"id": n, "stop": n == 2} for n in range(5)]
         count, _, _, others = batch_runner.run((0, None, records, None))
-        assert count == 5
-        # records 0 and 1 ran clean; 2 stopped the run, 3 and 4 are cancelled
-        assert [position for position, _ in others] == [2, 3, 4]
-        # the next batch of the same run is cancelled too (the parent was told)
-        count, _, _, others = batch_runner.run((5, None, [{"id": 5}, {"id": 6}], None))
-        assert count == 2 and len(others) == 2
-        batch_runner.interrupt()
-        count, _, _, others = batch_runner.run((7, None, [{"id": 7}], None))
-        assert count == 1 and len(others) == 1
+        # records 0 and 1 ran clean; 2 stopped the run: the batch ends there
+        assert count == 3
+        assert [position for position, _ in others] == [2]
+        assert batch_runner.stop.value
+        # the coordinator stays interrupted (a record another thread runs for the same
+        # run stops before its next step), record after record, until the runner closes
+        assert coordinator.interrupted
+        for n in (5, 6):
+            assert interrupted_by(coordinator.run({"id": n})) == "interrupted before step 'work'"
     finally:
         assert batch_runner.close() == []
+    assert coordinator.run({"id": 7}).status == "succeeded"
 
 
 def test_records_in_flight_when_an_interrupted_run_many_is_closed_run_no_further_step(
