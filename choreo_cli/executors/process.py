@@ -271,6 +271,9 @@ class ProcessExecutor(BatchExecutor):
                 proc.batches.popleft()
                 if batch.unreported:  # the stop flag ended it before its last record
                     self._ended_early(batch, self._flag.value)
+            # A worker raises the flag before it sends the chunk of the record that raised
+            # it: read after the chunk, the flag is seen even when that was the last one.
+            self._heed_workers()
         elif kind == "ready":
             proc.ready = True
         elif kind == "failed":

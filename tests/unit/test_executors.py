@@ -530,6 +530,21 @@ def test_an_interrupted_process_run_gives_every_record_read_one_result(
     assert "interrupted before step" in cancelled[-1].error.message  # type: ignore[union-attr]
 
 
+def test_a_keyboard_interrupt_in_the_last_record_interrupts_a_process_run(tmp_path: Path) -> None:
+    """The worker raises the stop flag before it sends the record's result: choreo reads
+    the flag after each chunk, so it is interrupted even when no chunk follows."""
+    (tmp_path / "ki_steps.py").write_text(
+        "def one(ctx, record):\n    if record == 9:\n        raise KeyboardInterrupt\n"
+    )
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("version: 1\nsteps:\n  - name: one\n    job: ki_steps:one\n")
+    for _ in range(3):
+        with ProcessExecutor(load_pipeline(path), workers=1) as executor:
+            results = list(executor.run_many(range(10)))
+        assert [r.status for r in results] == ["succeeded"] * 9 + ["cancelled"]
+        assert executor.interrupted
+
+
 def test_process_holds_a_bounded_number_of_records_whatever_the_input(tmp_path: Path) -> None:
     (tmp_path / "steps.py").write_text("def one(ctx, record):\n    return 1\n")
     path = tmp_path / "pipeline.yaml"
