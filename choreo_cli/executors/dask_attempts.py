@@ -5,13 +5,13 @@ neither loses a record nor runs one twice. Only ``dask_worker`` uses it: the par
 knows nothing of these files (it only gives each batch a token that its attempts share).
 
 Each worker process keeps a small memory-mapped file (per thread: the token of the batch
-it runs and the index of the record running) and, per thread, a journal of the results
-it has flushed: every record's before the next record starts, except those of records
-that ran clean with an empty bag, which a count tells (``BatchRunner.run``'s ``eager``).
-When Dask runs a batch again because its worker died, the new attempt (on the same
-machine) reads what the dead process left: the results it journalled come back, the
-records between them are clean ones, the record it was running fails with WorkerDied,
-and the rest of the batch runs.
+it runs and the index of the record running) and, per thread, a memory-mapped journal of
+the batch's results: each record's before the next record starts, except those of
+records that ran clean with an empty bag, which need none (``BatchRunner.run``'s
+``journal``). When Dask runs a batch again because its worker died, the new attempt (on
+the same machine) reads what the dead process left: the results it journalled come
+back, the records between them ran clean, the record it was running fails with
+WorkerDied, and the rest of the batch runs.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ class ProgressFile:
 
     Per thread that runs batches, a slot of the memory-mapped file holds the batch's token
     and the index of the record running (writing it costs a store; what was written stays
-    in the file when the process dies), and a journal file the batch's results as they are
-    flushed. When Dask runs a batch again (its worker died), the new attempt reads what a
-    dead process on this machine left: results before the record that was running come
-    back from the journal, that record killed the worker and is not run again.
+    in the file when the process dies), and a journal file the batch's results, record by
+    record (stores too). When Dask runs a batch again (its worker died), the new attempt
+    reads what a dead process on this machine left: results before the record that was
+    running come back from the journal, that record killed the worker and is not run again.
     """
 
     def __init__(self, run_id: str, address: str) -> None:
