@@ -342,7 +342,7 @@ def dump_input(value: Any, raw: bytes | None) -> bytes:
     orjson writes it as it is, else (an integer past 64 bits, deeper than orjson writes)
     the line's own JSON text, which holds the record as it was read.
 
-    >>> dump_input({"id": 2**70}, b'{"id": 1180591620717411303424} \\r\\n')
+    >>> dump_input({"id": 2**70}, b'{"id":\\t1180591620717411303424} \\r\\n')
     b'{"id": 1180591620717411303424}'
     """
     try:
@@ -350,7 +350,9 @@ def dump_input(value: Any, raw: bytes | None) -> bytes:
     except TypeError:
         if raw is None:
             return dump_value(value)
-        return raw.strip(b" \t\r\n")
+        # A tab or CR in a JSON line is whitespace between tokens (inside a string it
+        # must be escaped): a space keeps the output free of control characters.
+        return raw.strip(b" \t\r\n").replace(b"\t", b" ").replace(b"\r", b" ")
 
 
 def _repr(value: Any) -> str:

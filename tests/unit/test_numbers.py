@@ -138,6 +138,12 @@ def test_integers_past_64_bits_are_written_as_numbers() -> None:
 
 def test_the_input_is_its_line_when_orjson_cannot_write_the_record() -> None:
     assert dump_input(json.loads(RECORD), RECORD + b"\r\n") == RECORD
+    # Tabs and CRs between tokens become spaces: no control character reaches the output.
+    tabbed = b'{\t"id":\r12345678901234567890123}'
+    assert (
+        dump_input(json.loads(tabbed), b" " + tabbed + b"\t\n")
+        == b'{ "id": 12345678901234567890123}'
+    )
     deep: Any = 1
     for _ in range(400):  # orjson reads 1024 levels, writes 254
         deep = [deep]
