@@ -1,22 +1,25 @@
 """The general call path of a step callable: record conversion, async, timeout, retry.
 
-The compiled runner calls plain callables directly; everything else goes through here.
+The compiled runner calls plain callables directly (a timed one between the two lines of
+its deadline slot); everything else goes through here. A timeout is the watchdog's
+(watchdog.py): the call runs inline, its deadline slot set around it.
 """
 
 from __future__ import annotations
 
 import contextvars
-import threading
 import types
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from choreo_cli.core.signatures import CallSpec, Mismatch, json_type_name
+from choreo_cli.core.watchdog import lost
 from choreo_cli.errors import Cancel, StepDefinitionError, StepTimeout, UnassignableInput
 
 if TYPE_CHECKING:
     from choreo_cli.core.context import Context, _RunFlags
     from choreo_cli.core.step import Planned, Step
+    from choreo_cli.core.watchdog import Timed
     from choreo_cli.core.workers import Worker
 
 T = TypeVar("T")
@@ -34,17 +37,17 @@ def invoke(
     value: Any,
     worker: Worker,
     planned: Planned | None,
+    timed: Timed | None,
     flags: _RunFlags,
 ) -> Any:
-    """The general call path: record conversion, async callables, timeout and retry."""
+    """The general call path: record conversion, async callables, timeout and retry.
+
+    ``timed`` is the call's token when its step has a timeout (``Plan.timed``).
+    """
     arg = converted(spec, ctx, value)
-    if planned is None or (
-        planned.timeout is None and (planned.retry is None or spec is not planned.job)
-    ):
-        return call(spec, ctx, arg, worker, None)
-    if planned.retry is None or spec is not planned.job:
-        return call(spec, ctx, arg, worker, planned.timeout)
-    return retry(planned, ctx, arg, worker, flags)
+    if planned is None or planned.retry is None or spec is not planned.job:
+        return call(spec, ctx, arg, worker, timed)
+    return retry(planned, ctx, arg, worker, timed, flags)
 
 
 def converted(spec: CallSpec, ctx: Context, value: Any) -> Any:
@@ -70,30 +73,54 @@ def converted(spec: CallSpec, ctx: Context, value: Any) -> Any:
         return arg
 
 
-def call(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timeout: float | None) -> Any:
-    """One attempt of a callable, bounded by ``timeout`` seconds when given."""
-    if timeout is None:
+def call(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timed: Timed | None) -> Any:
+    """One attempt of a callable, bounded by ``timed.timeout`` seconds when given.
+
+    A sync callable runs inline with the worker's deadline slot set: past the deadline
+    the watchdog fails the record and abandons this thread (watchdog.py). An async one
+    is also cancelled by its loop at the deadline, when the loop comes back to it.
+    """
+    if timed is None:
         result = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
         return worker.run_coroutine(result) if spec.is_async else result
-    if spec.is_async:
+    slot = worker.slot
+    slot.call = timed
+    try:
+        if not spec.is_async:
+            return spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
         import asyncio
 
         coro = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
         try:
-            return worker.run_coroutine(asyncio.wait_for(coro, timeout))
+            return worker.run_coroutine(asyncio.wait_for(coro, timed.timeout))
         except asyncio.TimeoutError:
             ctx.timed_out = True
-            raise timed_out(ctx, spec, timeout) from None
-    return call_with_deadline(spec, ctx, arg, worker, timeout)
+            raise timed_out(ctx, spec, timed.timeout) from None
+    finally:
+        slot.call = None
+        if slot.lost:
+            lost(slot)
 
 
-def retry(planned: Planned, ctx: Context, arg: Any, worker: Worker, flags: _RunFlags) -> Any:
-    """Call a job up to ``retry.attempts`` times; only the last failure counts."""
-    attempt = 0
+def retry(
+    planned: Planned,
+    ctx: Context,
+    arg: Any,
+    worker: Worker,
+    timed: Timed | None,
+    flags: _RunFlags,
+    *,
+    attempt: int = 0,
+) -> Any:
+    """Call a job up to ``retry.attempts`` times; only the last failure counts.
+
+    ``attempt``: the attempts made already (a record resumed after a timeout).
+    """
     while True:
         attempt = count_attempt(planned, ctx, attempt)
         try:
-            return call(planned.job, ctx, arg, worker, planned.timeout)
+            # Each attempt a token of its own: the watchdog tells them apart.
+            return call(planned.job, ctx, arg, worker, None if timed is None else timed.again())
         except Cancel:
             raise
         except Exception as exc:
@@ -173,38 +200,6 @@ def timed_out(ctx: Context, spec: CallSpec, timeout: float) -> StepTimeout:
     return StepTimeout(f"{spec.name} ran past the step's timeout of {timeout:g} s")
 
 
-def call_with_deadline(
-    spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timeout: float
-) -> Any:
-    """Run a sync callable on a helper thread and wait at most ``timeout`` seconds.
-
-    Python cannot stop a running function: at the deadline the record fails with
-    StepTimeout, ``ctx.cancelled`` turns true for the callable (which keeps its own
-    Context: the worker takes a fresh one) and whatever it returns later is discarded.
-    """
-    outcome: list[Any] = []
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            outcome.append((True, spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)))
-        except BaseException as exc:
-            outcome.append((False, exc))
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=target, name=f"choreo-step-{ctx.step}", daemon=True)
-    thread.start()
-    if not done.wait(timeout):
-        ctx.timed_out = True
-        worker.renew_context(ctx)
-        raise timed_out(ctx, spec, timeout)
-    ok, value = outcome[0]
-    if ok:
-        return value
-    raise value
-
-
 # -- the async call path of a worker thread's serving task (see workers.ThreadPool) ----------
 
 
@@ -214,6 +209,7 @@ def ainvoke(
     value: Any,
     worker: Worker,
     planned: Planned | None,
+    timed: Timed | None,
     flags: _RunFlags,
 ) -> Awaitable[Any]:
     """``invoke`` for an async callable, for a record that runs in a task on its worker's
@@ -221,13 +217,11 @@ def ainvoke(
     of its own: the same semantics, for one task and one run of the loop less per call
     (see workers.ThreadPool._serve_async)."""
     arg = converted(spec, ctx, value)
-    if planned is None or (
-        planned.timeout is None and (planned.retry is None or spec is not planned.job)
-    ):
-        return awaited(spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx), worker)
-    if planned.retry is None or spec is not planned.job:
-        return acall(spec, ctx, arg, worker, planned.timeout)
-    return aretry(planned, ctx, arg, worker, flags)
+    if planned is None or planned.retry is None or spec is not planned.job:
+        if timed is None:
+            return awaited(spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx), worker)
+        return acall(spec, ctx, arg, worker, timed)
+    return aretry(planned, ctx, arg, worker, timed, flags)
 
 
 @types.coroutine
@@ -260,34 +254,43 @@ def awaited(coro: Coroutine[Any, Any, T], worker: Worker) -> Generator[Any, Any,
     return result
 
 
-async def acall(
-    spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timeout: float | None
-) -> Any:
-    """One attempt of an async callable, as ``call`` makes it."""
+async def acall(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timed: Timed | None) -> Any:
+    """One attempt of an async callable, as ``call`` makes it: the loop cancels it at the
+    deadline, and the watchdog abandons the thread if the loop does not come back."""
     coro = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
-    if timeout is None:
+    if timed is None:
         return await awaited(coro, worker)
     import asyncio
 
-    try:  # wait_for runs the coroutine as a task of its own
-        result = await asyncio.wait_for(coro, timeout)
-    except asyncio.TimeoutError:
-        _settle(worker)
-        ctx.timed_out = True
-        raise timed_out(ctx, spec, timeout) from None
-    except BaseException as exc:
-        _raise_escaped(worker, exc)
+    slot = worker.slot
+    slot.call = timed
+    try:
+        try:  # wait_for runs the coroutine as a task of its own
+            result = await asyncio.wait_for(coro, timed.timeout)
+        except asyncio.TimeoutError:
+            _settle(worker)
+            ctx.timed_out = True
+            raise timed_out(ctx, spec, timed.timeout) from None
+        except BaseException as exc:
+            _raise_escaped(worker, exc)
+    finally:
+        slot.call = None
+        if slot.lost:
+            lost(slot)
     _settle(worker)
     return result
 
 
-async def aretry(planned: Planned, ctx: Context, arg: Any, worker: Worker, flags: _RunFlags) -> Any:
+async def aretry(
+    planned: Planned, ctx: Context, arg: Any, worker: Worker, timed: Timed | None, flags: _RunFlags
+) -> Any:
     """``retry`` for an async job."""
     attempt = 0
     while True:
         attempt = count_attempt(planned, ctx, attempt)
         try:
-            return await acall(planned.job, ctx, arg, worker, planned.timeout)
+            token = None if timed is None else timed.again()
+            return await acall(planned.job, ctx, arg, worker, token)
         except Cancel:
             raise
         except Exception as exc:

@@ -38,11 +38,13 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.core.calling import awaited
 from choreo_cli.core.context import DataBag
 from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.core.watchdog import lost
 from choreo_cli.errors import Skip
 
 if TYPE_CHECKING:
     from choreo_cli.core.plan import Plan
     from choreo_cli.core.signatures import CallSpec
+    from choreo_cli.core.watchdog import Timed
 
 RecordRunner = Callable[[Any, int, "int | None", "bytes | None", Any], Any]
 SerialRunner = Callable[[Iterable[Any], Any], Iterator[Any]]
@@ -199,6 +201,7 @@ def base_namespace(plan: Plan) -> dict[str, Any]:
         "on_invalid": outcomes.invalid,
         "finish": outcomes.finish,
         "invoke": plan.invoke,
+        "lost": lost,
     }
 
 
@@ -225,7 +228,17 @@ def record_body(
     timings = plan.timings
     # Reading the clock twice is a third of the cost of a trivial record: without timings
     # (choreo run writes none) ``duration`` is None.
-    lines = ["started = perf_counter()" if timings else "started = None", "ctx = worker.ctx"]
+    timed = plan.has_timeout
+    # A plan with a timeout: timed calls set the worker's deadline slot (watchdog.py),
+    # which also keeps what a snapshot of the record needs that is not on ctx.
+    lines = ["deadline = worker.slot"] if timed else []
+    if timings:
+        lines.append(
+            "started = deadline.started = perf_counter()" if timed else "started = perf_counter()"
+        )
+    else:
+        lines.append("started = None")
+    lines.append("ctx = worker.ctx")
     if reuse_bag:
         lines += ["bag = ctx.bag"]
     else:
@@ -241,8 +254,10 @@ def record_body(
     # sets ``timed_out``: a plan without them has nothing of the kind to reset.
     if any(spec.adapter is not None for p in plan.steps for spec in p.specs()):
         lines.append("ctx._conv = None")
-    if any(p.timeout is not None for p in plan.steps):
+    if timed:
         lines.append("ctx.timed_out = False")
+    # What the rare paths of a precheck publish for the watchdog's snapshot of the record.
+    publish = ["    deadline.errors = (deadline.unit, index, errors, skipped)"] if timed else []
     lines.append("errors = skipped = None")
     if skip_exit:
         # Bit i: the precheck of step i raised Skip; -1 (every bit, for good): another
@@ -265,16 +280,26 @@ def record_body(
         ]
         job_indent = ""
         if planned.pre is not None:
-            call = _call(namespace, f"pre_{i}", planned.pre, f"step_{i}.pre", general, awaiting)
+            call = _call(
+                namespace,
+                f"pre_{i}",
+                planned.pre,
+                f"step_{i}.pre",
+                general,
+                awaiting,
+                plan.timed.get(id(planned.pre)),
+            )
             lines += [
                 "try:",
                 *(f"    {c}" for c in call),
                 "except Skip as exc:",
                 f"    errors, skipped = on_skip(exc, {i}, bag, errors, skipped)",
+                *publish,
                 *([f"    pattern |= {1 << i}"] if skip_exit else []),
                 "except BaseException as exc:",
                 *renewed,
                 f"    errors, skipped, stopped = on_precheck_error(exc, {i}, ctx, raw, started, errors, skipped)",
+                *publish,
                 "    if stopped is not None:",
                 "        EXIT stopped",
                 # Another exception than Skip: its type is in the line (no template).
@@ -296,6 +321,7 @@ def record_body(
             f"step_{i}.job",
             general or planned.retry is not None,
             awaiting,
+            None if planned.retry is not None else plan.timed.get(id(planned.job)),
         )
         job = [
             "try:",
@@ -338,10 +364,16 @@ def _call(
     spec_expr: str,
     general: bool,
     awaiting: bool = False,
+    timed: Timed | None = None,
 ) -> list[str]:
-    """The lines that call one callable and leave what it returned in ``v``."""
+    """The lines that call one callable and leave what it returned in ``v``.
+
+    ``timed``: the deadline-slot token of a callable whose only reason for the general
+    path is its step's timeout: a sync one is then called inline, between the two lines
+    that set and clear the worker's deadline slot (watchdog.py).
+    """
     if not awaiting:
-        return _plain_call(namespace, slot, spec, spec_expr, general)
+        return _plain_call(namespace, slot, spec, spec_expr, general, timed)
     if spec.is_async:
         if general or spec.adapter is not None:
             return [f"v = await ainvoke({spec_expr}, ctx, value, worker)", "ctx = worker.ctx"]
@@ -353,15 +385,33 @@ def _call(
     return [
         "leave_loop(None)",
         "try:",
-        *(f"    {line}" for line in _plain_call(namespace, slot, spec, spec_expr, general)),
+        *(f"    {line}" for line in _plain_call(namespace, slot, spec, spec_expr, general, timed)),
         "finally:",
         "    leave_loop(worker.loop)",
     ]
 
 
 def _plain_call(
-    namespace: dict[str, Any], slot: str, spec: CallSpec, spec_expr: str, general: bool
+    namespace: dict[str, Any],
+    slot: str,
+    spec: CallSpec,
+    spec_expr: str,
+    general: bool,
+    timed: Timed | None = None,
 ) -> list[str]:
+    if timed is not None and not spec.is_async and spec.adapter is None:
+        namespace[slot] = spec.fn
+        namespace[f"{slot}_timed"] = timed
+        args = "ctx, value" if spec.takes_record else "ctx"
+        return [
+            f"deadline.call = {slot}_timed",
+            "try:",
+            f"    v = {slot}({args})",
+            "finally:",
+            "    deadline.call = None",
+            "    if deadline.lost:",
+            "        lost(deadline)",
+        ]
     if general or spec.is_async or (spec.adapter is not None and spec.check is None):
         # Record conversion, async, timeout or retry: the coordinator's general path.
         return [f"v = invoke({spec_expr}, ctx, value, worker)", "ctx = worker.ctx"]

@@ -25,7 +25,8 @@ from choreo_cli.core.resources import ResourcePool, teardown_error
 from choreo_cli.core.result import Result
 from choreo_cli.core.signatures import inspect_callable
 from choreo_cli.core.step import Planned, Step
-from choreo_cli.core.workers import ThreadPool, Worker
+from choreo_cli.core.watchdog import Stuck, Watchdog
+from choreo_cli.core.workers import Carrier, ThreadPool, Worker, carried_result
 from choreo_cli.errors import StepDefinitionError
 
 __all__ = ["Coordinator", "Step"]
@@ -68,6 +69,10 @@ class Coordinator:
         self._async_runner: AsyncRecordRunner | None = None
         self._local: Worker | None = None
         self._threads: ThreadPool | None = None
+        # With a timeout in the plan (see watchdog.py): the watchdog, and the carriers that
+        # run records on behalf of the threads that asked for them.
+        self._watchdog: Watchdog | None = None
+        self._carriers: list[Carrier] = []
         self._lock = threading.Lock()
 
     # -- building -------------------------------------------------------------------------
@@ -101,6 +106,8 @@ class Coordinator:
             self._plan = Plan(steps, self._flags, timings=self.timings)
             self._runner = self._serial = self._async_runner = None
             self._compiled = {}
+            if self._watchdog is not None:
+                self._watchdog.resolution = self._plan.resolution
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -158,7 +165,9 @@ class Coordinator:
         try:
             self._pool.open()
             if prebuild_workers:
-                if self.workers == 1:
+                if self.workers == 1 and self._plan.has_timeout:
+                    self.carrier_for(self.local_worker()).prebuild()
+                elif self.workers == 1:
                     self.build_worker(self.local_worker())
                 else:
                     self._thread_pool(prebuild=True)
@@ -182,6 +191,10 @@ class Coordinator:
         threads, self._threads = self._threads, None
         if threads is not None:
             errors.extend(threads.shutdown())
+        with self._lock:
+            carriers, self._carriers = self._carriers, []
+        for carrier in carriers:
+            errors.extend(carrier.close())
         local, self._local = self._local, None
         if local is not None:
             errors.extend(local.close(self._pool))
@@ -213,6 +226,44 @@ class Coordinator:
     def close_worker(self, worker: Worker) -> list[BaseException]:
         """Tear down a worker state made by ``new_worker``, from the thread that used it."""
         return worker.close(self._pool)
+
+    def detach_worker(self, worker: Worker) -> None:
+        """Leave a worker's resources to its thread, abandoned by the watchdog with a call
+        still running: ``close`` does not tear them down (see watchdog.py)."""
+        self._pool.detach_worker(worker.resources._local)
+
+    def timeout_watchdog(self) -> Watchdog | None:
+        """The watchdog of the plan's timeouts, or None when no step has one."""
+        plan = self._plan
+        if not plan.has_timeout:
+            return None
+        watchdog = self._watchdog
+        if watchdog is None:
+            with self._lock:
+                if self._watchdog is None:
+                    self._watchdog = Watchdog(plan.resolution)
+                watchdog = self._watchdog
+        return watchdog
+
+    def carrier_for(self, worker: Worker) -> Carrier:
+        """The thread that runs ``worker``'s records when the plan has a timeout: the
+        thread that asked must not be the one stuck in a call (see watchdog.py)."""
+        carrier = worker.carrier
+        if carrier is None:
+            watchdog = self.timeout_watchdog() or Watchdog()
+            with self._lock:
+                carrier = worker.carrier
+                if carrier is None:
+                    carrier = worker.carrier = Carrier(self, watchdog)
+                    self._carriers.append(carrier)
+        return carrier
+
+    def finish_stuck(self, stuck: Stuck, raw: bytes | None, worker: Worker) -> Result:
+        """The rest of a record whose timed call the watchdog gave up on, on a fresh worker:
+        StepTimeout, or the next attempt of a retried job (``interpreted.finish_stuck``)."""
+        from choreo_cli.core import interpreted
+
+        return interpreted.finish_stuck(self._plan, worker, stuck, raw)
 
     def crashed(self, item: Any, index: int, exc: BaseException) -> Result:
         """A failed Result for an item whose run raised inside choreo itself."""
@@ -370,8 +421,67 @@ class Coordinator:
     def _compile(self) -> tuple[RecordRunner, SerialRunner]:
         with self._lock:
             if self._runner is None or self._serial is None:
-                self._runner, self._serial = _runners(self._plan).compile(self._plan)
+                plan = self._plan
+                runner, serial = _runners(plan).compile(plan)
+                if plan.has_timeout:
+                    runner, serial = self._carried(plan, runner, serial)
+                self._runner, self._serial = runner, serial
             return self._runner, self._serial
+
+    def _carried(
+        self, plan: Plan, run: RecordRunner, run_serial: SerialRunner
+    ) -> tuple[RecordRunner, SerialRunner]:
+        """``run`` and ``run_serial`` for a plan with a timeout: a worker whose thread the
+        watchdog can abandon (the pool's, a carrier's) runs records itself; any other
+        hands each record to its carrier and waits (see watchdog.py)."""
+        flags = plan.flags
+        invalid = plan.outcomes.invalid
+        carrier_for = self.carrier_for
+        finish_stuck = self.finish_stuck
+
+        def carried(
+            value: Any, index: int, line: int | None, raw: bytes | None, worker: Worker
+        ) -> Result:
+            if worker.watched:
+                result: Result = run(value, index, line, raw, worker)
+                return result
+
+            def record(carrier_worker: Worker) -> Result:
+                result: Result = run(value, index, line, raw, carrier_worker)
+                return result
+
+            def finish(stuck: Stuck, carrier_worker: Worker) -> Result:
+                return finish_stuck(stuck, raw, carrier_worker)
+
+            return carried_result(carrier_for(worker), record, finish)
+
+        def carried_serial(records: Iterable[Any], worker: Worker) -> Iterator[Result]:
+            if worker.watched:
+                results: Iterator[Result] = run_serial(records, worker)
+                return results
+            return serial(records, worker)
+
+        def serial(records: Iterable[Any], worker: Worker) -> Iterator[Result]:
+            # run_serial's loop, each record handed to the carrier.
+            flags.begin()
+            try:
+                if flags.interrupted:
+                    return
+                for index, item in enumerate(records):
+                    cls = type(item)
+                    if cls is InvalidLine:
+                        yield invalid(item, index if item.index is None else item.index)
+                    elif cls is Record:
+                        number = index if item.index is None else item.index
+                        yield carried(item.value, number, item.line, item.raw, worker)
+                    else:
+                        yield carried(item, index, None, None, worker)
+                    if flags.interrupted:
+                        return
+            finally:
+                flags.end()
+
+        return carried, carried_serial
 
 
 async def _resolved(result: Result) -> Result:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from choreo_cli.core.plan import Plan
     from choreo_cli.core.result import Result
     from choreo_cli.core.signatures import CallSpec
+    from choreo_cli.core.watchdog import Stuck
     from choreo_cli.core.workers import Worker
 
 
@@ -116,14 +117,19 @@ class _Record:
         ctx.line = line
         ctx._conv = None
         ctx.timed_out = False
+        worker.slot.started = self.started  # for the watchdog's snapshot (watchdog.py)
 
     @property
     def ctx(self) -> Context:
         return self.worker.ctx  # a timeout gives the worker a fresh one
 
-    def run(self) -> Result:
+    def run(self, first: int = 0) -> Result:
+        """The record's steps from step ``first`` on (a record resumed after a timeout
+        starts past the step of its timed-out call)."""
         outcomes = self.plan.outcomes
-        for i, planned in enumerate(self.plan.steps):
+        steps = self.plan.steps
+        for i in range(first, len(steps)):
+            planned = steps[i]
             stopped = self._before(i)
             if stopped is not None:
                 return stopped
@@ -204,11 +210,18 @@ class _Record:
             self.errors, self.skipped = outcomes.on_skip(
                 exc, i, self.ctx.bag, self.errors, self.skipped
             )
+            self._publish()
             return None
         self.errors, self.skipped, stopped = outcomes.on_precheck_error(
             exc, i, self.ctx, self.raw, self.started, self.errors, self.skipped
         )
+        self._publish()
         return stopped
+
+    def _publish(self) -> None:
+        """Keep the record's errors where the watchdog's snapshot finds them (watchdog.py)."""
+        slot = self.worker.slot
+        slot.errors = (slot.unit, self.ctx.index, self.errors, self.skipped)
 
     def _keep(self, found: Any, key: str, *, job: bool) -> None:
         if found is None:
@@ -239,3 +252,54 @@ class _Record:
         return plan.outcomes.finish(
             ctx, self.raw, self.started, self.errors, self.skipped, len(plan.steps)
         )
+
+
+def finish_stuck(plan: Plan, worker: Worker, stuck: Stuck, raw: bytes | None) -> Result:
+    """The rest of a record whose timed call the watchdog gave up on (see watchdog.py), on
+    a fresh worker: the step fails with StepTimeout, or a retried job goes on with its
+    next attempt, then the record with its later steps.
+
+    ``stuck`` is the record as it stood at the deadline (its bag, attempts and errors);
+    ``raw`` its input line, when kept. The worker is left with a bag of its own (the
+    Result keeps the record's; the line loop reuses the worker's).
+    """
+    try:
+        return _finish_stuck(plan, worker, stuck, raw)
+    finally:
+        worker.ctx.bag = DataBag(plan.names)
+
+
+def _finish_stuck(plan: Plan, worker: Worker, stuck: Stuck, raw: bytes | None) -> Result:
+    from choreo_cli.core.calling import converted, retry, timed_out, wait_to_retry
+
+    timed = stuck.timed
+    i = timed.step
+    planned = plan.steps[i]
+    record = _Record(plan, worker, stuck.record, stuck.index, stuck.line, raw)
+    record.started = stuck.started
+    record.errors, record.skipped = stuck.errors, stuck.skipped
+    ctx = worker.ctx
+    ctx.bag = stuck.bag
+    ctx._attempts = stuck.attempts
+    ctx._conv = stuck.conv
+    ctx._frame = planned.frame
+    error = timed_out(ctx, timed.spec, timed.timeout)
+    if timed.phase == "precheck":
+        stopped = record._precheck_failed(error, i)  # a precheck's timeout fails the step
+        assert stopped is not None
+        return stopped
+    try:
+        if planned.retry is None:
+            raise error
+        attempt = (stuck.attempts or {}).get(planned.name, 1)
+        ctx = wait_to_retry(planned, ctx, worker, plan.flags, attempt, error)
+        arg = converted(planned.job, ctx, stuck.record)
+        found = retry(
+            planned, ctx, arg, worker, plan.timed.get(id(planned.job)), plan.flags, attempt=attempt
+        )
+    except BaseException as exc:
+        return plan.outcomes.on_job_error(
+            exc, i, record.ctx, raw, record.started, record.errors, record.skipped
+        )
+    record._keep(found, planned.key, job=True)
+    return record.run(first=i + 1)

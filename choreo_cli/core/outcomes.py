@@ -24,6 +24,7 @@ from choreo_cli.core.result import (
     Result,
     Status,
 )
+from choreo_cli.core.watchdog import WorkerAbandoned
 from choreo_cli.errors import Cancel, Interrupted, Skip, StepTimeout
 
 if TYPE_CHECKING:
@@ -173,6 +174,10 @@ class Outcomes:
         Returns (step outcome, record status, the runtime error, whether it is also an
         execution error); the phase is filled in by the caller.
         """
+        if isinstance(exc, WorkerAbandoned):
+            # The watchdog gave this thread's call up and ended the record already: the
+            # thread unwinds (see watchdog.py).
+            raise exc
         if isinstance(exc, Cancel):
             return ("cancelled", CANCELLED, ExecutionError(name, None, exc), True)
         if isinstance(exc, InputMismatch):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.core.calling import ainvoke, invoke
 from choreo_cli.core.outcomes import Outcomes
 from choreo_cli.core.result import Result, clean_result_type
+from choreo_cli.core.watchdog import ASYNC_GRACE, Timed, resolution_for
 
 if TYPE_CHECKING:
     from choreo_cli.core.context import Context, _RunFlags
@@ -34,6 +35,7 @@ class Plan:
         "outcomes",
         "step_names",
         "steps",
+        "timed",
         "timings",
     )
 
@@ -54,6 +56,29 @@ class Plan:
         self.by_spec: dict[int, Planned] = {id(s): p for p in steps for s in p.specs()}
         self.clean: type[Result] = clean_result_type(self.step_names, would_run=self.dry_run)
         self.outcomes = Outcomes(steps, self.names, self.step_names, flags)
+        # The deadline-slot token of each callable of a step with a timeout, by id(spec).
+        self.timed: dict[int, Timed] = {
+            id(spec): Timed(
+                i,
+                "precheck" if spec is p.pre else "job",
+                spec,
+                p.timeout,
+                ASYNC_GRACE if spec.is_async else 0.0,
+            )
+            for i, p in enumerate(steps)
+            if p.timeout is not None
+            for spec in p.specs()
+        }
+
+    @property
+    def has_timeout(self) -> bool:
+        """True if a step has a timeout (its records run where a call can be given up on)."""
+        return bool(self.timed)
+
+    @property
+    def resolution(self) -> float:
+        """How often the watchdog samples the workers for this plan's timeouts."""
+        return resolution_for([t.timeout for t in self.timed.values()])
 
     @property
     def has_retry(self) -> bool:
@@ -67,8 +92,14 @@ class Plan:
 
     def invoke(self, spec: CallSpec, ctx: Context, value: Any, worker: Worker) -> Any:
         """The general call path (conversion, async, timeout, retry): see calling.py."""
-        return invoke(spec, ctx, value, worker, self.by_spec.get(id(spec)), self.flags)
+        key = id(spec)
+        return invoke(
+            spec, ctx, value, worker, self.by_spec.get(key), self.timed.get(key), self.flags
+        )
 
     def ainvoke(self, spec: CallSpec, ctx: Context, value: Any, worker: Worker) -> Awaitable[Any]:
         """The general call path of an async callable awaited in place: see calling.py."""
-        return ainvoke(spec, ctx, value, worker, self.by_spec.get(id(spec)), self.flags)
+        key = id(spec)
+        return ainvoke(
+            spec, ctx, value, worker, self.by_spec.get(key), self.timed.get(key), self.flags
+        )

@@ -152,6 +152,13 @@ class ResourcePool:
                 self._workers.remove(built)
         return built.close()
 
+    def detach_worker(self, built: _Built) -> None:
+        """Leave one worker's resources to it: ``close`` will not tear them down (its thread
+        was abandoned with a call still running, which may use them; see watchdog.py)."""
+        with self._lock:
+            if built in self._workers:
+                self._workers.remove(built)
+
     def close(self) -> list[BaseException]:
         """Tear down every resource in reverse order; return the teardowns' errors."""
         errors: list[BaseException] = []

@@ -1,21 +1,33 @@
-"""Worker state and worker threads: where a coordinator's records run."""
+"""Worker state and worker threads: where a coordinator's records run.
+
+``Worker`` is what one thread owns; ``ThreadPool`` runs records on ``workers`` threads;
+``Carrier`` runs the records of a thread that must not get stuck in a timed call (the
+caller's own, when the plan has a timeout: see watchdog.py).
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
 import weakref
-from collections.abc import Awaitable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from choreo_cli.core.context import Context, DataBag, _RunFlags
 from choreo_cli.core.event_loop import new_event_loop, run
+from choreo_cli.core.watchdog import DeadlineSlot, Stuck, Watchdog, WorkerAbandoned, abandoned
 
 if TYPE_CHECKING:
     import asyncio
 
     from choreo_cli.core.resources import ResourcePool, Resources
     from choreo_cli.core.result import Result
+
+T = TypeVar("T")
+
+# A carrier thread idle this long lets the watchdog rest (seconds); while it works, its
+# deadline slot stays registered from one unit of work to the next.
+IDLE_UNWATCH = 0.5
 
 
 class Worker:
@@ -25,11 +37,17 @@ class Worker:
     callable must not keep ``ctx`` beyond the record it was given for.
     """
 
-    __slots__ = ("__weakref__", "ctx", "escaped", "loop", "resources", "task")
+    __slots__ = ("__weakref__", "carrier", "ctx", "escaped", "loop", "resources", "slot", "task")
 
     def __init__(self, resources: Resources, values: Mapping[str, Any], flags: _RunFlags) -> None:
         self.resources = resources
         self.ctx = Context(values, resources, DataBag(), None, 0, None, flags)
+        # Set before each timed call, cleared after; a thread that can be abandoned
+        # (a carrier's, the pool's) gives it an owner (see watchdog.py).
+        self.slot = DeadlineSlot(self)
+        # The thread that runs this worker's records when the plan has a timeout and the
+        # worker's own thread cannot be abandoned (see Coordinator.carrier_for).
+        self.carrier: Carrier | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         # What another task or a callback raised out of the loop while an async callable
         # was awaited in place: that call raises it (calling.acall, ThreadPool._serve_async).
@@ -51,13 +69,19 @@ class Worker:
         self.ctx = ctx
         return ctx
 
+    @property
+    def watched(self) -> bool:
+        """True on a thread that the watchdog can abandon (a carrier's, the pool's): timed
+        calls run inline there."""
+        return self.slot.on_stuck is not None
+
     def open_loop(self) -> asyncio.AbstractEventLoop:
         """The worker's event loop, made on first use (see event_loop.py)."""
         loop = self.loop
         if loop is None:
             loop = self.loop = new_event_loop()
             # A coordinator used without ``with`` or close() must not leak the loop.
-            weakref.finalize(self, loop.close)
+            weakref.finalize(self, _close_loop, loop)
         return loop
 
     def run_coroutine(self, coro: Any) -> Any:
@@ -71,6 +95,13 @@ class Worker:
         return pool.close_worker(self.resources._local)
 
 
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a worker's loop, unless it still runs: a thread the watchdog abandoned in a
+    call that blocks its loop keeps it until the process ends (see watchdog.py)."""
+    if not loop.is_running():
+        loop.close()
+
+
 class WorkerHost(Protocol):
     """What a ThreadPool runs records with (the Coordinator is one)."""
 
@@ -80,35 +111,59 @@ class WorkerHost(Protocol):
 
     def close_worker(self, worker: Worker) -> list[BaseException]: ...
 
+    def detach_worker(self, worker: Worker) -> None: ...
+
     def has_async_steps(self) -> bool: ...
+
+    def timeout_watchdog(self) -> Watchdog | None: ...
 
     def run_item(self, item: Any, index: int, worker: Worker) -> Result: ...
 
     def run_item_async(self, item: Any, index: int, worker: Worker) -> Awaitable[Result]: ...
 
+    def finish_stuck(self, stuck: Stuck, raw: bytes | None, worker: Worker) -> Result: ...
+
     def crashed(self, item: Any, index: int, exc: BaseException) -> Result: ...
 
 
+# A task of the pool: (sequence number, item, where its Result goes).
+Task = tuple[int, Any, "queue.SimpleQueue[Any]"]
+
+
+class _Member:
+    """One thread of the pool: its worker and the task it runs."""
+
+    __slots__ = ("done", "task", "worker")
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.task: Task | None = None
+        self.done = threading.Event()  # set when the thread ends or is abandoned
+
+
 class ThreadPool:
-    """Worker threads that live as long as the coordinator (so worker resources stay put)."""
+    """Worker threads that live as long as the coordinator (so worker resources stay put).
+
+    When the watchdog gives up on a timed call of a thread (see watchdog.py), the thread
+    is abandoned: a fresh one (with a fresh worker) ends that record, hands its Result
+    over, and takes the abandoned thread's place.
+    """
 
     def __init__(self, coordinator: WorkerHost, size: int, *, prebuild: bool = False) -> None:
         self._coordinator = coordinator
         self._prebuild = prebuild
-        self._tasks: queue.SimpleQueue[tuple[int, Any, queue.SimpleQueue[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._tasks: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._errors: list[BaseException] = []
         self._started: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._main, name=f"choreo-worker-{n}", daemon=True)
-            for n in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._lock = threading.Lock()
+        self._closing = False
+        self._members: list[_Member] = []
+        self._spawned = 0
+        for _ in range(size):
+            self._spawn()
         # Each worker builds its worker-scoped resources first: a failing factory is
         # reported here, before any record runs.
-        failures = [e for e in (self._started.get() for _ in self._threads) if e is not None]
+        failures = [e for e in (self._started.get() for _ in range(size)) if e is not None]
         if failures:
             self.shutdown()
             raise failures[0]
@@ -116,40 +171,110 @@ class ThreadPool:
     def submit(self, seq: int, item: Any, outq: queue.SimpleQueue[Any]) -> None:
         self._tasks.put((seq, item, outq))
 
-    def _main(self) -> None:
-        coordinator = self._coordinator
-        worker = coordinator.new_worker()
-        try:
-            try:
-                if self._prebuild:
-                    coordinator.build_worker(worker)
-                if coordinator.has_async_steps():
-                    worker.open_loop()  # before the first record, not during it
-            except Exception as exc:
-                self._started.put(exc)
-            else:
-                self._started.put(None)
-            if worker.loop is not None:
-                self._serve_async(worker)
-            else:
-                self._serve(worker)
-        finally:
-            self._errors.extend(coordinator.close_worker(worker))
+    def _spawn(self, first: tuple[Task, Stuck] | None = None) -> None:
+        n = self._spawned
+        self._spawned += 1
+        member = _Member(self._coordinator.new_worker())
+        member.worker.slot.on_stuck = lambda stuck: self._stuck(member, stuck)
+        self._members.append(member)
+        thread = threading.Thread(
+            target=self._main, args=(member, first), name=f"choreo-worker-{n}", daemon=True
+        )
+        thread.start()
 
-    def _serve(self, worker: Worker) -> None:
+    def _main(self, member: _Member, first: tuple[Task, Stuck] | None) -> None:
         coordinator = self._coordinator
+        worker = member.worker
+        try:
+            if first is None:
+                try:
+                    if self._prebuild:
+                        coordinator.build_worker(worker)
+                    if coordinator.has_async_steps():
+                        worker.open_loop()  # before the first record, not during it
+                except Exception as exc:
+                    self._started.put(exc)
+                else:
+                    self._started.put(None)
+            else:
+                if coordinator.has_async_steps():
+                    worker.open_loop()
+                self._finish(member, *first)
+            if worker.loop is not None:
+                self._serve_async(member)
+            else:
+                self._serve(member)
+        except WorkerAbandoned:
+            pass
+        finally:
+            errors = coordinator.close_worker(worker)
+            if not abandoned(worker.slot):  # an abandoned worker's teardown errors go nowhere
+                self._errors.extend(errors)
+            member.done.set()
+
+    def _stuck(self, member: _Member, stuck: Stuck) -> None:
+        """The watchdog gave up on a call of ``member``'s thread (on the watchdog's thread)."""
+        task = member.task
+        assert task is not None
+        self._coordinator.detach_worker(member.worker)
+        with self._lock:
+            self._members.remove(member)
+            if not self._closing:
+                # The fresh thread ends the record first: that may run the job's next attempt.
+                self._spawn((task, stuck))
+        member.done.set()
+
+    def _finish(self, member: _Member, task: Task, stuck: Stuck) -> None:
+        """End the record of a task whose thread was abandoned; hand its Result over."""
+        coordinator = self._coordinator
+        raw = getattr(task[1], "raw", None)
+
+        def finish(item: Any, seq: int, worker: Worker) -> Result:
+            return coordinator.finish_stuck(stuck, raw, worker)
+
+        task[2].put((task[0], self._run_task(member, task, finish)))
+
+    def _run_task(
+        self, member: _Member, task: Task, run: Callable[[Any, int, Worker], Result]
+    ) -> Result:
+        """``run(item, seq, worker)``, the work of ``task``; watched by the watchdog when the
+        plan has a timeout. Raises WorkerAbandoned when the watchdog gave the thread up
+        meanwhile."""
+        watchdog = self._coordinator.timeout_watchdog()
+        if watchdog is None:
+            return self._guarded(member, task, run)
+        slot = member.worker.slot
+        member.task = task
+        slot.unit += 1
+        watchdog.watch(slot)
+        try:
+            result = self._guarded(member, task, run)
+        finally:
+            watchdog.unwatch(slot)
+        if abandoned(slot):
+            raise WorkerAbandoned
+        return result
+
+    def _guarded(
+        self, member: _Member, task: Task, run: Callable[[Any, int, Worker], Result]
+    ) -> Result:
+        seq, item, _ = task
+        try:
+            return run(item, seq, member.worker)
+        except WorkerAbandoned:
+            raise
+        except BaseException as exc:  # a defect must not hang the reader waiting for it
+            return self._coordinator.crashed(item, seq, exc)
+
+    def _serve(self, member: _Member) -> None:
+        run_item = self._coordinator.run_item
         while True:
             task = self._tasks.get()
             if task is None:
                 return
-            seq, item, outq = task
-            try:
-                result = coordinator.run_item(item, seq, worker)
-            except BaseException as exc:  # a defect must not hang the reader waiting for it
-                result = coordinator.crashed(item, seq, exc)
-            outq.put((seq, result))
+            task[2].put((task[0], self._run_task(member, task, run_item)))
 
-    def _serve_async(self, worker: Worker) -> None:
+    def _serve_async(self, member: _Member) -> None:
         """Run the worker's records in one long-running task on its event loop.
 
         A record's async callables are then awaited in place (``run_item_async``): no task
@@ -164,14 +289,17 @@ class ThreadPool:
         requested but never delivered (a callable that cancels its own task and returns)
         ends that call only: the worker goes on in a fresh task.
         """
+        worker = member.worker
         loop = worker.loop or worker.open_loop()
         while True:
-            task = loop.create_task(self._serve_in_task(worker))
+            task = loop.create_task(self._serve_in_task(member))
             while True:
                 try:
                     if run(loop, task):
                         return
                     break  # a fresh task for the next records
+                except WorkerAbandoned:
+                    raise
                 except BaseException as exc:
                     if loop.is_closed():
                         raise
@@ -179,13 +307,15 @@ class ThreadPool:
                         break
                     worker.escaped = exc
 
-    async def _serve_in_task(self, worker: Worker) -> bool:
+    async def _serve_in_task(self, member: _Member) -> bool:
         """Records until shutdown (True), or until this task must not go on (False)."""
         import asyncio
 
         coordinator = self._coordinator
         tasks = self._tasks
+        worker = member.worker
         this = worker.task = asyncio.current_task()
+        slot = worker.slot
         while True:
             # A blocking get: between records the loop has nothing to run, as a loop run
             # per call had not either.
@@ -193,19 +323,34 @@ class ThreadPool:
             if got is None:
                 return True
             seq, item, outq = got
+            member.task = got
+            watchdog = coordinator.timeout_watchdog()
+            if watchdog is not None:
+                slot.unit += 1
+                watchdog.watch(slot)
             try:
                 result = await coordinator.run_item_async(item, seq, worker)
+            except WorkerAbandoned:
+                raise
             except BaseException as exc:  # a defect must not hang the reader waiting for it
                 result = coordinator.crashed(item, seq, exc)
+            finally:
+                if watchdog is not None:
+                    watchdog.unwatch(slot)
+            if abandoned(slot):
+                raise WorkerAbandoned
             outq.put((seq, result))
             if _cancel_requested(this):
                 return False
 
     def shutdown(self) -> list[BaseException]:
-        for _ in self._threads:
+        with self._lock:
+            self._closing = True
+            members = list(self._members)
+        for _ in members:
             self._tasks.put(None)
-        for thread in self._threads:
-            thread.join()
+        for member in members:
+            member.done.wait()  # the thread ended, or was abandoned (it ends on its own)
         return self._errors
 
 
@@ -216,3 +361,205 @@ def _cancel_requested(task: asyncio.Task[Any] | None) -> bool:
         return False
     cancelling = getattr(task, "cancelling", None)
     return bool(getattr(task, "_must_cancel", False) or (cancelling and cancelling()))
+
+
+class Stalled(Exception):
+    """Raised by ``Carrier.call`` when the watchdog gave up on a timed call in it."""
+
+    def __init__(self, stuck: Stuck) -> None:
+        super().__init__(f"{stuck.timed.spec.name} ran past its timeout")
+        self.stuck = stuck
+
+
+class CarrierHost(Protocol):
+    """What a Carrier makes its workers with (the Coordinator is one)."""
+
+    def new_worker(self) -> Worker: ...
+
+    def build_worker(self, worker: Worker) -> None: ...
+
+    def close_worker(self, worker: Worker) -> list[BaseException]: ...
+
+    def detach_worker(self, worker: Worker) -> None: ...
+
+    def interrupt(self, reason: str) -> None: ...
+
+
+_OK = "ok"
+_RAISED = "raised"
+_STUCK = "stuck"
+
+
+class _Lane:
+    """One thread of a carrier: its queues and its worker (made on the thread)."""
+
+    __slots__ = ("answers", "done", "errors", "inbox", "outbox", "thread", "worker")
+
+    def __init__(self) -> None:
+        self.inbox: queue.SimpleQueue[Callable[[Worker], Any] | None] = queue.SimpleQueue()
+        # Each answer (or the watchdog's snapshot) goes to ``answers``, then a token to
+        # ``outbox`` wakes the caller.
+        self.answers: list[tuple[str, Any]] = []
+        self.outbox: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self.worker: Worker | None = None
+        self.errors: list[BaseException] = []
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+
+class Carrier:
+    """A thread that runs a caller's records while the caller waits, and that can be
+    abandoned: what runs records on the caller's behalf when a plan has a timeout.
+
+    ``call(fn)`` runs ``fn(worker)`` on the carrier's thread and returns what it returns
+    (or raises what it raises). When the watchdog gives up on a timed call in it,
+    ``call`` raises ``Stalled`` at the deadline and the next call runs on a fresh thread.
+    """
+
+    def __init__(self, host: CarrierHost, watchdog: Watchdog) -> None:
+        self._host = host
+        self._watchdog = watchdog
+        self._lane: _Lane | None = None
+
+    def call(self, fn: Callable[[Worker], T]) -> T:
+        """``fn(worker)`` on the carrier's thread; raises Stalled (see the class)."""
+        lane = self._lane or self._start()
+        lane.inbox.put(fn)
+        answers = lane.answers
+        interrupts = 0
+        # The answer is taken from a list, not from the queue that wakes this thread: a
+        # KeyboardInterrupt raised just as the queue gave it up would lose it.
+        while not answers:
+            try:
+                lane.outbox.get()
+            except KeyboardInterrupt:
+                # Ctrl-C without a handler of its own (a script): the callable runs on the
+                # carrier, so the run is interrupted as if it had raised KeyboardInterrupt
+                # there; a second one leaves the carrier behind.
+                interrupts += 1
+                if interrupts > 1:
+                    self._retire(lane)
+                    raise
+                self._host.interrupt("KeyboardInterrupt")
+        kind, value = answers.pop()
+        if kind == _OK:
+            result: T = value
+            return result
+        if kind == _RAISED:
+            raise value
+        self._retire(lane)
+        raise Stalled(value)
+
+    def prebuild(self) -> None:
+        """Build the worker-scoped resources of the carrier's worker now, on its thread."""
+        self.call(self._host.build_worker)
+
+    def close(self) -> list[BaseException]:
+        """End the thread (its worker's resources are closed on it); their errors."""
+        lane, self._lane = self._lane, None
+        if lane is None:
+            return []
+        lane.inbox.put(None)
+        lane.done.wait()
+        return lane.errors
+
+    def _retire(self, lane: _Lane) -> None:
+        """Leave ``lane`` behind: its thread ends when its call comes back; its worker's
+        resources are left to it (never closed under a running callable)."""
+        if self._lane is lane:
+            self._lane = None
+        if lane.worker is not None:
+            self._host.detach_worker(lane.worker)
+
+    def _start(self) -> _Lane:
+        lane = _Lane()
+        ready = threading.Event()
+        lane.thread = threading.Thread(
+            target=_serve_lane,
+            args=(lane, self._host, self._watchdog, ready),
+            name="choreo-carrier",
+            daemon=True,
+        )
+        lane.thread.start()
+        ready.wait()
+        self._lane = lane
+        return lane
+
+
+def _serve_lane(lane: _Lane, host: CarrierHost, watchdog: Watchdog, ready: threading.Event) -> None:
+    """A carrier thread: run what comes in, answer each, until told to stop or abandoned.
+
+    A function of its own (not a Carrier method) so that the thread keeps no reference to
+    the Carrier.
+    """
+    worker = lane.worker = host.new_worker()
+    slot = worker.slot
+    outbox = lane.outbox
+
+    def stuck(snapshot: Stuck) -> None:
+        lane.answers.append((_STUCK, snapshot))
+        outbox.put(None)
+
+    slot.on_stuck = stuck
+    ready.set()
+    inbox = lane.inbox
+    watching = False  # the slot is registered with the watchdog
+    try:
+        while True:
+            if watching:
+                try:
+                    fn = inbox.get(timeout=IDLE_UNWATCH)
+                except queue.Empty:
+                    # Idle: the watchdog may rest (a unit of work registers the slot again).
+                    watchdog.unwatch(slot)
+                    watching = False
+                    continue
+            else:
+                fn = inbox.get()
+            if fn is None:
+                return
+            slot.unit += 1
+            if not watching:
+                watchdog.watch(slot)
+                watching = True
+            try:
+                answer = (_OK, fn(worker))
+            except WorkerAbandoned:
+                return
+            except BaseException as exc:
+                answer = (_RAISED, exc)
+            if abandoned(slot):
+                return
+            lane.answers.append(answer)
+            outbox.put(None)
+    finally:
+        watchdog.unwatch(slot)
+        errors = host.close_worker(worker)
+        if not abandoned(slot):  # an abandoned worker's teardown errors go nowhere
+            lane.errors.extend(errors)
+        lane.done.set()
+
+
+def carried_result(
+    carrier: Carrier,
+    fn: Callable[[Worker], Result],
+    finish: Callable[[Stuck, Worker], Result],
+) -> Result:
+    """The Result of one record run by ``fn`` on ``carrier``: if the watchdog gives up on a
+    call in it, ``finish`` ends the record (StepTimeout, or the next attempt of a retried
+    job) on the carrier's fresh thread, which may be given up on in turn."""
+    run = fn
+    while True:
+        try:
+            return carrier.call(run)
+        except Stalled as stalled:
+            run = _finishing(finish, stalled.stuck)
+
+
+def _finishing(
+    finish: Callable[[Stuck, Worker], Result], stuck: Stuck
+) -> Callable[[Worker], Result]:
+    def run(worker: Worker) -> Result:
+        return finish(stuck, worker)
+
+    return run

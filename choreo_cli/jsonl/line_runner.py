@@ -10,6 +10,7 @@ run as plain Python over the reference runner (``interpret_line_runner``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from choreo_cli.core.coordinator import Coordinator
     from choreo_cli.core.plan import Plan
     from choreo_cli.core.result import Result
+    from choreo_cli.core.watchdog import Stuck
     from choreo_cli.core.workers import Worker
 
 LineRunner = Callable[
@@ -77,27 +79,179 @@ def run_lines(
     """
     if coordinator.workers != 1:
         raise ValueError("run_lines runs one record at a time: it needs workers == 1")
+    if coordinator.plan.has_timeout:
+        return carried_lines(
+            coordinator,
+            batches,
+            clean_line=clean_line,
+            put=put,
+            emit=emit,
+            keep_raw=keep_raw,
+            tally=tally,
+        )
     runner: LineRunner = coordinator.compiled(
         ("run_lines", keep_raw), lambda plan: build_line_runner(plan, keep_raw=keep_raw)
     )
     return runner(batches, coordinator.local_worker(), clean_line, put, emit, tally)
 
 
-def build_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
+def carried_lines(
+    coordinator: Coordinator,
+    batches: Iterable[list[bytes]],
+    *,
+    clean_line: bytes,
+    put: Callable[[bytes], Any],
+    emit: Callable[[Result], Any],
+    keep_raw: bool,
+    tally: Callable[[Result], Any] | None,
+) -> Iterator[int]:
+    """``run_lines`` for a plan with a timeout: each list of lines runs on the
+    coordinator's carrier (core.workers.Carrier) while this thread reads the input and
+    waits, so that a call the watchdog gives up on does not hold the loop (see
+    core/watchdog.py). The records run in the same compiled loop, its position kept from
+    one list to the next; ``put`` and ``emit`` are called on the carrier's thread, while
+    this one waits.
+
+    When the watchdog gives up on a call, the stuck record ends on the carrier's fresh
+    thread (StepTimeout, or the next attempt of a retried job), its Result is emitted
+    here, and the rest of the list runs on in a fresh loop from the next line.
+    """
+    from choreo_cli.core.workers import Stalled, carried_result
+
+    runner = coordinator.compiled(
+        ("run_lines", keep_raw, "resumable"),
+        lambda plan: build_line_runner(plan, keep_raw=keep_raw, resumable=True),
+    )
+    carrier = coordinator.carrier_for(coordinator.local_worker())
+    flags = coordinator.plan.flags
+    handed = _Handed(emit, tally)
+    feed = _Feed()
+    # The loop on the carrier (None: start one, after line ``number`` and record ``index``).
+    loop: list[Iterator[int]] = []
+    number, index = 0, -1
+
+    def advance(worker: Worker) -> int:
+        if not loop:
+            loop.append(
+                runner(feed, worker, clean_line, put, handed.emit, handed.tally, number, index)
+            )
+        return next(loop[0])
+
+    flags.begin()  # one run of the coordinator, until this generator ends
+    try:
+        if flags.interrupted:
+            return
+        for lines in batches:
+            clean = 0
+            first = number  # lines before ``lines`` that the loop on the carrier knows
+            while True:
+                handed.count = 0
+                feed.lines = lines
+                try:
+                    clean += carrier.call(advance)
+                    break
+                except Stalled as stalled:
+                    stuck = stalled.stuck
+                    loop.clear()
+                assert stuck.line is not None
+                k = stuck.line - first - 1  # the stuck record's place in ``lines``
+                # Records before it that were written as clean lines (not handed over).
+                clean += sum(1 for data in lines[:k] if data.strip()) - handed.count
+                finish = _finisher(coordinator, lines[k] + b"\n" if keep_raw else None)
+                result = carried_result(carrier, functools.partial(finish, stuck), finish)
+                if result.clean:
+                    put(clean_line % (stuck.index, stuck.line))
+                    clean += 1
+                elif emit(result):
+                    handed.stopped = True
+                if handed.stopped or flags.interrupted:
+                    break
+                number, index = stuck.line, stuck.index
+                first, lines = number, _rest(lines, k + 1)
+            yield clean
+            if handed.stopped or flags.interrupted:
+                return
+            number = first + len(lines)
+    finally:
+        flags.end()
+
+
+def _finisher(coordinator: Coordinator, raw: bytes | None) -> Callable[[Stuck, Worker], Result]:
+    """What ends a stuck record whose input line is ``raw`` (see ``carried_lines``)."""
+
+    def finish(stuck: Stuck, worker: Worker) -> Result:
+        return coordinator.finish_stuck(stuck, raw, worker)
+
+    return finish
+
+
+def _rest(lines: list[bytes], start: int) -> list[bytes]:
+    """``lines[start:]``, a ``WideLines`` still when ``lines`` is one (parsed exactly)."""
+    rest = lines[start:]
+    return WideLines(rest) if type(lines) is WideLines else rest
+
+
+class _Feed:
+    """The lists of lines of the loop on the carrier: the one the caller handed it last."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] | None = None
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> list[bytes]:
+        lines = self.lines
+        if lines is None:
+            raise StopIteration
+        self.lines = None
+        return lines
+
+
+class _Handed:
+    """``emit`` and ``tally``, counting the records handed to them (the others are clean
+    lines) and whether ``emit`` asked to stop."""
+
+    __slots__ = ("_emit", "_tally", "count", "stopped", "tally")
+
+    def __init__(
+        self, emit: Callable[[Result], Any], tally: Callable[[Result], Any] | None
+    ) -> None:
+        self._emit = emit
+        self._tally = tally
+        self.count = 0
+        self.stopped = False
+        self.tally = None if tally is None else self._tallied
+
+    def emit(self, result: Result) -> Any:
+        self.count += 1
+        stop = self._emit(result)
+        if stop:
+            self.stopped = True
+        return stop
+
+    def _tallied(self, result: Result) -> Any:
+        self.count += 1
+        assert self._tally is not None
+        return self._tally(result)
+
+
+def build_line_runner(plan: Plan, *, keep_raw: bool, resumable: bool = False) -> Any:
     """The compiled line runner, or the interpreted one when ``CHOREO_RUNNER=interpreted``
-    (see ``choreo_cli.core.interpreted``)."""
+    (see ``choreo_cli.core.interpreted``). ``resumable``: a ``ResumableLineRunner``."""
     if reference_selected():
-        return interpret_line_runner(plan, keep_raw=keep_raw)
-    return compile_line_runner(plan, keep_raw=keep_raw)
+        return interpret_line_runner(plan, keep_raw=keep_raw, resumable=resumable)
+    return compile_line_runner(plan, keep_raw=keep_raw, resumable=resumable)
 
 
-def compile_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
+def compile_line_runner(plan: Plan, *, keep_raw: bool, resumable: bool = False) -> Any:
     """``run_lines`` of ``line_source``, defined."""
-    runner: LineRunner = define(line_source(plan, keep_raw=keep_raw), plan)[0]
-    return runner
+    return define(line_source(plan, keep_raw=keep_raw, resumable=resumable), plan)[0]
 
 
-def interpret_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
+def interpret_line_runner(plan: Plan, *, keep_raw: bool, resumable: bool = False) -> Any:
     """``run_lines`` as a plain loop: each line parsed as the compiled loop parses it, each
     record run by the reference runner (``choreo_cli.core.interpreted``), the line of a
     clean Result written from ``clean_line``, every other Result emitted.
@@ -124,43 +278,53 @@ def interpret_line_runner(plan: Plan, *, keep_raw: bool) -> LineRunner:
         try:
             if flags.interrupted:
                 return
-            number = 0  # lines before this list (blank ones too)
-            index = -1  # the last record's number (every non-blank line counts)
-            for lines in batches:
-                clean = 0
-                loads = loads_for(lines)  # exact for integers past 64 bits
-                for line, data in enumerate(lines, number + 1):
-                    raw = data + b"\n" if keep_raw else None
-                    try:
-                        value = loads(data)
-                    except orjson.JSONDecodeError as exc:
-                        if not data.strip():
-                            continue
-                        index += 1
-                        item = InvalidLine(line, reason_for(data, exc), raw, index)
-                        result = invalid(item, index)
-                    else:
-                        index += 1
-                        result = run(value, index, line, raw, worker)
-                        if result.clean:
-                            put(clean_line % (index, line))
-                            clean += 1
-                            if flags.interrupted:
-                                yield clean
-                                return
-                            continue
-                    if emit(result) or flags.interrupted:
-                        yield clean
-                        return
-                number += len(lines)
-                yield clean
+            yield from run_lines_from(batches, worker, clean_line, put, emit, tally, 0, -1)
         finally:
             flags.end()
 
-    return run_lines
+    def run_lines_from(
+        batches: Iterable[list[bytes]],
+        worker: Worker,
+        clean_line: bytes,
+        put: Callable[[bytes], Any],
+        emit: Callable[[Result], Any],
+        tally: Callable[[Result], Any] | None,
+        number: int,  # lines before the first list (blank ones too)
+        index: int,  # the last record's number (every non-blank line counts)
+    ) -> Iterator[int]:
+        for lines in batches:
+            clean = 0
+            loads = loads_for(lines)  # exact for integers past 64 bits
+            for line, data in enumerate(lines, number + 1):
+                raw = data + b"\n" if keep_raw else None
+                try:
+                    value = loads(data)
+                except orjson.JSONDecodeError as exc:
+                    if not data.strip():
+                        continue
+                    index += 1
+                    item = InvalidLine(line, reason_for(data, exc), raw, index)
+                    result = invalid(item, index)
+                else:
+                    index += 1
+                    result = run(value, index, line, raw, worker)
+                    if result.clean:
+                        put(clean_line % (index, line))
+                        clean += 1
+                        if flags.interrupted:
+                            yield clean
+                            return
+                        continue
+                if emit(result) or flags.interrupted:
+                    yield clean
+                    return
+            number += len(lines)
+            yield clean
+
+    return run_lines_from if resumable else run_lines
 
 
-def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
+def line_source(plan: Plan, *, keep_raw: bool, resumable: bool = False) -> Generated:
     """The source of ``run_lines(batches, worker, clean_line, put, emit, tally)``:
     the serial loop of `choreo run`, fused with JSON parsing and the writing of lines.
 
@@ -177,6 +341,11 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
     reading. The generator yields, after each batch, how many clean records it held; it
     stops after the first record ended by an interruption. Its iteration is one run of
     the coordinator: an interruption ends with it (``Coordinator.interrupt``).
+
+    ``resumable``: the source of ``run_lines(batches, worker, clean_line, put, emit,
+    tally, number, index)``, the same loop started after line ``number`` and record
+    ``index``, and no run of its own (``carried_lines`` holds the run, and starts a loop
+    again after a record whose call the watchdog gave up on).
     """
     skip_lines = SkipLines()
     extra: dict[str, Any] = {
@@ -225,38 +394,32 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
     )
     raw = "data + NEWLINE" if keep_raw else "None"
     namespace["NEWLINE"] = b"\n"
-    # The generator is one run of the coordinator (see core.context._RunFlags): it ends
-    # when the generator does, which clears an interruption.
-    source = [
-        "def run_lines(batches, worker, clean_line, put, emit, tally):",
-        "    flags.begin()",
-        "    try:",
-        "        if flags.interrupted:",
-        "            return",
-        "        number = 0",
-        "        index = -1",
-        "        for lines in batches:",
-        "            clean = 0",
-        "            loads = loads_exact if type(lines) is WideLines else orjson_loads",
-        "            for line, data in enumerate(lines, number + 1):",
-        "                try:",
-        "                    value = loads(data)",
-        "                except decode_error as exc:",
-        "                    if not data.strip():",
-        "                        continue",
-        "                    index += 1",
-        f"                    item = InvalidLine(line, reason(data, exc), {raw}, index)",
-        "                    if emit(on_invalid(item, index)) or flags.interrupted:",
-        "                        yield clean",
-        "                        return",
-        "                    continue",
-        "                index += 1",
-        f"                raw = {raw}",
+    # Indents of the loop: inside the run's try block, or at the function's level.
+    base = 1 if resumable else 2
+    loop = [
+        "for lines in batches:",
+        "    clean = 0",
+        "    loads = loads_exact if type(lines) is WideLines else orjson_loads",
+        "    for line, data in enumerate(lines, number + 1):",
+        "        try:",
+        "            value = loads(data)",
+        "        except decode_error as exc:",
+        "            if not data.strip():",
+        "                continue",
+        "            index += 1",
+        f"            item = InvalidLine(line, reason(data, exc), {raw}, index)",
+        "            if emit(on_invalid(item, index)) or flags.interrupted:",
+        "                yield clean",
+        "                return",
+        "            continue",
+        "        index += 1",
+        f"        raw = {raw}",
     ]
+    loop = ["    " * base + line for line in loop]
     # A record that did not end clean: its Result keeps the bag, so the worker gets a new one.
-    source += spell(
+    loop += spell(
         body,
-        4,
+        base + 2,
         lambda result: [
             f"result = {result}",
             "worker.ctx.bag = DataBag(names)",
@@ -266,11 +429,26 @@ def line_source(plan: Plan, *, keep_raw: bool) -> Generated:
             "continue",
         ],
     )
-    source += [
-        "            number += len(lines)",
-        "            yield clean",
-        "    finally:",
-        "        flags.end()",
-    ]
+    loop += ["    " * base + "    number += len(lines)", "    " * base + "    yield clean"]
+    if resumable:
+        source = [
+            "def run_lines(batches, worker, clean_line, put, emit, tally, number, index):",
+            *loop,
+        ]
+    else:
+        # The generator is one run of the coordinator (see core.context._RunFlags): it
+        # ends when the generator does, which clears an interruption.
+        source = [
+            "def run_lines(batches, worker, clean_line, put, emit, tally):",
+            "    flags.begin()",
+            "    try:",
+            "        if flags.interrupted:",
+            "            return",
+            "        number = 0",
+            "        index = -1",
+            *loop,
+            "    finally:",
+            "        flags.end()",
+        ]
     namespace.update(extra)
     return Generated("\n".join(source) + "\n", namespace, ("run_lines",))

@@ -128,6 +128,18 @@ SHAPES: dict[str, Callable[[], Generated]] = {
     "timeout": lambda: record_source(
         plan_of(Step(name="fetch", precheck=check, job=fetch, timeout=2.5))
     ),
+    "timeout_retry": lambda: record_source(
+        plan_of(
+            Step(
+                name="fetch",
+                precheck=check,
+                job=fetch,
+                timeout=2.5,
+                retry=RetryPolicy(attempts=2),
+            ),
+            timings=True,
+        )
+    ),
     "async": lambda: async_source(
         plan_of(
             Step(name="fetch", precheck=check_async, job=fetch_async),
@@ -159,6 +171,13 @@ def line_plan() -> Plan:
 LINE_SHAPES: dict[str, Callable[[], Generated]] = {
     "line_runner": lambda: line_source(line_plan(), keep_raw=False),
     "line_runner_keep_raw": lambda: line_source(line_plan(), keep_raw=True),
+    # With a timeout: the loop that carried_lines runs on its carrier and starts again
+    # after a stuck record (from a line and record number, no run of its own).
+    "line_runner_resumable": lambda: line_source(
+        plan_of(Step(name="fetch", precheck=check, job=fetch, timeout=2.5)),
+        keep_raw=False,
+        resumable=True,
+    ),
 }
 
 
@@ -189,7 +208,23 @@ def test_the_shapes_take_the_paths_they_are_named_for() -> None:
     assert "v = invoke(step_0.job, ctx, value, worker)" in text("retry")
     assert "if errors is None and ctx._attempts is None:" in text("retry")
     assert "ctx.timed_out = False" in text("timeout")
-    assert "v = invoke(step_0.pre, ctx, value, worker)" in text("timeout")
+    # A timed call runs inline between the lines that set and clear the deadline slot.
+    assert "invoke(" not in text("timeout")
+    assert (
+        "        deadline.call = pre_0_timed\n"
+        "        try:\n"
+        "            v = pre_0(ctx, value)\n"
+        "        finally:\n"
+        "            deadline.call = None\n"
+        "            if deadline.lost:\n"
+        "                lost(deadline)\n"
+    ) in text("timeout")
+    # A retried job takes the general path, which sets the slot per attempt; what the
+    # watchdog's snapshot needs that ctx does not hold is kept in the slot.
+    assert "deadline.call = pre_0_timed" in text("timeout_retry")
+    assert "v = invoke(step_0.job, ctx, value, worker)" in text("timeout_retry")
+    assert "started = deadline.started = perf_counter()" in text("timeout_retry")
+    assert "deadline.errors = (deadline.unit, index, errors, skipped)" in text("timeout_retry")
     # A timeout renews the worker's Context: a record that fails ends on the new one.
     assert "except BaseException as exc:\n            ctx = worker.ctx\n" in text("timeout")
     assert "v = await awaited(pre_0(ctx, value), worker)" in text("async")
@@ -205,6 +240,12 @@ def test_the_shapes_take_the_paths_they_are_named_for() -> None:
     assert "started = None" in text("job_only")
     assert "raw = None" in text("line_runner")
     assert "raw = data + NEWLINE" in text("line_runner_keep_raw")
+    resumable = text("line_runner_resumable")
+    assert resumable.startswith(
+        "def run_lines(batches, worker, clean_line, put, emit, tally, number, index):\n"
+        "    for lines in batches:\n"
+    )
+    assert "flags.begin()" not in resumable and "deadline.call = job_0_timed" in resumable
 
 
 def test_a_changed_source_fails_with_a_diff_and_says_how_to_update(tmp_path: Path) -> None:
@@ -427,6 +468,7 @@ def plan_state(plan: Plan) -> dict[str, Any]:
         async_source,
         lambda plan: line_source(plan, keep_raw=False),
         lambda plan: line_source(plan, keep_raw=True),
+        lambda plan: line_source(plan, keep_raw=False, resumable=True),
     ],
 )
 def test_the_builders_have_no_side_effects(build: Callable[[Plan], Generated]) -> None:
