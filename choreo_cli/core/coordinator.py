@@ -319,6 +319,7 @@ class Coordinator:
     def _run_threaded(self, records: Iterable[Any], ordered: bool) -> Iterator[Result]:
         pool = self._thread_pool()
         flags = self._flags
+        watchdog = self.timeout_watchdog()  # the pool watches its threads with a timeout
         outq: queue.SimpleQueue[tuple[int, Result]] = queue.SimpleQueue()
         window = self.workers * 2
         iterator = iter(records)
@@ -343,7 +344,7 @@ class Coordinator:
                         broken = exc
                         exhausted = True
                         break
-                    pool.submit(submitted, item, outq)
+                    pool.submit(submitted, item, outq, watchdog)
                     submitted += 1
                 if received == submitted:
                     if broken is not None:

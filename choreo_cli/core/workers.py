@@ -115,8 +115,6 @@ class WorkerHost(Protocol):
 
     def has_async_steps(self) -> bool: ...
 
-    def timeout_watchdog(self) -> Watchdog | None: ...
-
     def run_item(self, item: Any, index: int, worker: Worker) -> Result: ...
 
     def run_item_async(self, item: Any, index: int, worker: Worker) -> Awaitable[Result]: ...
@@ -126,19 +124,23 @@ class WorkerHost(Protocol):
     def crashed(self, item: Any, index: int, exc: BaseException) -> Result: ...
 
 
-# A task of the pool: (sequence number, item, where its Result goes).
-Task = tuple[int, Any, "queue.SimpleQueue[Any]"]
+# A task of the pool: (sequence number, item, where its Result goes, the watchdog of the
+# run's timeouts or None).
+Task = tuple[int, Any, "queue.SimpleQueue[Any]", "Watchdog | None"]
 
 
 class _Member:
     """One thread of the pool: its worker and the task it runs."""
 
-    __slots__ = ("done", "task", "worker")
+    __slots__ = ("done", "task", "watching", "worker")
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.task: Task | None = None
         self.done = threading.Event()  # set when the thread ends or is abandoned
+        # The watchdog the worker's slot is registered with (a plan with a timeout): from
+        # its first task until it has been idle for IDLE_UNWATCH.
+        self.watching: Watchdog | None = None
 
 
 class ThreadPool:
@@ -168,8 +170,16 @@ class ThreadPool:
             self.shutdown()
             raise failures[0]
 
-    def submit(self, seq: int, item: Any, outq: queue.SimpleQueue[Any]) -> None:
-        self._tasks.put((seq, item, outq))
+    def submit(
+        self,
+        seq: int,
+        item: Any,
+        outq: queue.SimpleQueue[Any],
+        watchdog: Watchdog | None = None,
+    ) -> None:
+        """Run ``item`` as record ``seq``; ``(seq, Result)`` goes to ``outq``. With
+        ``watchdog`` (the plan has a timeout) the thread is watched while it runs it."""
+        self._tasks.put((seq, item, outq, watchdog))
 
     def _spawn(self, first: tuple[Task, Stuck] | None = None) -> None:
         n = self._spawned
@@ -207,6 +217,8 @@ class ThreadPool:
         except WorkerAbandoned:
             pass
         finally:
+            if member.watching is not None:
+                member.watching.unwatch(worker.slot)
             errors = coordinator.close_worker(worker)
             if not abandoned(worker.slot):  # an abandoned worker's teardown errors go nowhere
                 self._errors.extend(errors)
@@ -240,25 +252,46 @@ class ThreadPool:
         """``run(item, seq, worker)``, the work of ``task``; watched by the watchdog when the
         plan has a timeout. Raises WorkerAbandoned when the watchdog gave the thread up
         meanwhile."""
-        watchdog = self._coordinator.timeout_watchdog()
-        if watchdog is None:
+        if not self._watch(member, task):
             return self._guarded(member, task, run)
+        result = self._guarded(member, task, run)
+        if abandoned(member.worker.slot):
+            raise WorkerAbandoned
+        return result
+
+    def _watch(self, member: _Member, task: Task) -> bool:
+        """Before ``task``: when the plan has a timeout, a unit of work of the member's slot
+        that the watchdog watches (registered once, not per task); False when it has none."""
+        watchdog = task[3]
+        if watchdog is None:
+            return False
         slot = member.worker.slot
         member.task = task
         slot.unit += 1
-        watchdog.watch(slot)
+        if member.watching is not watchdog:
+            if member.watching is not None:
+                member.watching.unwatch(slot)
+            watchdog.watch(slot)
+            member.watching = watchdog
+        return True
+
+    def _take(self, member: _Member) -> Task | None:
+        """The next task (None: shut down). A member idle for IDLE_UNWATCH while the
+        watchdog watches it lets the watchdog rest."""
+        watching = member.watching
+        if watching is None:
+            return self._tasks.get()
         try:
-            result = self._guarded(member, task, run)
-        finally:
-            watchdog.unwatch(slot)
-        if abandoned(slot):
-            raise WorkerAbandoned
-        return result
+            return self._tasks.get(timeout=IDLE_UNWATCH)
+        except queue.Empty:
+            watching.unwatch(member.worker.slot)
+            member.watching = None
+            return self._tasks.get()
 
     def _guarded(
         self, member: _Member, task: Task, run: Callable[[Any, int, Worker], Result]
     ) -> Result:
-        seq, item, _ = task
+        seq, item = task[0], task[1]
         try:
             return run(item, seq, member.worker)
         except WorkerAbandoned:
@@ -267,12 +300,23 @@ class ThreadPool:
             return self._coordinator.crashed(item, seq, exc)
 
     def _serve(self, member: _Member) -> None:
-        run_item = self._coordinator.run_item
+        coordinator = self._coordinator
+        run_item = coordinator.run_item
+        worker = member.worker
+        tasks = self._tasks
         while True:
-            task = self._tasks.get()
+            task = tasks.get() if member.watching is None else self._take(member)
             if task is None:
                 return
-            task[2].put((task[0], self._run_task(member, task, run_item)))
+            seq, item, outq, watchdog = task
+            if watchdog is None:
+                try:
+                    result = run_item(item, seq, worker)
+                except BaseException as exc:  # a defect must not hang the reader waiting for it
+                    result = coordinator.crashed(item, seq, exc)
+            else:
+                result = self._run_task(member, task, run_item)
+            outq.put((seq, result))
 
     def _serve_async(self, member: _Member) -> None:
         """Run the worker's records in one long-running task on its event loop.
@@ -319,25 +363,18 @@ class ThreadPool:
         while True:
             # A blocking get: between records the loop has nothing to run, as a loop run
             # per call had not either.
-            got = tasks.get()
+            got = tasks.get() if member.watching is None else self._take(member)
             if got is None:
                 return True
-            seq, item, outq = got
-            member.task = got
-            watchdog = coordinator.timeout_watchdog()
-            if watchdog is not None:
-                slot.unit += 1
-                watchdog.watch(slot)
+            seq, item, outq, _ = got
+            watched = self._watch(member, got)
             try:
                 result = await coordinator.run_item_async(item, seq, worker)
             except WorkerAbandoned:
                 raise
             except BaseException as exc:  # a defect must not hang the reader waiting for it
                 result = coordinator.crashed(item, seq, exc)
-            finally:
-                if watchdog is not None:
-                    watchdog.unwatch(slot)
-            if abandoned(slot):
+            if watched and abandoned(slot):
                 raise WorkerAbandoned
             outq.put((seq, result))
             if _cancel_requested(this):
