@@ -315,7 +315,7 @@ class Watchdog:
         self.unwatch(slot)
         on_stuck = slot.on_stuck
         if on_stuck is not None:
-            on_stuck(stuck)
+            on_stuck(stuck)  # it must not raise: the watchdog serves every worker
 
 
 def _observe_claiming(slot: DeadlineSlot) -> tuple[Timed, int, int] | None:

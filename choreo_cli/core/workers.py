@@ -229,11 +229,14 @@ class ThreadPool:
         task = member.task
         assert task is not None
         self._coordinator.detach_worker(member.worker)
-        with self._lock:
-            self._members.remove(member)
-            if not self._closing:
-                # The fresh thread ends the record first: that may run the job's next attempt.
-                self._spawn((task, stuck))
+        try:
+            with self._lock:
+                self._members.remove(member)
+                if not self._closing:
+                    # The fresh thread ends the record first: that may run the next attempt.
+                    self._spawn((task, stuck))
+        except Exception as exc:  # no thread to be had: the record fails, the run goes on
+            task[2].put((task[0], self._coordinator.crashed(task[1], task[0], exc)))
         member.done.set()
 
     def _finish(self, member: _Member, task: Task, stuck: Stuck) -> None:
@@ -428,20 +431,19 @@ _STUCK = "stuck"
 
 
 class _Lane:
-    """One thread of a carrier: its queues and its worker (made on the thread)."""
+    """One thread of a carrier: its queues and its worker."""
 
-    __slots__ = ("answers", "done", "errors", "inbox", "outbox", "thread", "worker")
+    __slots__ = ("answers", "done", "errors", "inbox", "outbox", "worker")
 
-    def __init__(self) -> None:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
         self.inbox: queue.SimpleQueue[Callable[[Worker], Any] | None] = queue.SimpleQueue()
         # Each answer (or the watchdog's snapshot) goes to ``answers``, then a token to
         # ``outbox`` wakes the caller.
         self.answers: list[tuple[str, Any]] = []
         self.outbox: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self.worker: Worker | None = None
         self.errors: list[BaseException] = []
         self.done = threading.Event()
-        self.thread: threading.Thread | None = None
 
 
 class Carrier:
@@ -505,40 +507,38 @@ class Carrier:
         resources are left to it (never closed under a running callable)."""
         if self._lane is lane:
             self._lane = None
-        if lane.worker is not None:
-            self._host.detach_worker(lane.worker)
+        self._host.detach_worker(lane.worker)
 
     def _start(self) -> _Lane:
-        lane = _Lane()
-        ready = threading.Event()
-        lane.thread = threading.Thread(
+        lane = _Lane(self._host.new_worker())
+        threading.Thread(
             target=_serve_lane,
-            args=(lane, self._host, self._watchdog, ready),
+            args=(lane, weakref.ref(self._host), self._watchdog),
             name="choreo-carrier",
             daemon=True,
-        )
-        lane.thread.start()
-        ready.wait()
+        ).start()
+        # A coordinator dropped without close(): its carrier's thread ends with it.
+        weakref.finalize(self, lane.inbox.put, None)
         self._lane = lane
         return lane
 
 
-def _serve_lane(lane: _Lane, host: CarrierHost, watchdog: Watchdog, ready: threading.Event) -> None:
+def _serve_lane(lane: _Lane, host: Callable[[], CarrierHost | None], watchdog: Watchdog) -> None:
     """A carrier thread: run what comes in, answer each, until told to stop or abandoned.
 
-    A function of its own (not a Carrier method) so that the thread keeps no reference to
-    the Carrier.
+    A function of its own, holding its host weakly: the thread keeps neither the Carrier
+    nor the coordinator alive.
     """
-    worker = lane.worker = host.new_worker()
+    worker = lane.worker
     slot = worker.slot
+    answers = lane.answers
     outbox = lane.outbox
 
     def stuck(snapshot: Stuck) -> None:
-        lane.answers.append((_STUCK, snapshot))
+        answers.append((_STUCK, snapshot))
         outbox.put(None)
 
     slot.on_stuck = stuck
-    ready.set()
     inbox = lane.inbox
     watching = False  # the slot is registered with the watchdog
     try:
@@ -555,23 +555,25 @@ def _serve_lane(lane: _Lane, host: CarrierHost, watchdog: Watchdog, ready: threa
                 fn = inbox.get()
             if fn is None:
                 return
-            slot.unit += 1
-            if not watching:
-                watchdog.watch(slot)
-                watching = True
             try:
+                slot.unit += 1
+                if not watching:
+                    watchdog.watch(slot)
+                    watching = True
                 answer = (_OK, fn(worker))
             except WorkerAbandoned:
                 return
             except BaseException as exc:
                 answer = (_RAISED, exc)
+            fn = None  # what the call referenced is not kept while the thread waits
             if abandoned(slot):
                 return
-            lane.answers.append(answer)
+            answers.append(answer)
             outbox.put(None)
     finally:
         watchdog.unwatch(slot)
-        errors = host.close_worker(worker)
+        owner = host()
+        errors = [] if owner is None else owner.close_worker(worker)
         if not abandoned(slot):  # an abandoned worker's teardown errors go nowhere
             lane.errors.extend(errors)
         lane.done.set()
