@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from choreo_cli.core.signatures import CallSpec, Mismatch, json_type_name
-from choreo_cli.core.watchdog import lost
+from choreo_cli.core.watchdog import arm, disarm
 from choreo_cli.errors import Cancel, StepDefinitionError, StepTimeout, UnassignableInput
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def call(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timed: Timed | 
         result = spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
         return worker.run_coroutine(result) if spec.is_async else result
     slot = worker.slot
-    slot.call = timed
+    arm(slot, timed)
     try:
         if not spec.is_async:
             return spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx)
@@ -97,9 +97,7 @@ def call(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timed: Timed | 
             ctx.timed_out = True
             raise timed_out(ctx, spec, timed.timeout) from None
     finally:
-        slot.call = None
-        if slot.lost:
-            lost(slot)
+        disarm(slot)
 
 
 def retry(
@@ -263,7 +261,7 @@ async def acall(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timed: T
     import asyncio
 
     slot = worker.slot
-    slot.call = timed
+    arm(slot, timed)
     try:
         try:  # wait_for runs the coroutine as a task of its own
             result = await asyncio.wait_for(coro, timed.timeout)
@@ -274,9 +272,7 @@ async def acall(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timed: T
         except BaseException as exc:
             _raise_escaped(worker, exc)
     finally:
-        slot.call = None
-        if slot.lost:
-            lost(slot)
+        disarm(slot)
     _settle(worker)
     return result
 

@@ -11,8 +11,8 @@ thread that runs its record, and costs two attribute stores and a test:
   runners of compiled.py spell the same lines inline).
 - **The watchdog.** One thread per coordinator (``Watchdog``) samples the slots of the
   workers that are running records: a thread that can be abandoned registers its slot
-  with ``watch`` for each unit of work (a record, or a list of lines) and ``unwatch``-es
-  it after, so an idle coordinator costs nothing. A call seen in the same slot on every
+  with ``watch`` when it gets work and ``unwatch``-es it once it has been idle for half a
+  second, so an idle coordinator costs nothing (the thread ends). A call seen in the same slot on every
   sample (the same token, unit of work and record) for its timeout is given up: under
   the slot's lock the watchdog marks the slot lost, checks that the call is still the one
   it saw, takes a ``Stuck`` snapshot of the record (its bag, attempts, the errors so far)
@@ -21,8 +21,9 @@ thread that runs its record, and costs two attribute stores and a test:
   after it, reaches no Result.
 - **A fresh worker takes over.** The stuck thread finishes its call in the background and
   ends; whoever handed it the work gets the snapshot through the slot's ``on_stuck``. The
-  thread pool (workers.py) starts a fresh thread that ends the record (interpreted.resume:
-  StepTimeout, or the next attempt of a retried job) and serves the queue. Records that
+  thread pool (workers.py) starts a fresh thread that ends the record
+  (``interpreted.finish_stuck``: StepTimeout, or the next attempt of a retried job and
+  the later steps) and serves the queue. Records that
   would run on the caller's own thread (``Coordinator.run``, ``run_many`` with one worker,
   ``run_lines``) run on a ``Carrier`` when the plan has a timeout: a thread that runs what
   the caller hands it (one record, or one list of lines) while the caller waits. When the
