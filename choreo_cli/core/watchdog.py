@@ -11,14 +11,14 @@ thread that runs its record, and costs two attribute stores and a test:
   runners of compiled.py spell the same lines inline).
 - **The watchdog.** One thread per coordinator (``Watchdog``) samples the slots of the
   workers that are running records: a thread that can be abandoned registers its slot
-  with ``watch`` when it gets work and ``unwatch``-es it once it has been idle for half a
-  second, so an idle coordinator costs nothing (the thread ends). A call seen in the same slot on every
-  sample (the same token, unit of work and record) for its timeout is given up: under
-  the slot's lock the watchdog marks the slot lost, checks that the call is still the one
-  it saw, takes a ``Stuck`` snapshot of the record (its bag, attempts, the errors so far)
-  and sets ``ctx.cancelled`` for the callable. The worker, back from its call, finds
-  ``lost`` and unwinds with ``WorkerAbandoned``: what the callable returned, and anything
-  after it, reaches no Result.
+  with ``watch`` when it gets work and ``unwatch``-es it once it has been idle for half
+  a second, so an idle coordinator costs nothing (the thread ends). A call seen in the
+  same slot on every sample (the same token, unit of work and record) for its timeout
+  is given up: under the slot's lock the watchdog marks the slot lost, checks that the
+  call is still the one it saw, takes a ``Stuck`` snapshot of the record (its bag,
+  attempts, the errors so far) and sets ``ctx.cancelled`` for the callable. The worker,
+  back from its call, finds ``lost`` and unwinds with ``WorkerAbandoned``: what the
+  callable returned, and anything after it, reaches no Result.
 - **A fresh worker takes over.** The stuck thread finishes its call in the background and
   ends; whoever handed it the work gets the snapshot through the slot's ``on_stuck``. The
   thread pool (workers.py) starts a fresh thread that ends the record
