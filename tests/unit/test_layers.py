@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "choreo_cli"
 RANK = {
     "errors": 0,
     "version": 0,
+    "lazy": 0,
     "core": 1,
     "pipeline": 2,
     "jsonl": 2,
