@@ -1,5 +1,8 @@
 """The one seam to the terminal: messages, summary table, progress bar, logging and tables.
 
+Whatever text from a file, a record or an exception it prints passes ``printable``
+first (``choreo_cli.cli.escapes``): control characters are shown as escapes, never sent.
+
 Only this module imports rich, and only when its stream is a terminal (or for the
 table of `choreo show`), so commands that print nothing fancy (``choreo --version``,
 output piped to a file) start fast. Which streams there are, and whether each may have
@@ -13,6 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from choreo_cli.cli.escapes import printable
 from choreo_cli.cli.streams import fancy as fancy_stream
 
 if TYPE_CHECKING:
@@ -46,11 +50,16 @@ def rich_console(stream: TextIO) -> RichConsole:
 class Console:
     """People's messages on stderr: ``error``, ``warning``, ``info`` (silenced by ``quiet``).
 
+    A message is always one line: its control characters are escaped (``printable``).
+
     >>> import io
     >>> stream = io.StringIO()
     >>> Console(stream).error("cannot read input.jsonl: no such file")
     >>> stream.getvalue()
     'error: cannot read input.jsonl: no such file\\n'
+    >>> Console(stream).info("step 'x\\r\\x1b[2K' failed")
+    >>> stream.getvalue().splitlines()[-1]
+    "step 'x\\\\r\\\\x1b[2K' failed"
     """
 
     def __init__(self, stream: TextIO, *, quiet: bool = False, fancy: bool | None = None) -> None:
@@ -93,6 +102,7 @@ class Console:
 
     def _say(self, label: str | None, style: str | None, message: str) -> None:
         stream = self.stream
+        message = printable(message)
         try:
             if label is not None and self.fancy:
                 from rich.text import Text
@@ -160,7 +170,10 @@ def format_summary(summary: RunSummary) -> str:
     if steps:
         columns = _step_columns(steps)
         rows = [["step", *columns]]
-        rows += [[name, *(f"{counts[c]:,}" for c in columns)] for name, counts in steps.items()]
+        rows += [
+            [printable(name), *(f"{counts[c]:,}" for c in columns)]
+            for name, counts in steps.items()
+        ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             cells = [row[0].ljust(widths[0])]
@@ -203,7 +216,7 @@ def _render_rich(summary: RunSummary, stream: TextIO) -> None:
         for column in columns:
             table.add_column(column, justify="right")
         for name, step_counts in steps.items():
-            table.add_row(Text(name), *(f"{step_counts[c]:,}" for c in columns))
+            table.add_row(Text(printable(name)), *(f"{step_counts[c]:,}" for c in columns))
         console.print(table)
     console.print(f"wall time {summary.elapsed:.2f} s, {summary.records_per_second:,.0f} records/s")
 
@@ -381,10 +394,10 @@ def setup_logging(level: str | int, stream: TextIO, *, fancy: bool | None = None
         handler = RichHandler(
             console=rich_console(stream), show_path=False, rich_tracebacks=False, markup=False
         )
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s%(choreo_record)s"))
+        handler.setFormatter(PrintableFormatter("%(name)s: %(message)s%(choreo_record)s"))
     else:
         handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(PrintableFormatter(LOG_FORMAT))
     from choreo_cli.core.step_logs import record_filter
 
     handler.addFilter(record_filter())
@@ -395,7 +408,39 @@ def setup_logging(level: str | int, stream: TextIO, *, fancy: bool | None = None
     return logger
 
 
+class PrintableFormatter(logging.Formatter):
+    r"""A log formatter whose lines cannot drive the terminal or fake another line.
+
+    The line itself (logger name, which is the step's, message, record) is one line:
+    every control character, ``\n`` included, is escaped. A traceback appended to it
+    (``ctx.log.exception``, or sent by a worker process as text) keeps its own lines,
+    with every other control character escaped.
+
+    >>> record = logging.makeLogRecord({"name": "choreo.step.a\x1b[2K", "msg": "id %s",
+    ...     "args": ("7\nINFO fake",), "levelname": "INFO", "choreo_record": ""})
+    >>> PrintableFormatter(LOG_FORMAT).format(record)
+    'INFO choreo.step.a\\x1b[2K: id 7\\nINFO fake'
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        text = printable(self.formatMessage(record))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text += "\n" + printable(record.exc_text.rstrip("\n"), multiline=True)
+        if record.stack_info:
+            text += "\n" + printable(self.formatStack(record.stack_info), multiline=True)
+        return text
+
+
 # -- tables on stdout -----------------------------------------------------------------------
+
+
+Cell = str | tuple[str, ...]
+"""A table cell: one line of text, or a tuple of lines."""
 
 
 def print_table(
@@ -404,24 +449,32 @@ def print_table(
     title: str,
     caption: str | None,
     columns: Sequence[str],
-    rows: Iterable[Sequence[str]],
+    rows: Iterable[Sequence[Cell]],
 ) -> None:
     """Print a table for people on stdout (what `choreo show` prints); cells are plain
-    text, never markup. Colour unless ``NO_COLOR``; off a terminal, 200 columns wide."""
+    text, never markup. Colour unless ``NO_COLOR``; off a terminal, 200 columns wide.
+
+    Control characters are escaped everywhere: a cell or the title is one line, a cell of
+    several lines is given as a tuple of them; the caption (a description) keeps its lines.
+    """
     from rich.console import Console as RichConsole
     from rich.table import Table
     from rich.text import Text
 
+    def cell_text(cell: Cell) -> Text:
+        lines = (cell,) if isinstance(cell, str) else cell
+        return Text("\n".join(printable(line) for line in lines))
+
     table = Table(
-        title=Text(title),
-        caption=None if caption is None else Text(caption),
+        title=Text(printable(title)),
+        caption=None if caption is None else Text(printable(caption, multiline=True)),
         title_justify="left",
         caption_justify="left",
     )
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(printable(column), overflow="fold")
     for row in rows:
-        table.add_row(*(Text(cell) for cell in row))
+        table.add_row(*(cell_text(cell) for cell in row))
     # Off a terminal rich assumes 80 columns; a wider page keeps references unbroken.
     console = RichConsole(
         file=streams.stdout,

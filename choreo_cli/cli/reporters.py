@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from choreo_cli.cli.escapes import json_text, printable
 from choreo_cli.pipeline.problems import Problem
 
 
@@ -35,7 +35,7 @@ class Reporter:
 
 
 class TextReporter(Reporter):
-    """One ``FILE:LINE:COL: message`` line per problem.
+    """One ``FILE:LINE:COL: message`` line per problem, control characters escaped.
 
     >>> import io; out = io.StringIO()
     >>> TextReporter(out).report([FileReport("p.yaml", (Problem("p.yaml", 1, 1, "bad"),))])
@@ -46,11 +46,14 @@ class TextReporter(Reporter):
     def report(self, reports: Sequence[FileReport]) -> None:
         for file_report in reports:
             for problem in file_report.problems:
-                self.stream.write(f"{problem}\n")
+                self.stream.write(f"{printable(str(problem))}\n")
 
 
 class JsonReporter(Reporter):
-    """One JSON document: ``{"valid": ..., "errors": n, "warnings": n, "files": [...]}``."""
+    """One JSON document: ``{"valid": ..., "errors": n, "warnings": n, "files": [...]}``.
+
+    Always valid UTF-8: an undecodable byte of a file name is the text ``\\xff``.
+    """
 
     def report(self, reports: Sequence[FileReport]) -> None:
         problems = [p for r in reports for p in r.problems]
@@ -75,7 +78,7 @@ class JsonReporter(Reporter):
                 for r in reports
             ],
         }
-        self.stream.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+        self.stream.write(json_text(document, indent=2) + "\n")
 
 
 class GithubReporter(Reporter):
@@ -96,7 +99,9 @@ class GithubReporter(Reporter):
 
 
 def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    # GitHub's own escapes for %, CR and LF (an annotation may have several lines);
+    # any other control character is shown as an escape, as in the text report.
+    return printable(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
 
 
 def _escape_property(text: str) -> str:

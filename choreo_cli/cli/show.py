@@ -35,21 +35,23 @@ def show(
 
     Imports no user code, and shows ${VAR}s as written.
     """
+    from choreo_cli.cli.console import build_console
+    from choreo_cli.cli.escapes import json_text
     from choreo_cli.cli.streams import streams_of
     from choreo_cli.pipeline.loader import read_pipeline_structure
 
     streams = streams_of(ctx)
+    console = build_console(streams)
     pipeline, problems = read_pipeline_structure(pipeline_file)
     for problem in problems:
-        typer.echo(str(problem), file=streams.stderr)
+        console.error(str(problem), prefix=False)
     if pipeline is None or any(p.is_error for p in problems):
-        typer.echo(
-            f"{pipeline_file}: not a usable pipeline file — see choreo validate",
-            file=streams.stderr,
+        console.error(
+            f"{pipeline_file}: not a usable pipeline file — see choreo validate", prefix=False
         )
         return ExitCode.USAGE
     if show_format is ShowFormat.JSON:
-        streams.stdout.write(json.dumps(describe(pipeline), ensure_ascii=False, default=str) + "\n")
+        streams.stdout.write(json_text(describe(pipeline), default=str) + "\n")
     else:
         _print_table(pipeline, streams)
     return ExitCode.OK
@@ -102,7 +104,7 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
 def _print_table(pipeline: Pipeline, streams: Streams) -> None:
     from choreo_cli.cli.console import print_table
 
-    rows = []
+    rows: list[tuple[str, str, str, tuple[str, ...]]] = []
     for step in pipeline.steps:
         arguments = []
         if step.precheck is not None and step.precheck.with_:
@@ -110,7 +112,7 @@ def _print_table(pipeline: Pipeline, streams: Streams) -> None:
         if step.job.with_:
             arguments.append(f"job: {_inline(step.job.with_)}")
         precheck = "" if step.precheck is None else step.precheck.reference
-        rows.append((step.name, precheck, step.job.reference, "\n".join(arguments)))
+        rows.append((step.name, precheck, step.job.reference, tuple(arguments)))
     print_table(
         streams,
         title=pipeline.name or str(pipeline.path),

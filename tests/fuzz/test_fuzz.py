@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +25,9 @@ from typer.testing import CliRunner
 
 from choreo_cli import Cancel, Context, Coordinator, Skip, Step
 from choreo_cli.cli.app import app
+from choreo_cli.cli.console import Console, format_summary, setup_logging
+from choreo_cli.cli.escapes import json_text, printable
+from choreo_cli.core.summary import RunSummary
 from choreo_cli.jsonl.reader import JsonlReader
 from choreo_cli.jsonl.writer import ResultWriter
 
@@ -462,3 +467,115 @@ def test_no_import_through_the_command_and_the_control(marked_dir: Path) -> None
         "imported-marked_c",
         "imported-marked_c.sub",
     ]
+
+
+# -- no raw control character reaches people's output (design §11) ------------------------
+
+# C0 controls, DEL, C1 controls, the Unicode line separators and bidirectional overrides.
+_CONTROLS = [
+    *map(chr, range(0x20)),
+    "\x7f",
+    *map(chr, range(0x80, 0xA0)),
+    "\u2028",
+    "\u2029",
+    "\u202e",
+    "\u2066",
+]
+_RAW = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# Text with control characters among harmless ones (quotes, colons, percent, backslashes).
+_hostile = st.text(
+    alphabet=st.sampled_from([*_CONTROLS, "a", "Z", " ", ":", "'", '"', "%", "\\", "[", "é"]),
+    min_size=1,
+    max_size=12,
+)
+
+
+def _assert_printable(text: str, *, lines: int | None = None) -> None:
+    """No raw control character in ``text`` but line endings; ``lines``: how many lines."""
+    found = _RAW.findall(text.replace("\n", ""))
+    assert not found, f"raw {found!r} in {text!r}"
+    if lines is not None:
+        assert len(text.splitlines()) == lines, text
+
+
+@FAST
+@given(text=st.text(max_size=40) | _hostile)
+def test_printable_leaves_no_control_character(text: str) -> None:
+    shown = printable(text)
+    _assert_printable(shown)
+    assert "\n" not in shown
+    kept = printable(text, multiline=True)
+    _assert_printable(kept)
+    assert kept.count("\n") == text.count("\n")
+    if _RAW.search(text) is None:
+        assert shown == text  # nothing to escape: the text as it is
+
+
+@FAST
+@given(text=st.text(max_size=20) | _hostile, byte=st.integers(0x80, 0xFF))
+def test_json_text_is_utf8_json_for_any_file_name(text: str, byte: int) -> None:
+    name = text + os.fsdecode(bytes([byte])) + ".yaml"  # an undecodable byte: a surrogate
+    document = json_text({"file": name, "message": text}, indent=2)
+    assert json.loads(document.encode("utf-8")) == {
+        "file": text + f"\\x{byte:02x}.yaml",
+        "message": text,
+    }
+
+
+@FAST
+@given(message=_hostile, label=st.sampled_from(["error", "warning", "info"]))
+def test_console_messages_are_one_line(message: str, label: str) -> None:
+    stream = io.StringIO()
+    getattr(Console(stream, fancy=False), label)(f"step {message}: {message}")
+    _assert_printable(stream.getvalue(), lines=1)
+
+
+@FAST
+@given(names=st.lists(_hostile, min_size=1, max_size=3, unique=True))
+def test_summary_table_has_one_line_per_step(names: list[str]) -> None:
+    summary = RunSummary(names)
+    summary.finish()
+    _assert_printable(format_summary(summary), lines=3 + len(names))
+
+
+@FAST
+@given(step=_hostile, message=_hostile, value=_hostile)
+def test_log_lines_are_one_line_and_tracebacks_keep_theirs(
+    step: str, message: str, value: str
+) -> None:
+    stream = io.StringIO()
+    logger = setup_logging("INFO", stream, fancy=False)
+    try:
+        logging.getLogger(f"choreo.step.{step}").warning("%s: %s", message, value)
+        _assert_printable(stream.getvalue(), lines=1)
+        try:
+            raise ValueError(message)
+        except ValueError:
+            logging.getLogger(f"choreo.step.{step}").exception("failed on %s", value)
+        logged = stream.getvalue().splitlines()[1:]
+        _assert_printable("\n".join(logged))
+        assert logged[1] == "Traceback (most recent call last):"
+        # The exception's own lines (its message may have some) close the traceback.
+        assert logged[-1 - message.count("\n")].startswith("ValueError: ")
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+
+
+@VALIDATE
+@given(name=_hostile, key=_hostile, no_import=st.booleans())
+def test_validate_reports_one_line_per_problem_whatever_the_names(
+    validate_dir: Path, name: str, key: str, no_import: bool
+) -> None:
+    document = {"version": 1, "steps": [{"name": name, "job": "steps_v:job", f"x{key}": 1}]}
+    (validate_dir / "pipeline.yaml").write_text(
+        yaml.safe_dump(document, allow_unicode=True), encoding="utf-8"
+    )
+    result = runner.invoke(
+        app, ["validate", "pipeline.yaml", *(["--no-import"] if no_import else [])]
+    )
+    assert result.exit_code == 1, result.output
+    _assert_printable(result.stdout)
+    lines = result.stdout.splitlines()
+    assert lines and all(line.startswith("pipeline.yaml:") for line in lines), lines
+    assert any("unknown key 'x" in line for line in lines), lines
