@@ -79,26 +79,23 @@ def read_pipeline_structure(path: str | os.PathLike[str]) -> tuple[Pipeline | No
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``--set KEY=VALUE``; VALUE is read as a YAML scalar (``3`` is an int, ``x`` a str).
+    """Split ``--set KEY=VALUE``; VALUE is read as a plain YAML 1.2 scalar, as in the file.
+
+    ``3`` is an int, ``0x1f`` is 31, ``true`` a bool, ``~`` or nothing null; ``no``,
+    ``1:30`` and ``2024-01-01`` stay strings.
 
     >>> parse_override("limit=3")
     ('limit', 3)
+    >>> parse_override("mode=no")
+    ('mode', 'no')
     """
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ValueError(f"--set needs KEY=VALUE, got {text!r}")
-    import yaml
+    from choreo_cli.pipeline.yaml_loader import scalar_value
 
-    loader = yaml.SafeLoader("")
-    try:
-        tag = loader.resolve(yaml.ScalarNode, raw, (True, False))  # type: ignore[no-untyped-call]
-        node = yaml.ScalarNode(tag, raw)
-        return key, loader.construct_object(node)
-    except (yaml.YAMLError, ValueError):
-        return key, raw
-    finally:
-        loader.dispose()
+    return key, scalar_value(raw)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,17 @@
-"""Safe YAML loading that keeps the line and column of every value and refuses alias bombs."""
+"""Safe YAML 1.2 loading that keeps the line and column of every value and refuses alias bombs.
+
+Scalars are read with the YAML 1.2 core schema, as editors, yaml-language-server and
+check-jsonschema read them: ``yes``/``no``/``on``/``off``, ``1:30`` and ``2024-01-01``
+are strings; only ``true``/``false`` (and their ``True``/``TRUE`` spellings) are booleans.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +21,67 @@ MAX_BYTES = 4 * 1024 * 1024
 MAX_NODES = 200_000
 MAX_DEPTH = 200
 
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_STR_TAG = "tag:yaml.org,2002:str"
-_SEQ_TAGS = (None, "!", "tag:yaml.org,2002:seq")
-_MAP_TAGS = (None, "!", "tag:yaml.org,2002:map")
+_CORE = "tag:yaml.org,2002:"
+_STR_TAG = _CORE + "str"
+_SEQ_TAGS = (None, "!", _CORE + "seq")
+_MAP_TAGS = (None, "!", _CORE + "map")
+_UNSUPPORTED = "is not supported — choreo reads plain YAML only and never runs tags"
+
+# The YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1023-core-schema): the tag of a
+# plain scalar, and the characters such a scalar may start with.
+_NULL = re.compile(r"(?:~|null|Null|NULL|)\Z")
+_BOOL = re.compile(r"(?:true|True|TRUE|false|False|FALSE)\Z")
+_INT = re.compile(r"(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)\Z")
+_FLOAT = re.compile(
+    r"(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))\Z"
+)
+_RESOLVERS = (
+    (_CORE + "null", _NULL, ["~", "n", "N", ""]),
+    (_CORE + "bool", _BOOL, list("tTfF")),
+    (_CORE + "int", _INT, list("-+0123456789")),
+    (_CORE + "float", _FLOAT, list("-+.0123456789")),
+)
+
+
+def _read_null(text: str) -> None:
+    if not _NULL.match(text):
+        raise ValueError("not null in YAML 1.2 (write null, ~ or nothing)")
+
+
+def _read_bool(text: str) -> bool:
+    if not _BOOL.match(text):
+        raise ValueError("not a boolean in YAML 1.2 (write true or false)")
+    return text.lower() == "true"
+
+
+def _read_int(text: str) -> int:
+    if not _INT.match(text):
+        raise ValueError("not an integer in YAML 1.2 (decimal, 0o octal or 0x hex digits)")
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text)
+
+
+def _read_float(text: str) -> float:
+    if not _FLOAT.match(text):
+        raise ValueError("not a number in YAML 1.2 (e.g. 1.5, 1e3, .inf or .nan)")
+    lowered = text.lower()
+    if lowered.endswith(".inf"):
+        return -math.inf if text.startswith("-") else math.inf
+    if lowered == ".nan":
+        return math.nan
+    return float(text)
+
+
+# What each tag choreo reads makes of a scalar's text (ValueError: the text does not fit).
+_SCALAR_READERS: dict[str, Callable[[str], Any]] = {
+    _STR_TAG: str,
+    _CORE + "null": _read_null,
+    _CORE + "bool": _read_bool,
+    _CORE + "int": _read_int,
+    _CORE + "float": _read_float,
+}
 
 YamlPath = tuple[str | int, ...]
 
@@ -54,6 +120,11 @@ class YamlLoadError(ChoreoError):
 @dataclass
 class YamlDocument:
     """Plain Python data (dicts, lists, scalars) with the position of every value.
+
+    ``issues`` are problems found while reading that did not stop it (an unsupported tag,
+    a duplicate key): each makes the document unusable, but the data is complete enough
+    to check the rest (a tagged value is read as if it had no tag), so every problem of a
+    file can be reported at once.
 
     >>> doc = load_yaml("steps:\\n  - name: a\\n")
     >>> doc.value_mark(("steps", 0, "name"))
@@ -117,16 +188,17 @@ def read_yaml_file(path: str | Path, *, max_bytes: int = MAX_BYTES) -> YamlDocum
 
 
 def load_yaml(text: str, *, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> YamlDocument:
-    """Load one YAML document safely (no tags executed), keeping positions.
+    """Load one YAML 1.2 document safely (no tags executed), keeping positions.
 
-    Mapping keys are always strings, as in JSON (``on:`` is the key 'on', not true).
-    Aliases count with their full expanded size, so a document that would expand past
-    ``max_nodes`` values is refused before it is expanded.
+    Scalars follow the YAML 1.2 core schema (``no`` is a string, ``0x1f`` is 31). Mapping
+    keys are always strings, as in JSON (``on:`` is the key 'on', not true). Aliases count
+    with their full expanded size, so a document that would expand past ``max_nodes``
+    values is refused before it is expanded. What stops the reading raises YamlLoadError;
+    other problems are in the document's ``issues``.
     """
     import yaml
 
-    loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    loader = loader_class(text)
+    loader = _loader_class()(text)
     try:
         return _Builder(loader, max_nodes=max_nodes, max_depth=max_depth).build_document()
     except yaml.MarkedYAMLError as exc:
@@ -140,6 +212,43 @@ def load_yaml(text: str, *, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEP
         raise YamlLoadError(f"YAML syntax error: {exc}", Mark(1, 1)) from None
     finally:
         loader.dispose()
+
+
+@lru_cache(maxsize=1)
+def _loader_class() -> Any:
+    """pyyaml's safe loader (the C one when built) resolving plain scalars as YAML 1.2 does."""
+    import yaml
+
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class CoreSchemaLoader(base):  # type: ignore[misc,valid-type]
+        """The safe loader with the YAML 1.2 core schema's implicit tags, and only those."""
+
+        # Its own table: add_implicit_resolver would otherwise start from YAML 1.1's.
+        yaml_implicit_resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = {}  # noqa: RUF012
+
+    for tag, pattern, first in _RESOLVERS:
+        CoreSchemaLoader.add_implicit_resolver(tag, pattern, first)
+    return CoreSchemaLoader
+
+
+def scalar_value(text: str) -> Any:
+    """What ``text`` means as a plain YAML 1.2 scalar: the same rules as in pipeline files.
+
+    >>> [scalar_value(t) for t in ("3", "0x1f", "1:30", "no", "true", "~", "2024-01-01")]
+    [3, 31, '1:30', 'no', True, None, '2024-01-01']
+    """
+    import yaml
+
+    loader = _loader_class()("")
+    try:
+        tag = loader.resolve(yaml.ScalarNode, text, (True, False))
+    finally:
+        loader.dispose()
+    try:
+        return _SCALAR_READERS.get(tag, str)(text)
+    except ValueError:  # an integer too long for int(): kept as written
+        return text
 
 
 class _Builder:
@@ -167,10 +276,13 @@ class _Builder:
         self.loader.get_event()  # DocumentEnd
         event = self.loader.get_event()
         if not isinstance(event, yaml.StreamEndEvent):
-            raise YamlLoadError(
-                "a pipeline file holds one YAML document; a second one starts here — "
-                "remove it or put it in its own file",
-                _mark(event.start_mark),
+            # The first document is still checked; the rest is not read.
+            self.issues.append(
+                (
+                    _mark(event.start_mark),
+                    "a pipeline file holds one YAML document; a second one starts here — "
+                    "remove it or put it in its own file",
+                )
             )
         return YamlDocument(data, pos, self.issues)
 
@@ -193,9 +305,11 @@ class _Builder:
             )
         if isinstance(event, yaml.AliasEvent):
             if event.anchor not in self.anchors:
-                raise YamlLoadError(
-                    f"alias '*{event.anchor}' has no anchor '&{event.anchor}' before it", mark
+                self.issues.append(
+                    (mark, f"alias '*{event.anchor}' has no anchor '&{event.anchor}' before it")
                 )
+                self._add(1, mark)
+                return None, Position(mark)
             value, pos, size = self.anchors[event.anchor]
             self.via_alias = True
             self._add(size, mark)
@@ -219,34 +333,41 @@ class _Builder:
         return value, pos
 
     def _scalar(self, event: Any, mark: Mark) -> Any:
-        yaml = self.yaml
         tag = event.tag
         if tag is None or tag == "!":
-            tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-        if tag == _STR_TAG:
-            return event.value
-        constructor = self.loader.yaml_constructors.get(tag)
-        if constructor is None or tag == _MERGE_TAG:
-            raise YamlLoadError(
-                f"tag '{_short(event.tag)}' is not supported — choreo reads plain YAML only "
-                "and never runs tags",
-                mark,
-            )
-        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+            return self._plain(event.value, event.implicit, mark)
+        read = _SCALAR_READERS.get(tag)
+        if read is None:
+            self.issues.append((mark, f"tag '{_short(tag)}' {_UNSUPPORTED}"))
+            # Checked on as the value written without the tag.
+            return self._plain(event.value, (event.style in (None, ""), False), mark)
         try:
-            return constructor(self.loader, node)
+            return read(event.value)
         except ValueError as exc:
-            raise YamlLoadError(f"cannot read {event.value!r}: {exc} — quote it", mark) from None
+            self.issues.append(
+                (
+                    mark,
+                    f"cannot read {_shown(event.value)} as '{_short(tag)}': {exc} — "
+                    "fix the value or remove the tag",
+                )
+            )
+            return event.value
+
+    def _plain(self, text: str, implicit: tuple[bool, bool], mark: Mark) -> Any:
+        """A scalar without a tag, resolved by the YAML 1.2 core schema."""
+        tag = self.loader.resolve(self.yaml.ScalarNode, text, implicit)
+        try:
+            return _SCALAR_READERS.get(tag, str)(text)
+        except ValueError as exc:  # an integer past int()'s digit limit
+            self.issues.append((mark, f"cannot read {_shown(text)}: {exc} — quote it"))
+            return text
 
     def _check_tag(
         self, tag: str | None, allowed: tuple[str | None, ...], kind: str, mark: Mark
     ) -> None:
         if tag not in allowed:
-            raise YamlLoadError(
-                f"tag '{_short(tag)}' on a {kind} is not supported — choreo reads plain YAML only "
-                "and never runs tags",
-                mark,
-            )
+            # Checked on as a plain sequence or mapping.
+            self.issues.append((mark, f"tag '{_short(tag)}' on a {kind} {_UNSUPPORTED}"))
 
     def _sequence(self, depth: int, mark: Mark) -> tuple[list[Any], Position]:
         items: list[Any] = []
@@ -266,7 +387,12 @@ class _Builder:
         while not isinstance(event := self.loader.get_event(), yaml.MappingEndEvent):
             key_mark = _mark(event.start_mark)
             if not isinstance(event, yaml.ScalarEvent):
-                raise YamlLoadError("mapping keys must be plain strings", key_mark)
+                self.issues.append((key_mark, "mapping keys must be plain strings"))
+                self._build(event, depth + 1)  # the key, then its value: both left out
+                self._build(self.loader.get_event(), depth + 1)
+                continue
+            if event.tag not in (None, "!") and event.tag not in _SCALAR_READERS:
+                self.issues.append((key_mark, f"tag '{_short(event.tag)}' {_UNSUPPORTED}"))
             key = event.value
             is_merge = event.tag is None and event.style in (None, "") and key == "<<"
             value, pos = self._build(self.loader.get_event(), depth + 1)
@@ -305,9 +431,15 @@ class _Builder:
                 sources.append((item, item_pos.children))
             else:
                 return sources
-        raise YamlLoadError(
-            "a merge key '<<' needs a mapping or a list of mappings (e.g. '<<: *defaults')", mark
+        self.issues.append(
+            (mark, "a merge key '<<' needs a mapping or a list of mappings (e.g. '<<: *defaults')")
         )
+        return []
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, cut short when long."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def _short(tag: str | None) -> str:

@@ -303,6 +303,18 @@ def test_an_unreadable_file_is_a_problem_of_that_file(tmp_path: Path) -> None:
         ("list=[1, 2]", ("list", "[1, 2]")),
         ("empty=", ("empty", None)),
         (" key = x", ("key", " x")),
+        # YAML 1.2 core schema, as in the pipeline file itself.
+        ("mode=no", ("mode", "no")),
+        ("mode=on", ("mode", "on")),
+        ("time=1:30", ("time", "1:30")),
+        ("day=2024-01-01", ("day", "2024-01-01")),
+        ("mask=0o17", ("mask", 15)),
+        ("mask=0x1f", ("mask", 31)),
+        ("n=1_000", ("n", "1_000")),
+        ("rate=1e3", ("rate", 1000.0)),
+        ("cap=.inf", ("cap", float("inf"))),
+        ("none=~", ("none", None)),
+        ("flag=FALSE", ("flag", False)),
     ],
 )
 def test_parse_override_reads_a_yaml_scalar(text: str, expected: tuple[str, object]) -> None:
@@ -320,3 +332,56 @@ def test_an_override_replaces_a_value_whose_variable_is_unset(tmp_path: Path) ->
     pipeline = load_pipeline(path, {"nested": "given"}, environ={})
     assert list(pipeline.values) == ["currency", "literal", "nested"]
     assert pipeline.values["nested"] == "given"
+
+
+def test_scalars_are_read_as_yaml_1_2_as_the_schema_and_editors_read_them(
+    tmp_path: Path,
+) -> None:
+    path = write_pipeline(
+        tmp_path,
+        "version: 1\nname: no\ndescription: 2024-01-01\n"
+        "context: {mode: off, mask: 0o17, at: 1:30}\n"
+        "steps: [{name: yes, job: builtins.print}, {name: on, job: builtins.print}]\n",
+        None,
+    )
+    assert check_pipeline(path) == []
+    pipeline = load_pipeline(path)
+    assert (pipeline.name, pipeline.description) == ("no", "2024-01-01")
+    assert [step.name for step in pipeline.steps] == ["yes", "on"]
+    assert pipeline.values == {"mode": "off", "mask": 15, "at": "1:30"}
+
+
+def test_a_sexagesimal_number_is_not_an_integer(tmp_path: Path) -> None:
+    path = write_pipeline(
+        tmp_path, "version: 1\nworkers: 1:30\nsteps: [{name: a, job: builtins.print}]\n", None
+    )
+    assert [str(p) for p in check_pipeline(path)] == [
+        f"{path}:2:10: 'workers' must be an integer, not a string"
+    ]
+
+
+def test_a_tag_is_one_problem_and_the_rest_of_the_file_is_checked(tmp_path: Path) -> None:
+    path = write_pipeline(
+        tmp_path,
+        "version: 1\n"
+        "nmae: x\n"
+        "context: {shell: !!python/object/apply:os.system [echo pwned]}\n"
+        "steps:\n"
+        "  - {name: a, job: !custom steps:create}\n"
+        "  - {name: A, job: steps:nope}\n",
+    )
+    assert [str(p) for p in check_pipeline(path)] == [
+        f"{path}:2:1: unknown key 'nmae' — did you mean 'name'?",
+        f"{path}:3:18: tag '!!python/object/apply:os.system' on a sequence is not supported — "
+        "choreo reads plain YAML only and never runs tags",
+        f"{path}:5:20: tag '!custom' is not supported — choreo reads plain YAML only and never "
+        "runs tags",
+        f"{path}:5:20: step 'a': job steps:create: requires the keyword argument 'prefix': "
+        "add it under the step's with:",
+        f"{path}:6:12: duplicate step name 'A': 'a' at line 5 has it already — step names "
+        "must be unique, ignoring case",
+        f"{path}:6:20: cannot import 'steps:nope': 'steps' has no attribute 'nope' — "
+        "it defines: Flaky, connect, create, exists",
+    ]
+    with pytest.raises(PipelineError, match="never runs tags"):
+        load_pipeline(path)
