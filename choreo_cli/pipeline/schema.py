@@ -1,4 +1,5 @@
-"""The packaged pipeline JSON Schema, and its errors turned into positioned problems."""
+"""The packaged JSON Schemas (pipeline file, result line), and pipeline schema errors
+turned into positioned problems."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import re
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from choreo_cli.errors import did_you_mean
 from choreo_cli.pipeline.problems import Problem
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
 
     from choreo_cli.pipeline.yaml_loader import YamlDocument, YamlPath
 
-SCHEMA_RESOURCE = "schemas/pipeline.schema.json"
+# The schemas shipped in choreo_cli/schemas/, each a copy of schemas/NAME.schema.json.
+SchemaName = Literal["pipeline", "result"]
+SCHEMA_NAMES: tuple[SchemaName, ...] = ("pipeline", "result")
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -31,13 +34,16 @@ _TYPE_NAMES = {
 _REFERENCE_HINT = "write 'module:function', 'module.function' or an entry-point name"
 
 
-def read_schema_text() -> str:
-    """The pipeline schema exactly as shipped inside the package.
+def read_schema_text(name: SchemaName = "pipeline") -> str:
+    """A schema (the pipeline file's by default) exactly as shipped inside the package.
 
     >>> '"$schema"' in read_schema_text()
     True
+    >>> '"choreo result line"' in read_schema_text("result")
+    True
     """
-    return resources.files("choreo_cli").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    resource = f"schemas/{name}.schema.json"
+    return resources.files("choreo_cli").joinpath(resource).read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=1)
@@ -238,7 +244,8 @@ def _describe_error(error: ValidationError, data: Any) -> list[tuple[YamlPath, s
             for key in missing
         ]
     if kind == "type":
-        if expected == ["string", "object"]:
+        if expected == "object" and "call" in schema.get("properties", {}):
+            # The mapping branch of a reference: a string would have been the other branch.
             wanted = "a reference like 'module:function' or a mapping {call: ..., with: ...}"
         else:
             names = [expected] if isinstance(expected, str) else list(expected)

@@ -1,8 +1,16 @@
-"""The pipeline schema: shipped equal to schemas/, valid 2020-12, documented, and its messages."""
+"""The schemas: shipped equal to schemas/, valid 2020-12 in ajv's strict mode, documented;
+and the pipeline schema's messages."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,25 +19,193 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from choreo_cli.pipeline.schema import check_structure, load_schema, quick_valid, read_schema_text
+from choreo_cli.pipeline.schema import (
+    SCHEMA_NAMES,
+    check_structure,
+    load_schema,
+    quick_valid,
+    read_schema_text,
+)
 from choreo_cli.pipeline.yaml_loader import YamlLoadError, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_FILES = sorted((ROOT / "schemas").glob("*.schema.json"))
 
 
-def test_the_packaged_schema_equals_the_one_in_schemas() -> None:
-    source = (ROOT / "schemas" / "pipeline.schema.json").read_text(encoding="utf-8")
-    packaged = (ROOT / "choreo_cli" / "schemas" / "pipeline.schema.json").read_text(
-        encoding="utf-8"
-    )
-    assert packaged == source
-    assert read_schema_text() == source
+def _schemas() -> list[tuple[str, dict[str, Any]]]:
+    return [(p.name, json.loads(p.read_text(encoding="utf-8"))) for p in SCHEMA_FILES]
 
 
-def test_the_schema_is_valid_json_schema_2020_12() -> None:
-    schema = load_schema()
-    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+def test_the_packaged_schemas_equal_the_ones_in_schemas() -> None:
+    packaged = sorted((ROOT / "choreo_cli" / "schemas").glob("*.schema.json"))
+    assert [p.name for p in packaged] == [p.name for p in SCHEMA_FILES]
+    assert [f"{name}.schema.json" for name in SCHEMA_NAMES] == [p.name for p in SCHEMA_FILES]
+    for name, source, copy in zip(SCHEMA_NAMES, SCHEMA_FILES, packaged, strict=True):
+        text = source.read_text(encoding="utf-8")
+        assert copy.read_text(encoding="utf-8") == text, copy.name
+        assert read_schema_text(name) == text
+    assert read_schema_text() == (ROOT / "schemas" / "pipeline.schema.json").read_text("utf-8")
+
+
+@pytest.mark.parametrize(("name", "schema"), _schemas())
+def test_each_schema_is_valid_json_schema_2020_12(name: str, schema: dict[str, Any]) -> None:
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema", name
     Draft202012Validator.check_schema(schema)
+
+
+# -- ajv's strict mode, read in Python: what CI without npm still checks -------------------
+
+# Keywords that only apply to one kind of value: ajv's strictTypes wants the matching
+# `type` beside them (or on a schema applied in place to the same value).
+_TYPED_KEYWORDS = {
+    "object": {
+        "properties", "patternProperties", "additionalProperties", "required",
+        "propertyNames", "minProperties", "maxProperties", "dependentRequired",
+        "dependentSchemas", "unevaluatedProperties",
+    },
+    "array": {
+        "items", "prefixItems", "contains", "minContains", "maxContains", "minItems",
+        "maxItems", "uniqueItems", "unevaluatedItems",
+    },
+    "string": {"minLength", "maxLength", "pattern", "format", "contentEncoding",
+               "contentMediaType", "contentSchema"},
+    "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
+}  # fmt: skip
+_KNOWN_KEYWORDS = set().union(*_TYPED_KEYWORDS.values()) | {
+    "$schema", "$id", "$ref", "$defs", "$comment", "$anchor", "$dynamicRef", "$dynamicAnchor",
+    "$vocabulary", "title", "description", "default", "examples", "deprecated", "readOnly",
+    "writeOnly", "type", "enum", "const", "allOf", "anyOf", "oneOf", "not", "if", "then", "else",
+}  # fmt: skip
+_IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
+_SCHEMA_VALUES = (
+    "additionalProperties", "items", "contains", "propertyNames", "unevaluatedProperties",
+    "unevaluatedItems", "contentSchema",
+)  # fmt: skip
+
+
+def strict_mode_problems(
+    schema: Any, where: str = "#", types: frozenset[str] = frozenset()
+) -> list[str]:
+    """What ajv's strict mode (strictTypes, strictRequired, unknown keywords) refuses in
+    ``schema``; ``types`` are those declared on schemas applied in place to the same value."""
+    if isinstance(schema, bool):
+        return []
+    if not isinstance(schema, dict):
+        return [f"{where}: a schema must be an object or a boolean"]
+    problems = []
+    declared = schema.get("type")
+    if isinstance(declared, list):
+        problems.append(f"{where}: union type {declared} — use anyOf of typed schemas")
+        declared = None
+    if declared is not None:
+        types = frozenset({declared, "number"} if declared == "integer" else {declared})
+    for keyword in schema:
+        if keyword not in _KNOWN_KEYWORDS:
+            problems.append(f"{where}: unknown keyword {keyword!r}")
+    for kind, keywords in _TYPED_KEYWORDS.items():
+        for keyword in sorted(keywords.intersection(schema)):
+            if kind not in types:
+                problems.append(f'{where}: {keyword!r} without "type": "{kind}"')
+    properties = schema.get("properties", {})
+    for name in schema.get("required", []):
+        if name not in properties:
+            problems.append(f"{where}: required property {name!r} is not in properties")
+    for keyword in _IN_PLACE:
+        subs = schema.get(keyword)
+        for index, sub in enumerate(
+            subs if isinstance(subs, list) else [subs] if subs is not None else []
+        ):
+            path = f"{where}/{keyword}" + (f"/{index}" if isinstance(subs, list) else "")
+            problems.extend(strict_mode_problems(sub, path, types))
+    for keyword in _SCHEMA_MAPS:
+        for name, sub in schema.get(keyword, {}).items():
+            problems.extend(strict_mode_problems(sub, f"{where}/{keyword}/{name}"))
+    for keyword in _SCHEMA_VALUES:
+        if keyword in schema:
+            problems.extend(strict_mode_problems(schema[keyword], f"{where}/{keyword}"))
+    for index, sub in enumerate(schema.get("prefixItems", [])):
+        problems.extend(strict_mode_problems(sub, f"{where}/prefixItems/{index}"))
+    return problems
+
+
+@pytest.mark.parametrize(("name", "schema"), _schemas())
+def test_each_schema_keeps_the_strict_mode_rules(name: str, schema: dict[str, Any]) -> None:
+    assert strict_mode_problems(schema) == [], name
+
+
+def test_the_strict_mode_reading_finds_what_ajv_refuses() -> None:
+    schema = {
+        "type": "object",
+        "required": ["a", "b"],
+        "properties": {
+            "a": {"type": ["string", "object"]},
+            "c": {"properties": {}, "minLength": 1},
+            "d": {"type": "integer", "minimum": 0, "anyOf": [{"maximum": 9}]},
+            "e": {"if": {"type": "string"}, "then": {"pattern": "x"}, "else": {"required": []}},
+            "f": {"nullable": True},
+        },
+    }
+    assert strict_mode_problems(schema) == [
+        "#: required property 'b' is not in properties",
+        "#/properties/a: union type ['string', 'object'] — use anyOf of typed schemas",
+        '#/properties/c: \'properties\' without "type": "object"',
+        '#/properties/c: \'minLength\' without "type": "string"',
+        '#/properties/e/then: \'pattern\' without "type": "string"',
+        '#/properties/e/else: \'required\' without "type": "object"',
+        "#/properties/f: unknown keyword 'nullable'",
+    ]
+
+
+# -- ajv itself, when npm can install it -------------------------------------------------
+
+AJV_PACKAGES = ("ajv-cli@5", "ajv-formats@3")
+
+
+@pytest.fixture(scope="session")
+def ajv() -> Iterator[Path]:
+    """The ajv command line, installed once by npm into a folder in the temp dir (kept for
+    later runs); skips when npm is missing or cannot install it (offline)."""
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip(
+            "npm and node are not installed: ajv's strict mode is not run (the Python reading of it is)"
+        )
+    cache = Path(tempfile.gettempdir()) / "choreo-test-ajv-5"
+    command = cache / "node_modules" / ".bin" / "ajv"
+    if not command.exists():
+        staging = Path(tempfile.mkdtemp(prefix="choreo-test-ajv-"))
+        try:
+            done = subprocess.run(
+                [npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund",
+                 "--no-update-notifier", "--loglevel=error", *AJV_PACKAGES],
+                capture_output=True, text=True, timeout=180, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(staging, ignore_errors=True)
+            pytest.skip("npm install ajv-cli timed out (offline?)")
+        if done.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            pytest.skip(f"npm could not install ajv-cli (offline?): {last}")
+        # Another test run may have put it there meanwhile: then theirs is used.
+        with contextlib.suppress(OSError):
+            os.rename(staging, cache)
+        shutil.rmtree(staging, ignore_errors=True)
+    yield command
+
+
+def test_every_schema_compiles_in_ajv_strict_mode(ajv: Path) -> None:
+    args = [arg for path in SCHEMA_FILES for arg in ("-s", str(path))]
+    done = subprocess.run(
+        [str(ajv), "compile", "--spec=draft2020", "--strict=true", "-c", "ajv-formats", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+        cwd=ajv.parents[2],  # where ajv-formats is installed
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    for path in SCHEMA_FILES:
+        assert f"schema {path} is valid" in output
 
 
 def _properties(node: Any, where: str) -> list[tuple[str, Any]]:
@@ -52,10 +228,10 @@ def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def test_every_property_has_a_title_and_a_description() -> None:
-    schema = load_schema()
-    properties = _properties(schema, "#")
-    assert len(properties) > 25
+@pytest.mark.parametrize(("name", "schema"), _schemas())
+def test_every_property_has_a_title_and_a_description(name: str, schema: dict[str, Any]) -> None:
+    properties = _properties(schema, name)
+    assert len(properties) > 10
     for where, node in properties:
         node = _resolve(schema, node)
         assert node.get("title"), f"{where} has no title"
@@ -221,3 +397,52 @@ def test_the_quick_check_agrees_with_jsonschema(
     # Sound: never passes what jsonschema refuses (it may refuse more, e.g. version: 1.0).
     if quick_valid(data):
         assert valid
+
+
+# Values YAML 1.1 read otherwise. check-jsonschema reads files with ruamel.yaml, which keeps
+# a few YAML 1.1 readings in its 1.2 mode (1_000 and 0b11 are integers, a lone = does not
+# parse): those are left out, choreo follows the YAML 1.2 core schema there.
+_YAML_1_1_READINGS = [
+    "name: no",
+    "name: yes",
+    "name: on",
+    "name: off",
+    "name: 2024-01-01",
+    "description: 2001-12-14 21:59:43.10 -5",
+    "workers: 1:30",
+    "workers: 0x10",
+    "workers: 0o10",
+    "workers: 010",
+    "workers: +3",
+    "name: ~",
+    "name: Null",
+    "name: nULL",
+    "name: TRUE",
+    "name: tRUE",
+    "defaults: {timeout: 1e3}",
+    "defaults: {timeout: .inf}",
+    "defaults: {timeout: .5}",
+    "defaults: {timeout: 1.}",
+]
+
+
+def test_choreo_and_check_jsonschema_read_the_file_alike(tmp_path: Path) -> None:
+    """The schema and `choreo validate` agree on YAML scalars, as editors and CI read them."""
+    command = Path(sys.executable).parent / "check-jsonschema"
+    if not command.exists():
+        pytest.skip("check-jsonschema is not installed")
+    files = []
+    for index, line in enumerate(_YAML_1_1_READINGS):
+        path = tmp_path / f"f{index:02}.yaml"
+        path.write_text(f"version: 1\n{line}\nsteps: [{{name: a, job: s:f}}]\n")
+        files.append(path)
+    done = subprocess.run(
+        [str(command), "--schemafile", str(ROOT / "schemas" / "pipeline.schema.json"),
+         "-o", "json", *map(str, files)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert report["parse_errors"] == []
+    theirs = sorted({Path(error["filename"]).name for error in report["errors"]})
+    ours = sorted(p.name for p in files if check_structure(load_yaml(p.read_text()), file=""))
+    assert ours == theirs == ["f06.yaml", "f11.yaml", "f12.yaml", "f14.yaml"]
