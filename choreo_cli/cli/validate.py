@@ -1,4 +1,4 @@
-"""`choreo validate PIPELINE...`: check pipeline files and report every problem."""
+"""`choreo validate PATH...`: check pipeline files (named, or found in folders) and report every problem."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from choreo_cli.core.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from choreo_cli.cli.reporters import FileReport
+    from choreo_cli.pipeline.problems import Problem
 
 
 class ReportFormat(str, Enum):
@@ -25,7 +26,11 @@ def validate(
     ctx: typer.Context,
     pipelines: Annotated[
         list[str],
-        typer.Argument(metavar="PIPELINE", help="Pipeline files to check.", show_default=False),
+        typer.Argument(
+            metavar="PATH",
+            help="Pipeline files to check, or folders to search for them.",
+            show_default=False,
+        ),
     ],
     report_format: Annotated[
         ReportFormat,
@@ -51,21 +56,67 @@ def validate(
 ) -> ExitCode:
     """Check pipeline files: YAML, schema, names, ${VAR}s, references and signatures.
 
-    Exit 0 when every file is valid, 1 when one is not, 2 on a usage error.
+    A folder is searched recursively for *.yaml and *.yml files with a top-level 'steps:'
+    key (hidden folders and virtual environments are skipped; test files are left alone).
+    A file named here is always checked. Exit 0 when every file is valid, 1 when one is
+    not, 2 on a usage error.
     """
     from choreo_cli.cli.reporters import REPORTERS, FileReport
     from choreo_cli.cli.streams import streams_of
     from choreo_cli.pipeline.loader import check_pipeline
 
     streams = streams_of(ctx)
-    reports = [
-        FileReport(path, tuple(check_pipeline(path, import_code=not no_import, strict=strict)))
-        for path in pipelines
-    ]
+    reports = []
+    for path, empty_folder in _files_to_check(pipelines):
+        if empty_folder:
+            reports.append(FileReport(path, (_no_pipeline_in(path),)))
+        else:
+            problems = check_pipeline(path, import_code=not no_import, strict=strict)
+            reports.append(FileReport(path, tuple(problems)))
     REPORTERS[report_format.value](streams.stdout).report(reports)
     streams.stdout.flush()
     typer.echo(_summary(reports), file=streams.stderr)
     return ExitCode.OK if all(r.valid for r in reports) else ExitCode.FAILED
+
+
+def _files_to_check(paths: list[str]) -> list[tuple[str, bool]]:
+    """(path, is an empty folder) for each file to check, each file once, in command order.
+
+    A folder gives the pipeline files found in it; a folder with none gives itself, so
+    that it is reported rather than silently passing.
+    """
+    import os
+
+    from choreo_cli.pipeline.discover import find_pipeline_files
+
+    seen: set[str] = set()
+    found: list[tuple[str, bool]] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files = [path]
+        else:
+            files = find_pipeline_files(path)
+            if not files:
+                found.append((path, True))
+                continue
+        for file in files:
+            key = os.path.realpath(file)
+            if key not in seen:
+                seen.add(key)
+                found.append((file, False))
+    return found
+
+
+def _no_pipeline_in(folder: str) -> Problem:
+    from choreo_cli.pipeline.problems import Problem
+
+    return Problem(
+        folder,
+        1,
+        1,
+        "no pipeline file in this folder — searched for *.yaml and *.yml files with a "
+        "top-level 'steps:' key; name a file to check it whatever it holds",
+    )
 
 
 def _summary(reports: list[FileReport]) -> str:

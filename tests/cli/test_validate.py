@@ -215,3 +215,154 @@ def test_version_and_help_import_no_heavy_module() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stderr.strip() == "[]"
+
+
+# -- YAML 1.2, as editors and the schema read the file ------------------------------------
+
+
+def test_scalars_are_yaml_1_2(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        "version: 1\nname: no\ndescription: 2024-01-01\nworkers: 1:30\n"
+        "steps: [{name: yes, job: builtins.print}]\n",
+    )
+    done = _choreo("validate", "pipeline.yaml", cwd=tmp_path)
+    assert done.stdout == "pipeline.yaml:4:10: 'workers' must be an integer, not a string\n"
+    assert (done.returncode, done.stderr) == (1, "1 error in 1 of 1 file\n")
+    _write(
+        tmp_path, "version: 1\nname: no\nworkers: 0x2\nsteps: [{name: on, job: builtins.print}]\n"
+    )
+    done = _choreo("validate", "pipeline.yaml", cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "ok: 1 file valid\n")
+
+
+# -- a tag is one problem among the others ------------------------------------------------
+
+TAGGED = """\
+version: 1
+nmae: x
+workers: 0
+context:
+  shell: !!python/object/apply:os.system ["echo pwned"]
+steps:
+  - name: a
+    job: !custom builtins.print
+  - name: A
+    job: builtins.nope
+"""
+
+
+def test_a_tag_is_reported_with_every_other_problem(tmp_path: Path) -> None:
+    _write(tmp_path, TAGGED)
+    done = _choreo("validate", "pipeline.yaml", cwd=tmp_path)
+    assert done.stdout == (
+        "pipeline.yaml:2:1: unknown key 'nmae' — did you mean 'name'?\n"
+        "pipeline.yaml:3:10: 'workers' must be at least 1, not 0\n"
+        "pipeline.yaml:5:10: tag '!!python/object/apply:os.system' on a sequence is not "
+        "supported — choreo reads plain YAML only and never runs tags\n"
+        "pipeline.yaml:8:10: tag '!custom' is not supported — choreo reads plain YAML only "
+        "and never runs tags\n"
+        "pipeline.yaml:9:11: duplicate step name 'A': 'a' at line 7 has it already — "
+        "step names must be unique, ignoring case\n"
+        "pipeline.yaml:10:10: cannot import 'builtins.nope': 'builtins' has no attribute "
+        "'nope' — did you mean 'open'?\n"
+    )
+    assert (done.returncode, done.stderr) == (1, "6 errors in 1 of 1 file\n")
+
+
+def test_run_still_refuses_a_tagged_file(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    _write(
+        tmp_path,
+        f"version: 1\ncontext: {{x: !!python/object/apply:os.system ['touch {marker}']}}\n"
+        "steps: [{name: a, job: builtins.print}]\n",
+    )
+    done = _choreo("run", "pipeline.yaml", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "pipeline.yaml:2:14: tag '!!python/object/apply:os.system' on a sequence" in done.stderr
+    assert done.stdout == "" and not marker.exists()
+
+
+# -- folders ---------------------------------------------------------------------------------
+
+GOOD = "version: 1\nsteps: [{name: a, job: builtins.print}]\n"
+BAD = "version: 1\nworkers: 0\nsteps: [{name: a, job: builtins.print}]\n"
+
+
+def _tree(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_a_folder_is_searched_for_pipeline_files(tmp_path: Path) -> None:
+    _tree(
+        tmp_path / "repo",
+        {
+            "pipeline.yaml": GOOD,
+            "b/deep/er/load.yml": BAD,
+            "b/a.yaml": GOOD,
+            "b/broken.yaml": "version: 1\nsteps:\n  - name: a\n   job: x\n",  # syntax error
+            "flow.yaml": "{version: 1, steps: [{name: a, job: builtins.print}]}\n",
+            # Not pipelines: other YAML, a test file, lists, other files.
+            "ci.yaml": "jobs: {build: {steps: [{run: make}]}}\n",
+            "list.yaml": "- steps: 1\n",
+            "pipeline.test.yaml": "version: 1\npipeline: pipeline.yaml\nsteps: []\n",
+            "k8s.yaml": "kind: Pod\n---\nkind: Service\n",
+            "steps.py": "steps: 1\n",
+            "notes.txt": "steps: 1\n",
+            # Skipped folders: hidden, a virtual environment, installed packages.
+            ".git/hooks/pipeline.yaml": BAD,
+            ".venv/pipeline.yaml": BAD,
+            "env/pyvenv.cfg": "home = /usr\n",
+            "env/lib/pipeline.yaml": BAD,
+            "node_modules/x/pipeline.yaml": BAD,
+        },
+    )
+    done = _choreo("validate", "repo", cwd=tmp_path)
+    assert done.stdout == (
+        "repo/b/broken.yaml:4:4: YAML syntax error: while parsing a block collection: "
+        "did not find expected '-' indicator\n"
+        "repo/b/deep/er/load.yml:2:10: 'workers' must be at least 1, not 0\n"
+    )
+    assert (done.returncode, done.stderr) == (1, "2 errors in 2 of 5 files\n")
+    done = _choreo("validate", "--format", "json", ".", cwd=tmp_path / "repo")
+    assert [f["file"] for f in json.loads(done.stdout)["files"]] == [
+        "b/a.yaml",
+        "b/broken.yaml",
+        "b/deep/er/load.yml",
+        "flow.yaml",
+        "pipeline.yaml",
+    ]
+
+
+def test_a_named_file_is_checked_whatever_it_holds_and_only_once(tmp_path: Path) -> None:
+    _tree(tmp_path, {"ci.yaml": "jobs: {}\n", "p/pipeline.yaml": GOOD})
+    done = _choreo("validate", "ci.yaml", "p/pipeline.yaml", "p", "./p/", cwd=tmp_path)
+    assert done.stdout == (
+        "ci.yaml:1:1: the pipeline is missing required key 'version' (add 'version: 1')\n"
+        "ci.yaml:1:1: the pipeline is missing required key 'steps'\n"
+        "ci.yaml:1:1: unknown key 'jobs' — allowed here: version, name, description, workers, "
+        "python_path, context, resources, steps, defaults, or x-... for your own anchors\n"
+    )
+    assert (done.returncode, done.stderr) == (1, "3 errors in 1 of 2 files\n")
+
+
+def test_a_folder_without_a_pipeline_file_is_reported(tmp_path: Path) -> None:
+    _tree(tmp_path, {"empty/ci.yaml": "jobs: {}\n", "p/pipeline.yaml": GOOD})
+    done = _choreo("validate", "p", "empty", cwd=tmp_path)
+    assert done.stdout == (
+        "empty:1:1: no pipeline file in this folder — searched for *.yaml and *.yml files "
+        "with a top-level 'steps:' key; name a file to check it whatever it holds\n"
+    )
+    assert (done.returncode, done.stderr) == (1, "1 error in 1 of 2 files\n")
+
+
+def test_a_symlinked_folder_is_not_followed_but_a_symlinked_file_is(tmp_path: Path) -> None:
+    _tree(tmp_path, {"outside/pipeline.yaml": BAD, "repo/real/pipeline.yaml": GOOD})
+    (tmp_path / "repo" / "linked").symlink_to(tmp_path / "outside")
+    (tmp_path / "repo" / "link.yaml").symlink_to(tmp_path / "outside" / "pipeline.yaml")
+    done = _choreo("validate", "repo", cwd=tmp_path)
+    assert done.stdout == "repo/link.yaml:2:10: 'workers' must be at least 1, not 0\n"
+    assert (done.returncode, done.stderr) == (1, "1 error in 1 of 2 files\n")
