@@ -1,7 +1,8 @@
-"""Worker event loops: asyncio's epoll loop with waits that end on time, and a leaner run."""
+"""Worker event loops: epoll with waits that end on time, a leaner run, and a clean close."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import selectors
 from time import monotonic
@@ -21,6 +22,8 @@ POLL_INTERVAL = 0.001
 _EPOLL = hasattr(selectors, "EpollSelector")
 # Loop runs allowed to end a call's task after an error left the loop (one or two do).
 _END_ROUNDS = 10
+# How long the tasks a closing loop cancels, and its async generators, get to end (seconds).
+CLOSE_GRACE = 1.0
 
 
 class PreciseEpollSelector(selectors.EpollSelector):
@@ -135,3 +138,48 @@ def _end(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
             loop.run_forever()
         except BaseException:
             continue  # the same error, out of the task again
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a worker's loop as ``asyncio.run`` closes its own, from the thread that ran it.
+
+    Tasks a callable left running (``create_task`` without awaiting the task) are
+    cancelled and given CLOSE_GRACE seconds to end, and async generators left open are
+    finalised: closed bare, the loop would leave "Task was destroyed but it is pending!"
+    on stderr when they are collected. Called on a thread that runs another loop (a
+    collection inside a callable), the loop is only closed. A running loop raises, as
+    ``loop.close()`` does.
+    """
+    import asyncio
+
+    if loop.is_closed():
+        return
+    try:
+        if not loop.is_running() and asyncio._get_running_loop() is None:
+            loop.run_until_complete(_wind_down(loop))
+    finally:
+        loop.close()
+
+
+async def _wind_down(loop: asyncio.AbstractEventLoop) -> None:
+    import asyncio
+
+    this = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks(loop) if t is not this]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        done, _ = await asyncio.wait(tasks, timeout=CLOSE_GRACE)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                # What asyncio.run says of a task that raised as it was cancelled.
+                loop.call_exception_handler(
+                    {
+                        "message": "unhandled exception while closing a worker's event loop",
+                        "exception": task.exception(),
+                        "task": task,
+                    }
+                )
+    # An async generator that does not end in time: the loop is closed all the same.
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(loop.shutdown_asyncgens(), CLOSE_GRACE)

@@ -7,14 +7,16 @@ caller's own, when the plan has a timeout: see watchdog.py).
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from choreo_cli.core.context import Context, DataBag, _RunFlags
-from choreo_cli.core.event_loop import new_event_loop, run
+from choreo_cli.core.event_loop import close_loop, new_event_loop, run
 from choreo_cli.core.watchdog import DeadlineSlot, Stuck, Watchdog, WorkerAbandoned, abandoned
 
 if TYPE_CHECKING:
@@ -28,6 +30,9 @@ T = TypeVar("T")
 # A carrier thread idle this long lets the watchdog rest (seconds); while it works, its
 # deadline slot stays registered from one unit of work to the next.
 IDLE_UNWATCH = 0.5
+# At interpreter exit, how long the threads of coordinators never closed get to end, in
+# all (seconds): a thread busy longer is left to end with the process.
+EXIT_GRACE = 2.0
 
 
 class Worker:
@@ -81,7 +86,7 @@ class Worker:
         if loop is None:
             loop = self.loop = new_event_loop()
             # A coordinator used without ``with`` or close() must not leak the loop.
-            weakref.finalize(self, _close_loop, loop)
+            weakref.finalize(self, _close_loop, loop, threading.current_thread())
         return loop
 
     def run_coroutine(self, coro: Any) -> Any:
@@ -89,17 +94,63 @@ class Worker:
 
     def close(self, pool: ResourcePool) -> list[BaseException]:
         self.task = None
-        if self.loop is not None:
-            self.loop.close()
-            self.loop = None
+        loop, self.loop = self.loop, None
+        if loop is not None:
+            close_loop(loop)
         return pool.close_worker(self.resources._local)
 
 
-def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Close a worker's loop, unless it still runs: a thread the watchdog abandoned in a
-    call that blocks its loop keeps it until the process ends (see watchdog.py)."""
-    if not loop.is_running():
-        loop.close()
+def _close_loop(loop: asyncio.AbstractEventLoop, owner: threading.Thread) -> None:
+    """Close the loop of a worker that was collected, or that is left at interpreter exit.
+
+    Only from the thread that made it, or once that thread has ended: a pool's or a
+    carrier's thread closes its own loop as it ends (at exit too: ``_end_unclosed``), and
+    closing it under the thread could end the thread with "Cannot close a running event
+    loop" or "Event loop is closed". A thread the watchdog abandoned in a call that
+    blocks its loop keeps the loop until the process ends (see watchdog.py).
+    """
+    if loop.is_running() or (owner.is_alive() and owner is not threading.current_thread()):
+        return
+    close_loop(loop)
+
+
+# Thread pools and carriers whose threads run, for ``_end_unclosed``.
+_unclosed: weakref.WeakSet[ThreadPool | Carrier] = weakref.WeakSet()
+_unclosed_lock = threading.Lock()
+_exit_hooked = False
+
+
+def _track(owner: ThreadPool | Carrier) -> None:
+    """Have ``owner``'s threads ended at interpreter exit unless it is closed first."""
+    global _exit_hooked
+    with _unclosed_lock:
+        if not _exit_hooked:
+            atexit.register(_end_unclosed)
+            _exit_hooked = True
+        _unclosed.add(owner)
+
+
+def _end_unclosed() -> None:
+    """At interpreter exit: end the threads of the pools and carriers of coordinators
+    that were never closed, and wait up to EXIT_GRACE for them.
+
+    Each thread then closes its worker (its event loop, from the thread that ran it, and
+    its worker-scoped resources) as ``close()`` would have: the records already handed
+    to a thread are run first, as ``close()`` runs them. Without this the daemon threads
+    were frozen at exit with their loops open, and a loop closed from the main thread
+    under a thread still running it printed a traceback per worker.
+    """
+    with _unclosed_lock:
+        owners = list(_unclosed)
+        _unclosed.clear()
+    deadline = monotonic() + EXIT_GRACE
+    try:
+        for owner in owners:
+            owner.stop()
+        for owner in owners:
+            owner.wait(deadline)
+    except KeyboardInterrupt:  # Ctrl-C while the process ends: leave the rest
+        pass
 
 
 class WorkerHost(Protocol):
@@ -161,6 +212,7 @@ class ThreadPool:
         self._closing = False
         self._members: list[_Member] = []
         self._spawned = 0
+        _track(self)
         for _ in range(size):
             self._spawn()
         # Each worker builds its worker-scoped resources first: a failing factory is
@@ -384,14 +436,25 @@ class ThreadPool:
                 return False
 
     def shutdown(self) -> list[BaseException]:
-        with self._lock:
-            self._closing = True
-            members = list(self._members)
-        for _ in members:
-            self._tasks.put(None)
-        for member in members:
+        _unclosed.discard(self)
+        for member in self.stop():
             member.done.wait()  # the thread ended, or was abandoned (it ends on its own)
         return self._errors
+
+    def stop(self) -> list[_Member]:
+        """Tell every thread to end after the tasks already submitted; its members."""
+        with self._lock:
+            members = list(self._members)
+            if not self._closing:
+                self._closing = True
+                for _ in members:
+                    self._tasks.put(None)
+        return members
+
+    def wait(self, deadline: float) -> None:
+        """Wait for the threads told to end by ``stop``, until ``deadline`` (monotonic)."""
+        for member in self.stop():
+            member.done.wait(max(0.0, deadline - monotonic()))
 
 
 def _cancel_requested(task: asyncio.Task[Any] | None) -> bool:
@@ -495,12 +558,25 @@ class Carrier:
 
     def close(self) -> list[BaseException]:
         """End the thread (its worker's resources are closed on it); their errors."""
+        _unclosed.discard(self)
         lane, self._lane = self._lane, None
         if lane is None:
             return []
         lane.inbox.put(None)
         lane.done.wait()
         return lane.errors
+
+    def stop(self) -> None:
+        """Tell the thread to end after the call it runs (at interpreter exit)."""
+        lane = self._lane
+        if lane is not None:
+            lane.inbox.put(None)
+
+    def wait(self, deadline: float) -> None:
+        """Wait for the thread told to end by ``stop``, until ``deadline`` (monotonic)."""
+        lane = self._lane
+        if lane is not None:
+            lane.done.wait(max(0.0, deadline - monotonic()))
 
     def _retire(self, lane: _Lane) -> None:
         """Leave ``lane`` behind: its thread ends when its call comes back; its worker's
@@ -520,6 +596,7 @@ class Carrier:
         # A coordinator dropped without close(): its carrier's thread ends with it.
         weakref.finalize(self, lane.inbox.put, None)
         self._lane = lane
+        _track(self)
         return lane
 
 

@@ -403,3 +403,107 @@ def test_worker_threads_make_their_loops_before_the_first_record(
         assert all((w.loop is not None) is is_async for w in workers)
         assert [r.bag.job("a") for r in coordinator.run_many(range(8))] == list(range(8))
     assert all(w.loop is None for w in workers)  # closed with the coordinator
+
+
+def test_close_loop_cancels_the_tasks_a_callable_left_and_ends_async_generators() -> None:
+    loop = new_event_loop()
+    ended: list[str] = []
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            ended.append("task")
+
+    async def numbers() -> Any:
+        try:
+            yield 1
+            yield 2
+        finally:
+            ended.append("generator")
+
+    async def job() -> int:
+        loop.create_task(forever())  # never awaited
+        async for n in numbers():
+            return n  # the generator is left open
+        return 0
+
+    assert run(loop, job()) == 1
+    left = asyncio.all_tasks(loop)
+    event_loop.close_loop(loop)
+    assert loop.is_closed()
+    assert sorted(ended) == ["generator", "task"]
+    assert all(task.cancelled() for task in left)
+    event_loop.close_loop(loop)  # closing again does nothing
+
+
+def test_close_loop_gives_up_on_a_task_that_ignores_its_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(event_loop, "CLOSE_GRACE", 0.05)
+    loop = new_event_loop()
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                continue
+
+    async def job() -> None:
+        loop.create_task(stubborn())
+        await asyncio.sleep(0)
+
+    run(loop, job())
+    (left,) = asyncio.all_tasks(loop)
+    started = time.monotonic()
+    event_loop.close_loop(loop)
+    assert time.monotonic() - started < 2
+    assert loop.is_closed()
+    left._log_destroy_pending = False  # type: ignore[attr-defined]  # no warning at collection
+
+
+def test_close_loop_inside_another_loop_only_closes_it() -> None:
+    loop = new_event_loop()
+
+    async def nothing() -> None:
+        await asyncio.sleep(0)
+
+    run(loop, nothing())
+
+    async def closing() -> None:
+        event_loop.close_loop(loop)  # a collection inside a callable can do this
+
+    other = new_event_loop()
+    try:
+        run(other, closing())
+    finally:
+        other.close()
+    assert loop.is_closed()
+
+
+def test_a_worker_loop_is_closed_by_its_thread_not_under_it() -> None:
+    """The finalizer of a worker left at exit must not close a loop another thread runs."""
+    owner_ready = threading.Event()
+    release = threading.Event()
+    holder: list[Loop] = []
+
+    def own() -> None:
+        loop = new_event_loop()
+        holder.append(loop)
+        owner_ready.set()
+        release.wait(5)
+        loop.close()
+
+    thread = threading.Thread(target=own)
+    thread.start()
+    try:
+        owner_ready.wait(5)
+        from choreo_cli.core.workers import _close_loop
+
+        _close_loop(holder[0], thread)  # the owner lives: left to it
+        assert not holder[0].is_closed()
+    finally:
+        release.set()
+        thread.join(5)
+    assert holder[0].is_closed()
