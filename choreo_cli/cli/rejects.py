@@ -15,7 +15,9 @@ class Rejects:
     """The input lines of records that did not succeed, in input order (re-runnable).
 
     A write error (disk full) is kept in ``error``, not raised: the run goes on and the
-    exit code says so.
+    exit code says so. A record without its line's bytes (a line longer than
+    ``--max-line-bytes``, whose bytes were never kept) cannot be written: it is counted
+    in ``left_out`` (the first one's line number in ``first_left_out``), for a warning.
     """
 
     def __init__(self, path: Path, *, ordered: bool) -> None:
@@ -25,11 +27,19 @@ class Rejects:
         self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
         self._ordered = ordered
         self._held: list[tuple[int, bytes]] = []
+        self.left_out = 0
+        self.first_left_out: int | None = None
 
     def add(self, result: Result) -> None:
         """Keep ``result``'s input line (results of the same run, any order)."""
         raw = result.raw
-        if raw is None or self.error is not None:
+        if raw is None:
+            self.left_out += 1
+            line = result.line
+            if line is not None and (self.first_left_out is None or line < self.first_left_out):
+                self.first_left_out = line
+            return
+        if self.error is not None:
             return
         if self._ordered:
             self._write(raw)

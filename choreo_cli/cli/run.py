@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from choreo_cli.cli.run_options import RunOptions
+from choreo_cli.cli.run_options import MAX_LINE_BYTES, MAX_WORKERS, RunOptions
 from choreo_cli.core.exit_codes import ExitCode
 
 __all__ = ["ExecutorName", "RunOptions", "run"]
@@ -37,7 +37,11 @@ def run(
     workers: Annotated[
         Optional[int],  # noqa: UP045 - typer reads the annotation at run time on 3.10
         typer.Option(
-            "--workers", "-w", min=1, help="Records run at once (default: the pipeline's workers)."
+            "--workers",
+            "-w",
+            min=1,
+            max=MAX_WORKERS,
+            help="Records run at once (default: the pipeline's workers).",
         ),
     ] = None,
     ordered: Annotated[
@@ -117,6 +121,15 @@ def run(
             help="A Dask scheduler (tcp://host:8786) for --executor dask; default: a local cluster.",
         ),
     ] = None,
+    max_line_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-line-bytes",
+            metavar="N",
+            min=1,
+            help="A longer input line is an invalid record, skipped without being held in memory.",
+        ),
+    ] = MAX_LINE_BYTES,
 ) -> ExitCode:
     """Run the pipeline over every record of a JSON Lines input; one result line per record.
 
@@ -145,5 +158,6 @@ def run(
         dry_run=dry_run,
         executor=executor.value,
         scheduler=scheduler,
+        max_line_bytes=max_line_bytes,
     )
     return execute(options, streams=streams_of(ctx))

@@ -138,7 +138,10 @@ def _claim(seen: dict[K, Role], key: K, role: Role) -> None:
     """Note that ``role`` has the file ``key``; refuse it when another role has it."""
     other = seen.setdefault(key, role)
     if other is not role:
-        raise UsageError(f"{role.name} is the same file as {other.name}: give each its own file")
+        raise UsageError(
+            f"{role.name} is the same file as {other.name}: give each its own file",
+            files=(role.flag, other.flag),
+        )
 
 
 def check_outputs_writable(options: RunOptions) -> None:
@@ -146,7 +149,7 @@ def check_outputs_writable(options: RunOptions) -> None:
     that cannot be written, before anything is opened and any record runs.
 
     Nothing is changed: an existing regular file is opened for writing without being
-    truncated, and closed; a file that does not exist is created and removed at once; a
+    truncated, written nothing (which a file of /proc refuses), and closed; a file that does not exist is created and removed at once; a
     device or a pipe (which an open may block on, or act on) is only asked whether it
     may be written. A descriptor (``/dev/stderr``) is open already and is not checked.
     """
@@ -160,7 +163,7 @@ def check_outputs_writable(options: RunOptions) -> None:
             continue
         problem = _why_unwritable(path)
         if problem is not None:
-            raise UsageError(f"cannot write {_WHAT[flag]} to {path}: {problem}")
+            raise UsageError(f"cannot write {_WHAT[flag]} to {path}: {problem}", files=(flag,))
 
 
 def _why_unwritable(path: str | Path) -> str | None:
@@ -178,9 +181,17 @@ def _why_unwritable(path: str | Path) -> str | None:
         return os.strerror(errno.EISDIR)
     if stat.S_ISREG(info.st_mode):
         try:
-            os.close(os.open(target, os.O_WRONLY | os.O_CLOEXEC))
+            descriptor = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
         except OSError as exc:
             return _reason(path, exc)
+        try:
+            # Writing nothing changes nothing, but asks the file system: a file of /proc
+            # or /sys opens for writing (as root) and refuses every write.
+            os.write(descriptor, b"")
+        except OSError as exc:
+            return _reason(path, exc)
+        finally:
+            os.close(descriptor)
         return None
     return None if os.access(target, os.W_OK) else os.strerror(errno.EACCES)
 

@@ -16,10 +16,23 @@ from pathlib import Path
 from typing import Any
 
 EXECUTORS = ("thread", "process", "dask")
+# More records at once than this is refused (exit 2): each is a thread (or a process),
+# and tens of thousands of them eat the memory before the first record runs.
+MAX_WORKERS = 4096
+# The longest input line read (--max-line-bytes); a longer one is an invalid record.
+MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
 class UsageError(Exception):
-    """The command line, the pipeline or the input is unusable: exit 2 before any record ran."""
+    """The command line, the pipeline or the input is unusable: exit 2 before any record ran.
+
+    ``files``: the options whose files are the trouble (``--summary-json`` among them:
+    then no summary is written there).
+    """
+
+    def __init__(self, message: str, *, files: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.files = files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +57,12 @@ class RunOptions:
     dry_run: bool = False
     executor: str = "thread"
     scheduler: str | None = None
+    max_line_bytes: int = MAX_LINE_BYTES
 
 
-# Option -> (RunOptions field, kind). Kinds: "str", "path", "workers", "executor", "set"
-# (repeatable) take a value; a bool is a flag that sets the field to it.
+# Option -> (RunOptions field, kind). Kinds: "str", "path", "workers", "count" (a positive
+# whole number), "executor", "set" (repeatable) take a value; a bool is a flag that sets
+# the field to it.
 OPTIONS: dict[str, tuple[str, Any]] = {
     "--input": ("input", "str"),
     "-i": ("input", "str"),
@@ -72,6 +87,7 @@ OPTIONS: dict[str, tuple[str, Any]] = {
     "--dry-run": ("dry_run", True),
     "--executor": ("executor", "executor"),
     "--scheduler": ("scheduler", "str"),
+    "--max-line-bytes": ("max_line_bytes", "count"),
 }
 
 
@@ -80,11 +96,11 @@ def read_plain_run_args(args: list[str]) -> RunOptions | None:
 
     Plain: one PIPELINE, and options spelt as listed in OPTIONS (a value as the next
     argument, or after ``=`` for a long option), each value non-empty and not starting with ``-`` (but
-    ``-`` itself), ``--workers`` a positive whole number without sign or leading zero,
-    ``--executor`` one of EXECUTORS.
+    ``-`` itself), ``--workers`` (at most MAX_WORKERS) and ``--max-line-bytes`` positive
+    whole numbers without sign or leading zero, ``--executor`` one of EXECUTORS.
 
     >>> read_plain_run_args(["p.yaml", "-i", "in.jsonl", "-w", "4", "--set", "a=1", "-q"])
-    RunOptions(pipeline=PosixPath('p.yaml'), input='in.jsonl', output='-', workers=4, ordered=True, fail_fast=False, set_values=('a=1',), include_input=False, include_data=False, progress=None, quiet=True, summary_json=None, log_level='WARNING', rejects=None, checkpoint=None, dry_run=False, executor='thread', scheduler=None)
+    RunOptions(pipeline=PosixPath('p.yaml'), input='in.jsonl', output='-', workers=4, ordered=True, fail_fast=False, set_values=('a=1',), include_input=False, include_data=False, progress=None, quiet=True, summary_json=None, log_level='WARNING', rejects=None, checkpoint=None, dry_run=False, executor='thread', scheduler=None, max_line_bytes=67108864)
     >>> read_plain_run_args(["p.yaml", "--help"]) is None
     True
     """
@@ -119,10 +135,13 @@ def read_plain_run_args(args: list[str]) -> RunOptions | None:
             return None
         if kind == "set":
             sets.append(value)
-        elif kind == "workers":
+        elif kind in ("workers", "count"):
             if not value.isdecimal() or not value.isascii() or value.startswith("0"):
                 return None
-            values[field] = int(value)
+            number = int(value)
+            if kind == "workers" and number > MAX_WORKERS:
+                return None  # typer says it is out of range
+            values[field] = number
         elif kind == "executor":
             if value not in EXECUTORS:
                 return None

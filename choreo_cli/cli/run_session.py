@@ -8,12 +8,12 @@ import errno
 import os
 import signal
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from choreo_cli.cli.run_files import check_distinct_files, check_outputs_writable
-from choreo_cli.cli.run_options import UsageError
+from choreo_cli.cli.run_options import MAX_LINE_BYTES, MAX_WORKERS, UsageError
 from choreo_cli.cli.run_state import RunState, handle_signals
 from choreo_cli.core.exit_codes import ExitCode
 from choreo_cli.errors import PipelineError, ResourceError
@@ -37,47 +37,49 @@ def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
     """Run `choreo run` as ``options`` say, over ``streams``; the exit code is the summary's.
 
     Everything unusable before a record ran (the command line, the pipeline, the input,
-    an output that cannot be opened) is said on stderr and gives ``ExitCode.USAGE``.
+    an output that cannot be opened) is said on stderr and gives ``ExitCode.USAGE``;
+    ``--summary-json`` then holds the error (unless it is the file in trouble), so that
+    what reads it never reads the summary of an earlier run.
     """
     from choreo_cli.cli.console import build_console
 
     console = build_console(streams, quiet=options.quiet)
     try:
+        # Before stdout is diverted: ``-`` is checked as the file behind it.
+        check_distinct_files(options, streams=streams)
+        check_outputs_writable(options)
+    except UsageError as exc:
+        return refuse(options, console, str(exc), summary="--summary-json" not in exc.files)
+    try:
         console.setup_logging(options.log_level)
     except ValueError as exc:
-        console.error(f"--log-level: {exc}")
-        return ExitCode.USAGE
+        return refuse(options, console, f"--log-level: {exc}")
     with contextlib.ExitStack() as stack:
         results: BinaryIO | None = None
         checkpoint: Checkpoint | None = None
+        executor: Executor | None = None
         try:
-            # Before stdout is diverted: ``-`` is checked as the file behind it.
-            check_distinct_files(options, streams=streams)
-            check_outputs_writable(options)
             if str(options.output) == "-":
                 results = streams.divert_stdout(stack)
             executor = build_executor(options)
             source = open_input(options, streams=streams, stack=stack)
             checkpoint = build_checkpoint(options, stack=stack)
-            executor.open(prebuild_workers=True)
+            open_executor(executor, options)
         except UsageError as exc:
-            console.error(str(exc))
-            return ExitCode.USAGE
+            return refuse(options, console, str(exc), executor=executor)
         except PipelineError as exc:
-            for problem in exc.problems:
-                console.error(str(problem), prefix=False)
-            return ExitCode.USAGE
+            problems = [str(problem) for problem in exc.problems]
+            return refuse(options, console, "\n".join(problems), problems=problems)
         except ResourceError as exc:
-            console.error(str(exc))
+            assert executor is not None
             with contextlib.suppress(ResourceError):
                 executor.close()
             # No record ran: a checkpoint made now would only hold the input's fingerprint.
             if checkpoint is not None:
                 checkpoint.discard()
-            return ExitCode.USAGE
+            return refuse(options, console, str(exc), executor=executor)
         except CheckpointError as exc:
-            console.error(str(exc))
-            return ExitCode.USAGE
+            return refuse(options, console, str(exc), executor=executor)
         state = RunState(executor)
         # Handled until the summary is out: a signal during resource teardown must not
         # raise KeyboardInterrupt into it (or kill the process) but end with 130/143.
@@ -93,6 +95,38 @@ def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
             results=results,
         )
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def refuse(
+    options: RunOptions,
+    console: Console,
+    message: str,
+    *,
+    problems: Sequence[str] = (),
+    executor: Executor | None = None,
+    summary: bool = True,
+) -> ExitCode:
+    """Exit 2 before any record ran: ``message`` on stderr (or ``problems``, positioned
+    messages printed as they are), and in ``--summary-json`` as the summary's ``error``
+    (zero counts), unless ``summary`` is False (that file is the one in trouble, which
+    ``message`` says)."""
+    from choreo_cli.core.summary import RunSummary
+
+    if problems:
+        for problem in problems:
+            console.error(problem, prefix=False)
+    else:
+        console.error(message)
+    if options.summary_json is None or not summary:
+        return ExitCode.USAGE
+    refused = RunSummary([] if executor is None else [step.name for step in executor.steps])
+    refused.record_usage_error(message)
+    refused.finish()
+    try:
+        refused.write_json(options.summary_json)
+    except OSError as exc:
+        console.error(f"cannot write the summary to {options.summary_json}: {exc.strerror or exc}")
+    return refused.exit_code
 
 
 def _run(
@@ -120,14 +154,20 @@ def _run(
                 checkpoint=checkpoint,
                 on_failure=state.on_output_failure,
             )
-        except OSError as exc:
-            # Every output was found writable before: something changed since.
-            console.error(f"cannot write {exc.filename or options.output}: {exc.strerror or exc}")
+        except (OSError, RuntimeError) as exc:
+            # Every output was found writable before: something changed since; or the
+            # writer's thread could not start.
+            if isinstance(exc, OSError):
+                message = f"cannot write {exc.filename or options.output}: {exc.strerror or exc}"
+            elif is_thread_start_failure(exc):
+                message = f"cannot start the thread that writes the results: {exc}"
+            else:
+                raise
             if rejects is not None:
                 rejects.discard()
             if checkpoint is not None:
                 checkpoint.discard()
-            return ExitCode.USAGE
+            return refuse(options, console, message, executor=executor)
         session = RunSession(
             options=options,
             console=console,
@@ -139,6 +179,7 @@ def _run(
                 source,
                 keep_raw=rejects is not None or options.include_input,
                 checkpoint=checkpoint,
+                max_line_bytes=options.max_line_bytes,
             ),
             writer=writer,
             summary=summary,
@@ -189,6 +230,11 @@ def build_executor(options: RunOptions) -> Executor:
     pipeline = load_pipeline(options.pipeline, overrides=overrides)
     if options.scheduler is not None and options.executor != "dask":
         raise UsageError("--scheduler needs --executor dask")
+    if options.workers is None and pipeline.workers > MAX_WORKERS:
+        raise UsageError(
+            f"{options.pipeline}: workers: {pipeline.workers} is above the limit of "
+            f"{MAX_WORKERS} records at once — give fewer workers in the file, or --workers N"
+        )
     try:
         return build_named_executor(
             options.executor,
@@ -206,8 +252,44 @@ def build_executor(options: RunOptions) -> Executor:
         raise UsageError(str(exc)) from None
 
 
+def open_executor(executor: Executor, options: RunOptions) -> None:
+    """Start the executor's workers and build resources (worker-scoped ones too), before
+    the first record: a thread the system will not start is a UsageError then."""
+    try:
+        executor.open(prebuild_workers=True)
+    except RuntimeError as exc:
+        if not is_thread_start_failure(exc):
+            raise
+        with contextlib.suppress(Exception):
+            executor.close()
+        raise UsageError(
+            f"cannot start {executor.workers} worker threads ({exc}): the system allows "
+            "fewer threads; give fewer --workers"
+        ) from None
+
+
+def is_thread_start_failure(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is what ``threading.Thread.start`` raises when the system has no
+    thread to give (too many threads, not enough memory for another stack)."""
+    return str(exc).startswith("can't start new thread")
+
+
 def open_input(options: RunOptions, *, streams: Streams, stack: contextlib.ExitStack) -> RunInput:
-    """The ``--input`` file (closed with ``stack``), or stdin for ``-``."""
+    """The ``--input`` file (closed with ``stack``), or stdin for ``-``.
+
+    With ``--checkpoint`` the input must be a regular file, which is checked before it is
+    opened: opening a FIFO waits for a writer, for ever if none comes.
+    """
+    if options.checkpoint is not None and options.input != "-":
+        try:
+            mode = os.stat(options.input).st_mode
+        except OSError:
+            mode = None  # said when it is opened
+        if mode is not None and not stat.S_ISREG(mode):
+            raise UsageError(
+                f"--checkpoint needs a regular file as --input: {options.input} is "
+                f"{_kind_of(mode)}, which cannot be read again on a rerun"
+            )
     if options.input == "-":
         stdin = streams.stdin_binary
         if stdin is None:
@@ -223,6 +305,20 @@ def open_input(options: RunOptions, *, streams: Streams, stack: contextlib.ExitS
     except OSError:
         size = None
     return RunInput(stream, size, _is_regular(stream))
+
+
+def _kind_of(mode: int) -> str:
+    """What a file that is not a regular file is, for messages."""
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def _is_regular(stream: BinaryIO) -> bool:
@@ -297,16 +393,22 @@ def build_writer(
 
 
 def build_reader(
-    source: RunInput, *, keep_raw: bool, checkpoint: Checkpoint | None = None
+    source: RunInput,
+    *,
+    keep_raw: bool,
+    checkpoint: Checkpoint | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> JsonlReader:
     """The reader of the input's lines (``keep_raw`` for ``--rejects`` and
-    ``--include-input``). It tells the checkpoint of a last line without a line ending,
-    which is never marked finished: a producer may still be writing it."""
+    ``--include-input``); a line longer than ``max_line_bytes`` is an invalid item. It
+    tells the checkpoint of a last line without a line ending, which is never marked
+    finished: a producer may still be writing it."""
     from choreo_cli.jsonl.reader import JsonlReader
 
     return JsonlReader(
         source.stream,
         keep_raw=keep_raw,
+        max_line_bytes=max_line_bytes,
         on_unterminated=None if checkpoint is None else checkpoint.keep_unfinished,
     )
 
@@ -354,6 +456,14 @@ class RunSession:
             rejects = self.rejects
             if rejects is not None:
                 rejects.close()
+                if rejects.left_out:
+                    first = rejects.first_left_out
+                    self.console.warning(
+                        f"{rejects.left_out} input line(s) longer than --max-line-bytes "
+                        f"({self.options.max_line_bytes}) are not in {rejects.path}"
+                        + (f" (first: line {first})" if first is not None else "")
+                        + ": their bytes were not kept"
+                    )
                 if rejects.error is not None:
                     self.summary.record_output_failure()
                     self.console.error(

@@ -25,6 +25,27 @@ CANCELLED: Status = "cancelled"
 INVALID: Status = "invalid"
 
 
+def exception_message(exc: BaseException) -> str:
+    """``str(exc)``; for an exception whose ``str()`` raises, a message saying so. The one
+    message of an exception in a result line, whatever the executor (worker processes
+    send it in place of the exception's own).
+
+    >>> class Unprintable(Exception):
+    ...     def __str__(self):
+    ...         raise RuntimeError("no str")
+    >>> exception_message(Unprintable())
+    "<str() of the exception failed: RuntimeError('no str')>"
+    """
+    try:
+        return str(exc)
+    except Exception as failure:
+        try:
+            shown = repr(failure)
+        except Exception:
+            shown = f"<{type(failure).__qualname__} object: repr failed>"
+        return f"<str() of the exception failed: {shown}>"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ExecutionError:
     """One error raised while running a record: which step, which phase, what exception.
@@ -44,8 +65,8 @@ class ExecutionError:
 
     @property
     def message(self) -> str:
-        """The exception's message."""
-        return str(self.exception)
+        """The exception's message (``exception_message``)."""
+        return exception_message(self.exception)
 
     def to_json(self) -> dict[str, Any]:
         """The error as it appears in a result line."""

@@ -68,6 +68,8 @@ class RunSummary:
         self.broken_pipe = False
         self.teardown_failed = False
         self.output_failed = False
+        #: Why the run was refused before any record (exit 2), or None.
+        self.error: str | None = None
         self._counts = dict.fromkeys(STATUSES, 0)
         self._steps: dict[str, dict[str, int]] = {
             name: dict.fromkeys(STEP_COUNTS, 0) for name in step_names
@@ -164,6 +166,10 @@ class RunSummary:
         """Result lines could not be written (disk full...): exit 1."""
         self.output_failed = True
 
+    def record_usage_error(self, message: str) -> None:
+        """The command line, the pipeline or the input was unusable: no record ran (exit 2)."""
+        self.error = message
+
     def finish(self) -> None:
         """Stop the clock: ``wall_time`` is the time since the summary was created."""
         self.wall_time = self._clock() - self.started
@@ -212,7 +218,10 @@ class RunSummary:
 
     @property
     def exit_code(self) -> ExitCode:
-        """0 all succeeded; 1 some did not, or teardown/output failed; a signal's code wins."""
+        """0 all succeeded; 1 some did not, or teardown/output failed; a signal's code wins;
+        2 when the run was refused before any record."""
+        if self.error is not None:
+            return ExitCode.USAGE
         if self.signal is not None:
             return _SIGNAL_CODES.get(self.signal, ExitCode.INTERRUPTED)
         if self.broken_pipe:
@@ -246,6 +255,7 @@ class RunSummary:
             "teardown_failed": self.teardown_failed,
             "output_failed": self.output_failed,
             "exit_code": int(self.exit_code),
+            "error": self.error,
         }
 
     def write_json(self, path: str | Path) -> None:

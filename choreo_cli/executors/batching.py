@@ -14,6 +14,8 @@ import bisect
 import collections
 import itertools
 import operator
+import pickle
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,7 @@ from choreo_cli.executors.base import HALTED, INTERRUPTED, RUNNING, PipelineSpec
 from choreo_cli.executors.portable import Chunk, ResultBuilder
 from choreo_cli.executors.runner import BatchArgs
 from choreo_cli.jsonl.numbers import loads_exact
-from choreo_cli.jsonl.reader import reason_for
+from choreo_cli.jsonl.reader import invalid_line
 
 if TYPE_CHECKING:
     from choreo_cli.core.coordinator import Step
@@ -106,12 +108,12 @@ class LineItems(Sequence[Any]):
             raise TypeError("LineItems reads one item at a time")
         data = self.data[pos]
         line = self.numbers[pos]
-        raw = data + b"\n" if self.keep_raw else None
         try:
             value = loads_exact(data)  # as the worker read it: integers past 64 bits too
         except orjson.JSONDecodeError as exc:
-            return InvalidLine(line, reason_for(data, exc), raw, self.start + pos)
-        return Record(value, line, raw, self.start + pos)
+            # A line over the reader's limit too (a LongLine): made from the reader's item.
+            return invalid_line(line, data, exc, self.keep_raw, self.start + pos)
+        return Record(value, line, data + b"\n" if self.keep_raw else None, self.start + pos)
 
 
 # What a run_lines batch holds for a record that came back clean.
@@ -651,6 +653,30 @@ def _within(lines: list[bytes], limit: int) -> list[bytes]:
         return lines
     cut = bisect.bisect_right(list(itertools.accumulate(map(len, lines))), limit)
     return lines[: max(1, cut)]
+
+
+# Room pickle gets, past the interpreter's recursion limit, for a record nested deeply:
+# a JSON line goes up to 1024 levels (orjson's limit), and pickle takes a level of
+# recursion for each, with the frames of its caller on top.
+DEEP_PICKLE = 2048
+
+
+def pickled(message: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> bytes:
+    """``message`` (a batch for a worker) pickled. A record nested deeper than pickle goes
+    within the recursion limit (``[[[...]]]`` 900 levels down, which a JSON line may
+    hold) gets a second try with ``DEEP_PICKLE`` more; unpickling takes no recursion.
+    Raises RecursionError for a value deeper still (no JSON line is: a library caller's).
+    """
+    try:
+        return pickle.dumps(message, protocol=protocol)
+    except RecursionError:
+        pass
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + DEEP_PICKLE)
+    try:
+        return pickle.dumps(message, protocol=protocol)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 # Runs an iterator to its end, keeping nothing.

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.errors import ResourceError
 from choreo_cli.executors import logs
 from choreo_cli.executors.base import RUNNING, WorkerDied
-from choreo_cli.executors.batching import Batch, BatchExecutor
+from choreo_cli.executors.batching import Batch, BatchExecutor, pickled
 from choreo_cli.executors.dask_worker import close_runner, open_runner, run_batch, stop_run
 from choreo_cli.executors.portable import rebuild_exception
 
@@ -256,7 +256,11 @@ class DaskExecutor(BatchExecutor):
         client = self._client
         assert client is not None and batch.args is not None
         # Pickled here: Dask would otherwise walk every record looking for futures in it.
-        args = pickle.dumps(batch.args, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            args = pickled(batch.args)
+        except RecursionError as exc:  # a value nested deeper than JSON input can be
+            self._fail(batch, exc)
+            return
         # A batch keeps its token when sent again: the new attempt finds what the last one
         # ran before its worker died (see dask_worker.run_batch).
         _, token, killed = batch.ticket or (None, next(self._tokens), 0)

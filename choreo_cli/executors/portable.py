@@ -22,7 +22,13 @@ from typing import Any
 
 from choreo_cli.core.context import DataBag
 from choreo_cli.core.items import Record
-from choreo_cli.core.result import ExecutionError, Result, SkipPattern, clean_result_type
+from choreo_cli.core.result import (
+    ExecutionError,
+    Result,
+    SkipPattern,
+    clean_result_type,
+    exception_message,
+)
 from choreo_cli.errors import (
     Cancel,
     Interrupted,
@@ -31,7 +37,6 @@ from choreo_cli.errors import (
     StepTimeout,
     UnassignableInput,
 )
-from choreo_cli.jsonl.lines import unprintable_message
 
 _new = object.__new__
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -80,12 +85,8 @@ def export_exception(exc: BaseException) -> PortableError:
     cls = type(exc)
     if isinstance(exc, RemoteError):
         return (exc.remote_module, cls.__name__, exc.message)
-    try:
-        message = str(exc)
-    except Exception as failure:
-        # What the writer shows for it when the exception itself reaches it (threads).
-        message = unprintable_message(failure)
-    return (cls.__module__, cls.__name__, message)
+    # The message the writer makes when the exception itself reaches it (threads).
+    return (cls.__module__, cls.__name__, exception_message(exc))
 
 
 def rebuild_exception(portable: PortableError) -> BaseException:

@@ -9,6 +9,7 @@ takes its place.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import multiprocessing.connection
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.errors import ResourceError
 from choreo_cli.executors import logs
 from choreo_cli.executors.base import INTERRUPTED, WorkerDied, describe_exit
-from choreo_cli.executors.batching import Batch, BatchExecutor
+from choreo_cli.executors.batching import Batch, BatchExecutor, pickled
 from choreo_cli.executors.process_worker import PROTOCOL, worker_main
 
 if TYPE_CHECKING:
@@ -107,6 +108,9 @@ class ProcessExecutor(BatchExecutor):
         if self._opened:
             return self
         self._opened = True
+        # Never closed (a script without ``with``): at exit multiprocessing would join the
+        # workers, which ignore SIGTERM and wait for batches, so the process never ended.
+        atexit.register(self._close_at_exit)
         try:
             for _ in range(self.workers):
                 self._procs.append(self._start())
@@ -140,6 +144,7 @@ class ProcessExecutor(BatchExecutor):
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._close_at_exit)
         if any(proc.batches for proc in self._procs):
             self._flag.value = INTERRUPTED  # abandoned mid-run: let queued batches end fast
         errors: list[str] = []
@@ -154,6 +159,10 @@ class ProcessExecutor(BatchExecutor):
             self._local.close()
         if errors:
             raise ResourceError("resource teardown failed: " + "; ".join(errors))
+
+    def _close_at_exit(self) -> None:
+        with contextlib.suppress(ResourceError):  # nobody is left to tell
+            self.close()
 
     def _await_teardown(self, proc: _Worker, deadline: float) -> list[str]:
         while True:
@@ -216,11 +225,16 @@ class ProcessExecutor(BatchExecutor):
         return sum(len(p.batches) for p in self._procs)
 
     def _submit(self, batch: Batch) -> None:
+        try:
+            data = pickled(("batch", batch.args), PROTOCOL)
+        except RecursionError as exc:  # a value nested deeper than JSON input can be
+            self._fail(batch, exc)
+            return
         proc = min((p for p in self._procs if p.ready), key=lambda p: len(p.batches))
         proc.batches.append(batch)
         batch.ticket = proc
         try:
-            proc.tasks.send_bytes(pickle.dumps(("batch", batch.args), protocol=PROTOCOL))
+            proc.tasks.send_bytes(data)
         except OSError:
             self._bury(proc)
 

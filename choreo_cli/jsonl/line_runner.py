@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from choreo_cli.core.compiled import Generated, define, record_body, reference_selected, spell
-from choreo_cli.core.items import InvalidLine
 from choreo_cli.jsonl.lines import SkipLines
 from choreo_cli.jsonl.numbers import WideLines, loads_exact, loads_for
-from choreo_cli.jsonl.reader import reason_for
+from choreo_cli.jsonl.reader import invalid_line
 
 if TYPE_CHECKING:
     from choreo_cli.core.coordinator import Coordinator
@@ -303,8 +302,7 @@ def interpret_line_runner(plan: Plan, *, keep_raw: bool, resumable: bool = False
                     if not data.strip():
                         continue
                     index += 1
-                    item = InvalidLine(line, reason_for(data, exc), raw, index)
-                    result = invalid(item, index)
+                    result = invalid(invalid_line(line, data, exc, keep_raw, index), index)
                 else:
                     index += 1
                     result = run(value, index, line, raw, worker)
@@ -353,7 +351,7 @@ def line_source(plan: Plan, *, keep_raw: bool, resumable: bool = False) -> Gener
         "loads_exact": loads_exact,
         "WideLines": WideLines,
         "decode_error": orjson.JSONDecodeError,
-        "reason": reason_for,
+        "invalid_line": invalid_line,
         "skip_line": skip_lines.line,
         "learn_skips": skip_lines.learn,
     }
@@ -407,7 +405,7 @@ def line_source(plan: Plan, *, keep_raw: bool, resumable: bool = False) -> Gener
         "            if not data.strip():",
         "                continue",
         "            index += 1",
-        f"            item = InvalidLine(line, reason(data, exc), {raw}, index)",
+        f"            item = invalid_line(line, data, exc, {keep_raw}, index)",
         "            if emit(on_invalid(item, index)) or flags.interrupted:",
         "                yield clean",
         "                return",

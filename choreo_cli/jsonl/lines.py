@@ -138,7 +138,9 @@ class LineEncoder:
         parts = [head]
         if self.include_input:
             parts.append(b',"input":')
-            parts.append(dump_input(result.input, result.raw))
+            # An invalid line's bytes are not JSON: its input is null.
+            raw = None if result.status == "invalid" else result.raw
+            parts.append(dump_input(result.input, raw))
         if self.include_data:
             parts.append(b',"data":')
             parts.append(dump_value(result.bag.as_dict()))
@@ -277,33 +279,16 @@ def _clean_template(steps: Mapping[str, str], has_line: bool) -> tuple[bytes, by
 
 
 def _error_json(error: Any) -> dict[str, Any]:
-    """``error.to_json()``, also for an exception whose str() raises or is not UTF-8.
+    """``error.to_json()``, its message valid UTF-8 (a lone surrogate escaped).
 
-    A user's exception must cost its record a readable message, never the run.
+    A user's exception must cost its record a readable message, never the run: one
+    whose str() raises has ``exception_message``'s message, from every executor.
     """
-    try:
-        data: dict[str, Any] = error.to_json()
-    except Exception as exc:
-        data = {
-            "step": error.step,
-            "phase": error.phase,
-            "type": type(error.exception).__name__,
-            "message": unprintable_message(exc),
-        }
+    data: dict[str, Any] = error.to_json()
     message = data["message"]
     if isinstance(message, str):
         data["message"] = _utf8(message)
     return data
-
-
-def unprintable_message(failure: BaseException) -> str:
-    """The message written for an exception whose ``str()`` raised ``failure`` (every
-    executor writes this one: worker processes send it in place of the message).
-
-    >>> unprintable_message(RuntimeError("no str"))
-    "<str() of the exception failed: RuntimeError('no str')>"
-    """
-    return f"<str() of the exception failed: {_repr(failure)}>"
 
 
 def _utf8(text: str) -> str:
@@ -338,21 +323,19 @@ def _exact_int(value: int) -> Any:
 
 
 def dump_input(value: Any, raw: bytes | None) -> bytes:
-    """JSON for a record read from ``raw`` (its line, or None): as ``dump_value`` when
-    orjson writes it as it is, else (an integer past 64 bits, deeper than orjson writes)
-    the line's own JSON text, which holds the record as it was read.
+    """JSON for a record read from ``raw`` (its line, or None): the line's own JSON text,
+    which holds the record as it was read (any depth, integers of any size), without
+    re-encoding it; ``dump_value(value)`` for a record that came from no line.
 
-    >>> dump_input({"id": 2**70}, b'{"id":\\t1180591620717411303424} \\r\\n')
+    >>> dump_input({"id": 2**70}, b'\\t{"id":\\t1180591620717411303424} \\r\\n')
     b'{"id": 1180591620717411303424}'
     """
-    try:
-        return orjson.dumps(value, default=_repr, option=_VALUE_OPTIONS)
-    except TypeError:
-        if raw is None:
-            return dump_value(value)
-        # A tab or CR in a JSON line is whitespace between tokens (inside a string it
-        # must be escaped): a space keeps the output free of control characters.
-        return raw.strip(b" \t\r\n").replace(b"\t", b" ").replace(b"\r", b" ")
+    if raw is None:
+        return dump_value(value)
+    # The line ending and the whitespace around the value go. A tab or CR in a JSON line
+    # is whitespace between tokens (inside a string it must be escaped): a space keeps
+    # the output free of control characters.
+    return raw.strip(b" \t\r\n").replace(b"\t", b" ").replace(b"\r", b" ")
 
 
 def _repr(value: Any) -> str:

@@ -14,6 +14,40 @@ _BOM = b"\xef\xbb\xbf"
 # Large enough that splitting is done in C on many lines at once; small enough to keep
 # memory flat and to hand lines over as soon as a slow producer (a pipe) delivers them.
 CHUNK_SIZE = 256 * 1024
+# A longer line is not held in memory: it becomes an invalid item (--max-line-bytes).
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+class LineTooLong(ValueError):
+    """Why an input line longer than the reader's limit is ``invalid``: its bytes were
+    skipped as they were read, never held in memory.
+
+    >>> str(LineTooLong(100))
+    'line longer than 100 bytes'
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"line longer than {limit} bytes")
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.limit,))
+
+
+class LongLine(bytes):
+    """What the reader hands over in place of a line longer than its limit: a few bytes
+    that are not JSON (not even UTF-8), so every parser sends it down the invalid-line
+    path, where ``invalid_line`` knows it by its type and makes its ``LineTooLong``.
+    Only the reader's own lists hold it: a worker process that gets its bytes finds
+    them invalid, and the parent makes the item from its own list.
+    """
+
+    limit: int
+
+    def __new__(cls, limit: int) -> LongLine:
+        marker = super().__new__(cls, b"\xff<line longer than %d bytes>" % limit)
+        marker.limit = limit
+        return marker
 
 
 class JsonlReader:
@@ -28,6 +62,11 @@ class JsonlReader:
     ``raw`` is the line's bytes as read, line ending included (``b"\\n"`` added to a last
     line without one; the BOM is not part of the first line). ``bytes_read`` counts the
     bytes consumed so far, for a progress bar.
+
+    A line longer than ``max_line_bytes`` (its line ending not counted) is an
+    ``InvalidLine`` (``LineTooLong``, no ``raw``) at its own line number: its bytes are
+    dropped as they arrive, so memory stays bounded by the limit whatever the input
+    (an endless line, ``/dev/zero``, is read for ever in bounded memory).
 
     A last line without a line ending (a producer may still be writing it) is read like
     any other; its number is ``unterminated_line``, set (and ``on_unterminated`` called
@@ -44,11 +83,15 @@ class JsonlReader:
         *,
         keep_raw: bool = False,
         chunk_size: int = CHUNK_SIZE,
+        max_line_bytes: int = MAX_LINE_BYTES,
         on_unterminated: Callable[[int], None] | None = None,
     ) -> None:
+        if max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be at least 1, not {max_line_bytes}")
         self._stream = stream
         self._keep_raw = keep_raw
         self._chunk_size = chunk_size
+        self._max_line_bytes = max_line_bytes
         self._on_unterminated = on_unterminated
         self.bytes_read = 0
         self.unterminated_line: int | None = None
@@ -99,29 +142,58 @@ class JsonlReader:
 
     def _iter_lines(self) -> Iterator[list[bytes]]:
         """Yield lists of complete lines without their ``\\n``; a last unterminated line too
-        (``unterminated_line`` set first)."""
-        pending: list[bytes] = []
+        (``unterminated_line`` set first). A line longer than the limit is a ``LongLine``."""
+        limit = self._max_line_bytes
+        pending: list[bytes] = []  # the start of a line whose end has not arrived
+        size = 0  # its length
+        skipping = False  # the line being read is over the limit: its bytes are dropped
         complete = 0  # lines yielded so far
         for chunk in self._iter_chunks():
             if b"\n" not in chunk:
                 # Part of a long line: joined once when its end arrives (no quadratic copy).
-                pending.append(chunk)
+                if not skipping:
+                    size += len(chunk)
+                    if size > limit:
+                        pending = []
+                        skipping = True
+                    else:
+                        pending.append(chunk)
                 continue
-            if pending:
+            lead: list[bytes] = []
+            if skipping or (pending and size + chunk.index(b"\n") > limit):
+                # The end of a line over the limit: never joined, never held whole.
+                lead.append(LongLine(limit))
+                chunk = chunk[chunk.index(b"\n") + 1 :]
+                pending = []
+                skipping = False
+            elif pending:
                 pending.append(chunk)
                 chunk = b"".join(pending)
                 pending = []
+            size = 0
             lines = chunk.split(b"\n")
             tail = lines.pop()
+            if len(chunk) > limit:
+                # Only then can a line of the chunk be over the limit. With the default
+                # limit (far above CHUNK_SIZE) only a chunk joined to a pending line of
+                # nearly the limit gets here: a check per chunk, none per line.
+                lines = [line if len(line) <= limit else LongLine(limit) for line in lines]
+                if len(tail) > limit:
+                    tail = b""
+                    skipping = True
             if tail:
                 pending.append(tail)
+                size = len(tail)
+            if lead:
+                lines[:0] = lead
             complete += len(lines)
-            yield wide_lines(chunk, lines)
-        if pending:
+            if lines:
+                yield wide_lines(chunk, lines)
+        if pending or skipping:
             self.unterminated_line = complete + 1
             if self._on_unterminated is not None:
                 self._on_unterminated(complete + 1)
-            last = b"".join(pending)
+            last = LongLine(limit) if skipping else b"".join(pending)
             yield wide_lines(last, [last])
 
     def _iter_items(self) -> Iterator[Record | InvalidLine]:
@@ -141,9 +213,7 @@ class JsonlReader:
                     if not line.strip():
                         continue
                     index += 1
-                    yield InvalidLine(
-                        number, reason_for(line, exc), line + b"\n" if keep_raw else None, index
-                    )
+                    yield invalid_line(number, line, exc, keep_raw, index)
                     continue
                 index += 1
                 # Record(...) without calling __init__: a third of the cost per line.
@@ -155,8 +225,26 @@ class JsonlReader:
                 yield record
 
 
+def invalid_line(
+    number: int, line: bytes, exc: orjson.JSONDecodeError, keep_raw: bool, index: int
+) -> InvalidLine:
+    """The item of input line ``number`` (``line``, without its line ending), which the
+    parser refused with ``exc``: its ``raw`` is the line as read when ``keep_raw``, but
+    for a ``LongLine``, whose bytes were not kept (its reason says so).
+
+    >>> item = invalid_line(3, LongLine(10), orjson.JSONDecodeError("x", "", 0), True, 1)
+    >>> item.line, str(item.exception), item.raw
+    (3, 'line longer than 10 bytes', None)
+    """
+    if type(line) is LongLine:
+        return InvalidLine(number, LineTooLong(line.limit), None, index)
+    return InvalidLine(number, reason_for(line, exc), line + b"\n" if keep_raw else None, index)
+
+
 def reason_for(line: bytes, exc: orjson.JSONDecodeError) -> Exception:
-    """The exception that explains why ``line`` is not JSON: bad UTF-8 first, then syntax."""
+    """The exception that explains why ``line`` is not JSON: too long, bad UTF-8, then syntax."""
+    if type(line) is LongLine:
+        return LineTooLong(line.limit)
     try:
         line.decode("utf-8")
     except UnicodeDecodeError as unicode_error:
@@ -164,11 +252,13 @@ def reason_for(line: bytes, exc: orjson.JSONDecodeError) -> Exception:
     return exc
 
 
-def iter_items(stream: BinaryIO, *, keep_raw: bool = False) -> Iterator[Record | InvalidLine]:
+def iter_items(
+    stream: BinaryIO, *, keep_raw: bool = False, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[Record | InvalidLine]:
     """Yield one ``Record`` or ``InvalidLine`` per non-blank line of a binary JSONL stream.
 
     >>> import io
     >>> [item.line for item in iter_items(io.BytesIO(b'1\\n\\n"x"\\r\\n'))]
     [1, 3]
     """
-    return iter(JsonlReader(stream, keep_raw=keep_raw))
+    return iter(JsonlReader(stream, keep_raw=keep_raw, max_line_bytes=max_line_bytes))

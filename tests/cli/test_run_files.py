@@ -220,26 +220,32 @@ def test_the_check_truncates_nothing_and_leaves_no_file_behind(
     echo: Path, run_choreo: RunChoreo, tmp_path: Path
 ) -> None:
     """The outputs checked before a later one is refused: an existing file keeps its bytes,
-    a new one is not left behind."""
+    a new one is not left behind; but for the summary, which is written on exit 2 too
+    (with the error), so that a stale one is never read."""
     (tmp_path / "adir").mkdir()
-    (tmp_path / "old.json").write_bytes(b"old summary\n")
+    (tmp_path / "old.json").write_bytes(b"old results\n")
     (tmp_path / "old.ckpt").write_bytes(b"not a checkpoint\n")
     before = _files(tmp_path)
     for args in (
-        ["-o", "new.jsonl", "--rejects", "new.rejects", "--summary-json", "old.json"],
-        ["-o", "old.json", "--rejects", "old.ckpt", "--summary-json", "new.json"],
+        ["-o", "new.jsonl", "--rejects", "new.rejects", "--summary-json", "summary.json"],
+        ["-o", "old.json", "--rejects", "old.ckpt", "--summary-json", "summary.json"],
     ):
         # --checkpoint is checked last.
         run = run_choreo(["run", "pipeline.yaml", "-i", "in.jsonl", *args, "--checkpoint", "adir"])
         assert run.code == 2
+        summary = json.loads((tmp_path / "summary.json").read_bytes())
+        assert summary["error"] == "cannot write the checkpoint to adir: Is a directory"
+        (tmp_path / "summary.json").unlink()
         assert _files(tmp_path) == before
-        assert (tmp_path / "old.json").read_bytes() == b"old summary\n"
+        assert (tmp_path / "old.json").read_bytes() == b"old results\n"
         assert (tmp_path / "old.ckpt").read_bytes() == b"not a checkpoint\n"
     # Refused for another reason once the outputs were checked: nothing left either.
     run = run_choreo(
         ["run", "missing.yaml", "-i", "in.jsonl", "-o", "new.jsonl", "--summary-json", "new.json"]
     )
     assert run.code == 2
+    assert json.loads((tmp_path / "new.json").read_bytes())["exit_code"] == 2
+    (tmp_path / "new.json").unlink()
     assert _files(tmp_path) == before
 
 

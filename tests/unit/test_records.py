@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from choreo_cli.core.items import InvalidLine, Record
-from choreo_cli.jsonl.reader import CHUNK_SIZE, JsonlReader, iter_items
+from choreo_cli.jsonl.reader import CHUNK_SIZE, JsonlReader, LineTooLong, LongLine, iter_items
 
 
 def read(data: bytes, **kwargs: object) -> list[Record | InvalidLine]:
@@ -193,3 +193,81 @@ def test_any_bytes_give_one_item_per_non_blank_line(
         else:
             assert isinstance(item.exception, (orjson.JSONDecodeError, UnicodeDecodeError))
     assert reader.bytes_read == len(data)
+
+
+@settings(derandomize=True, database=None, max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"1", b"[2, 3]", b"", b"  ", b"x", b"\xef\xbb\xbf", b'"abc"']),
+            st.integers(min_value=0, max_value=40).map(lambda n: b'"' + b"y" * n + b'"'),
+        ),
+        max_size=10,
+    ),
+    st.booleans(),
+    st.integers(min_value=1, max_value=9),
+    st.integers(min_value=1, max_value=30),
+)
+def test_a_line_over_max_line_bytes_is_an_invalid_item_at_its_number(
+    lines: list[bytes], ended: bool, chunk_size: int, limit: int
+) -> None:
+    """Whatever the chunks the line is read in: a line over the limit (its line ending
+    not counted) is an InvalidLine at its own number, without raw bytes; the others are
+    read as without a limit."""
+    data = b"\n".join(lines) + (b"\n" if ended and lines else b"")
+    reader = JsonlReader(
+        io.BytesIO(data), keep_raw=True, chunk_size=chunk_size, max_line_bytes=limit
+    )
+    items = list(reader)
+    unlimited = {item.line: item for item in JsonlReader(io.BytesIO(data), keep_raw=True)}
+    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    physical = body.split(b"\n")
+    if physical and physical[-1] == b"":
+        physical.pop()
+    expected = [n for n, line in enumerate(physical, 1) if len(line) > limit or line.strip()]
+    assert [item.line for item in items] == expected
+    assert [item.index for item in items] == list(range(len(expected)))
+    for item in items:
+        line = physical[item.line - 1]
+        if len(line) > limit:
+            assert isinstance(item, InvalidLine)
+            assert isinstance(item.exception, LineTooLong)
+            assert str(item.exception) == f"line longer than {limit} bytes"
+            assert item.raw is None
+        else:
+            other = unlimited[item.line]
+            assert type(item) is type(other)
+            assert item.raw == other.raw
+            if isinstance(item, Record):
+                assert item.value == other.value  # type: ignore[union-attr]
+    assert reader.bytes_read == len(data)
+    if physical and not body.endswith(b"\n"):
+        assert reader.unterminated_line == len(physical)
+
+
+def test_a_long_line_is_never_held_whole() -> None:
+    """A line of 10 MB read with a 1 MB limit is handed over as its small stand-in
+    alone, never as its bytes (bench/bench_long_line.py measures the memory)."""
+
+    class Stream(io.RawIOBase):
+        def __init__(self) -> None:
+            self.left = 10_000_000
+
+        def readable(self) -> bool:
+            return True
+
+        def read1(self, size: int = -1) -> bytes:
+            n = min(size, self.left)
+            self.left -= n
+            return b"x" * n if n else b""
+
+        read = read1
+
+    stream = Stream()
+    reader = JsonlReader(stream, max_line_bytes=1_000_000)  # type: ignore[arg-type]
+    held = []
+    for lines in reader.iter_line_lists():
+        held.extend(len(line) for line in lines)
+    assert held == [len(LongLine(1_000_000))]  # only the stand-in of the long line
+    assert reader.unterminated_line == 1
+    assert reader.bytes_read == 10_000_000

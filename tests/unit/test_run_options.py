@@ -45,6 +45,7 @@ def test_the_quick_reading_knows_every_option_of_the_command_and_no_other() -> N
 
 
 VALUES = ["x.jsonl", "-", "", "-x", "a=1", "b=two words", "0", "04", "4", "+4", "12", "٣"]
+VALUES += ["4096", "4097", "100000"]  # --workers has a limit, --max-line-bytes none
 VALUES += ["thread", "process", "dask", "Dask", "DEBUG", "tcp://h:8786", "--quiet", "--"]
 TOKENS = st.one_of(
     st.sampled_from(sorted(OPTIONS)),
@@ -101,6 +102,7 @@ def test_typical_command_lines_take_the_quick_reading() -> None:
         (["p.yaml", "--set", "a=1", "--set=b=2"], {"set_values": ("a=1", "b=2")}),
         (["p.yaml", "--executor", "process", "-o", "-"], {"executor": "process"}),
         (["p.yaml", "--summary-json", "s.json", "--no-progress"], {"progress": False}),
+        (["p.yaml", "-w", "4096", "--max-line-bytes", "100"], {"max_line_bytes": 100}),
     ]
     for args, fields in cases:
         quick = read_plain_run_args(args)
@@ -115,6 +117,8 @@ def test_help_and_values_to_check_are_left_to_typer() -> None:
         ["p.yaml", "--help"],
         [],
         ["p.yaml", "-w", "0"],
+        ["p.yaml", "-w", "4097"],
+        ["p.yaml", "--max-line-bytes", "0"],
         ["p.yaml", "--executor", "Dask"],
         ["p.yaml", "other.yaml"],
         ["p.yaml", "-w4"],

@@ -182,3 +182,47 @@ def test_an_output_file_gets_the_lines_and_stdout_nothing(pipeline: Path, tmp_pa
     assert done.code is ExitCode.OK
     assert done.stdout == b""
     assert json.loads(output.read_bytes())["status"] == "succeeded"
+
+
+def test_threads_the_system_will_not_start_are_a_usage_error_before_any_record(
+    pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool starts its threads before the first record: a thread the system refuses
+    (RuntimeError: can't start new thread) is exit 2 with a message, never a traceback."""
+    import threading
+
+    start = threading.Thread.start
+    started = []
+
+    def start_some(thread: threading.Thread) -> None:
+        if thread.name.startswith("choreo-worker-") and len(started) >= 3:
+            raise RuntimeError("can't start new thread")
+        started.append(thread)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_some)
+    summary = tmp_path / "summary.json"
+    done = run(
+        RunOptions(pipeline=pipeline, workers=8, summary_json=summary),
+        jsonl({"name": "a"}),
+    )
+    assert done.code is ExitCode.USAGE
+    assert done.stderr == (
+        "error: cannot start 8 worker threads (can't start new thread): the system allows "
+        "fewer threads; give fewer --workers\n"
+    )
+    assert done.stdout == b""
+    assert json.loads(summary.read_text())["exit_code"] == 2
+
+
+def test_another_runtime_error_at_start_is_not_taken_for_a_thread_start_failure(
+    pipeline: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from choreo_cli.executors.thread import ThreadExecutor
+
+    def broken(self: Any, *, prebuild_workers: bool = False) -> Any:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(ThreadExecutor, "open", broken)
+    with pytest.raises(RuntimeError, match="a defect"):
+        run(RunOptions(pipeline=pipeline, workers=2), jsonl({"name": "a"}))

@@ -111,6 +111,7 @@ def test_to_json_has_the_figures_and_is_json() -> None:
         "teardown_failed": False,
         "output_failed": False,
         "exit_code": 0,
+        "error": None,
     }
 
 
@@ -206,3 +207,16 @@ def test_write_json(tmp_path: Path) -> None:
     assert figures["records"]["invalid"] == 1
     assert figures["exit_code"] == 1
     assert figures == summary.to_json()
+
+
+def test_a_run_refused_before_any_record_exits_2_with_its_error_and_zero_counts() -> None:
+    summary = RunSummary(["statement"])
+    summary.record_usage_error("p.yaml:4:5: unknown key 'jbo'")
+    summary.finish()
+    assert summary.exit_code == ExitCode.USAGE
+    figures = summary.to_json()
+    assert figures["exit_code"] == 2
+    assert figures["error"] == "p.yaml:4:5: unknown key 'jbo'"
+    assert figures["records"] == {
+        "total": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "invalid": 0, "resumed": 0
+    }  # fmt: skip
