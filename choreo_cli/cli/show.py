@@ -93,6 +93,9 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
                     "delay": s.retry.delay,
                     "backoff": s.retry.backoff,
                     "max_delay": s.retry.max_delay,
+                    # As written (read without importing, the policy lacks 'module:Class'
+                    # entries); without on:, a job is retried on any Exception.
+                    "on": list(s.retry_on) or ["Exception"],
                 },
                 "timeout": s.timeout,
             }

@@ -46,6 +46,9 @@ class StepDefinition:
     retry: RetryPolicy | None = None
     timeout: float | None = None
     description: str | None = None
+    # The retry's ``on:`` entries as written: read without importing, ``retry.on`` lacks
+    # the 'module:Class' ones (for ``choreo show``). Empty when ``on:`` is not given.
+    retry_on: tuple[str, ...] = ()
 
     def to_step(self) -> Step:
         """The coordinator's Step; its callables are named by their reference text."""

@@ -136,9 +136,7 @@ class PipelineReader:
             directory = (base / entry).resolve()
             if entries is not None and not directory.is_dir():
                 self.problem(
-                    ("python_path", index),
-                    f"python_path directory '{entry}' does not exist (relative to the pipeline file)",
-                    warning=True,
+                    ("python_path", index), _python_path_warning(entry, directory), warning=True
                 )
             self.python_path.append(directory)
         if self.import_code:
@@ -301,6 +299,7 @@ class PipelineReader:
             retry = (
                 self._retry(step["retry"], (*path, "retry")) if "retry" in step else default_retry
             )
+            retry_spec = step["retry"] if "retry" in step else defaults.get("retry")
             timeout = _number(step["timeout"]) if "timeout" in step else default_timeout
             description = step.get("description")
             if job is not None and isinstance(name, str):
@@ -312,6 +311,7 @@ class PipelineReader:
                         retry=retry,
                         timeout=timeout,
                         description=description if isinstance(description, str) else None,
+                        retry_on=_retry_on(retry_spec),
                     )
                 )
         return found
@@ -365,6 +365,23 @@ class PipelineReader:
             return build_retry_policy(spec, tuple(classes))
         except (TypeError, ValueError):
             return None  # a wrong type, which the schema check reported
+
+
+def _retry_on(spec: Any) -> tuple[str, ...]:
+    """The ``on:`` entries of a ``retry:`` mapping as written (the strings among them)."""
+    names = spec.get("on") if isinstance(spec, dict) else None
+    return tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
+
+
+def _python_path_warning(entry: str, directory: Path) -> str:
+    """Why a python_path entry is no directory; a relative one says what it is relative to."""
+    where = "" if os.path.isabs(entry) else " (relative to the pipeline file)"
+    if directory.exists():
+        return (
+            f"python_path entry '{entry}'{where} is not a directory — "
+            "name the directory that holds the modules"
+        )
+    return f"python_path directory '{entry}' does not exist{where}"
 
 
 def _well_formed(reference: str) -> bool:

@@ -273,7 +273,7 @@ def test_show_on_a_broken_file_escapes_its_problems(
     ]
 
 
-def test_show_json_has_a_utf8_file_name(tmp_path: Path) -> None:
+def test_show_json_has_retry_on_and_a_utf8_file_name(tmp_path: Path) -> None:
     path = non_utf8_path(tmp_path, b"show\xfe")
     path.write_text(SHOWN, encoding="utf-8")
     done = choreo(tmp_path, "show", "--format", "json", path.name)
@@ -282,6 +282,13 @@ def test_show_json_has_a_utf8_file_name(tmp_path: Path) -> None:
     assert shown["file"] == r"show\xfe.yaml"
     (step,) = shown["steps"]
     assert step["name"] == "s\r\x1b[2Kx"
+    assert step["retry"] == {
+        "attempts": 3,
+        "delay": 0.0,
+        "backoff": 1.0,
+        "max_delay": None,
+        "on": ["ConnectionError", "steps:Missing"],
+    }
 
 
 def test_show_on_a_terminal_sends_no_raw_control_character(

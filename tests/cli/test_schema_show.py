@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,16 @@ def test_schema_prints_the_packaged_schema() -> None:
     assert result.exit_code == 0
     assert result.stdout == (ROOT / "schemas" / "pipeline.schema.json").read_text(encoding="utf-8")
     assert json.loads(result.stdout)["title"] == "choreo pipeline"
+
+
+@pytest.mark.parametrize(("flag", "name"), [([], "pipeline"), (["--result"], "result")])
+def test_schema_prints_each_schema_from_the_installed_command(flag: list[str], name: str) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "choreo"), "schema", *flag],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert done.stdout == (ROOT / "schemas" / f"{name}.schema.json").read_bytes()
 
 
 @pytest.fixture
@@ -90,7 +102,13 @@ def test_show_json(pipeline_file: Path) -> None:
             "description": None,
             "precheck": {"call": "steps:exists", "with": {"tolerance": 0.01}},
             "job": {"call": "steps:create", "with": {}},
-            "retry": {"attempts": 3, "delay": 0.0, "backoff": 1.0, "max_delay": None},
+            "retry": {
+                "attempts": 3,
+                "delay": 0.0,
+                "backoff": 1.0,
+                "max_delay": None,
+                "on": ["Exception"],
+            },
             "timeout": 5.0,
         },
         {

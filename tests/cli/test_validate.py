@@ -283,6 +283,28 @@ def test_run_still_refuses_a_tagged_file(tmp_path: Path) -> None:
     assert done.stdout == "" and not marker.exists()
 
 
+# -- python_path entries that are no directory -------------------------------------------
+
+
+def test_python_path_entries_that_are_no_directory(tmp_path: Path) -> None:
+    (tmp_path / "evil.py").write_text("")
+    absolute = tmp_path / "nowhere"
+    _write(
+        tmp_path / "a" / "b",
+        f"version: 1\npython_path: ['../../evil.py', '{absolute}', lib]\n"
+        "steps: [{name: a, job: builtins.print}]\n",
+    )
+    done = _choreo("validate", "a/b/pipeline.yaml", cwd=tmp_path)
+    assert done.stdout == (
+        "a/b/pipeline.yaml:2:15: warning: python_path entry '../../evil.py' (relative to the "
+        "pipeline file) is not a directory — name the directory that holds the modules\n"
+        f"a/b/pipeline.yaml:2:32: warning: python_path directory '{absolute}' does not exist\n"
+        f"a/b/pipeline.yaml:2:{36 + len(str(absolute))}: warning: python_path directory 'lib' "
+        "does not exist (relative to the pipeline file)\n"
+    )
+    assert (done.returncode, done.stderr) == (0, "ok: 1 file valid (3 warnings)\n")
+
+
 # -- folders ---------------------------------------------------------------------------------
 
 GOOD = "version: 1\nsteps: [{name: a, job: builtins.print}]\n"

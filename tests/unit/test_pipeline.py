@@ -268,6 +268,38 @@ def test_a_missing_python_path_directory_is_a_warning(tmp_path: Path) -> None:
     )
 
 
+def test_a_python_path_entry_that_is_a_file_is_not_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "evil.py").write_text("")
+    pipeline_dir = tmp_path / "a" / "b"
+    pipeline_dir.mkdir(parents=True)
+    path = write_pipeline(
+        pipeline_dir,
+        'version: 1\npython_path: ["../../evil.py"]\nsteps: [{name: a, job: builtins.print}]\n',
+        None,
+    )
+    (problem,) = check_pipeline(path, import_code=False)
+    assert str(problem) == (
+        f"{path}:2:15: warning: python_path entry '../../evil.py' (relative to the pipeline "
+        "file) is not a directory — name the directory that holds the modules"
+    )
+
+
+def test_an_absolute_python_path_entry_is_not_said_to_be_relative(tmp_path: Path) -> None:
+    missing, a_file = tmp_path / "nowhere", tmp_path / "steps.py"
+    a_file.write_text("")
+    path = write_pipeline(
+        tmp_path,
+        f"version: 1\npython_path: ['{missing}', '{a_file}']\n"
+        "steps: [{name: a, job: builtins.print}]\n",
+        None,
+    )
+    assert [p.message for p in check_pipeline(path, import_code=False)] == [
+        f"python_path directory '{missing}' does not exist",
+        f"python_path entry '{a_file}' is not a directory — "
+        "name the directory that holds the modules",
+    ]
+
+
 def test_python_path_is_relative_to_the_pipeline_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
