@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Mapping
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -109,7 +111,7 @@ class _RunFlags:
     interrupted; it is cleared when a run starts with no interruption pending.
     """
 
-    __slots__ = ("_event", "_lock", "dry_run", "interrupted", "reason", "runs", "was_interrupted")
+    __slots__ = ("_lock", "_wake", "dry_run", "interrupted", "reason", "runs", "was_interrupted")
 
     def __init__(self) -> None:
         self.interrupted = False
@@ -117,7 +119,12 @@ class _RunFlags:
         self.reason: str | None = None
         self.dry_run = False
         self.runs = 0
-        self._event = threading.Event()
+        # Wakes the retries waiting in wait_interrupted. Not a threading.Event: interrupt()
+        # runs in signal handlers, on the main thread, perhaps while that thread holds the
+        # Event's own lock (clearing it as a run ends), and Event.set then waited for that
+        # lock forever (`choreo run` hung on a Ctrl-C at the end of a run). A SimpleQueue's
+        # put takes no lock the interrupted code could hold: it is reentrant, for this.
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         # Reentrant: a run_many generator left to the garbage collector ends its run in
         # whatever code the collection interrupts, perhaps begin() or end() on this thread.
         self._lock = threading.RLock()
@@ -128,11 +135,22 @@ class _RunFlags:
         self.reason = reason
         self.was_interrupted = True
         self.interrupted = True
-        self._event.set()
+        self._wake.put(None)
 
     def wait_interrupted(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True (at once) if the run is interrupted meanwhile."""
-        return self._event.wait(seconds) if seconds > 0 else self.interrupted
+        if seconds <= 0 or self.interrupted:
+            return self.interrupted
+        deadline = monotonic() + seconds
+        while True:
+            try:
+                self._wake.get(timeout=max(0.0, deadline - monotonic()))
+            except queue.Empty:
+                return self.interrupted
+            if self.interrupted:
+                self._wake.put(None)  # passed on: every waiting retry wakes
+                return True
+            # Else the token of an interruption whose run has ended: dropped.
 
     def begin(self) -> None:
         """A run starts (it ends with ``end()``, also when it raises or is closed early)."""
@@ -168,7 +186,12 @@ class _RunFlags:
 
     def _clear(self) -> None:
         # In this order: an interrupt() that comes meanwhile is the ending run's, whole.
-        self._event.clear()
+        wake = self._wake
+        while not wake.empty():
+            try:
+                wake.get_nowait()
+            except queue.Empty:
+                break
         self.interrupted = False
 
 
