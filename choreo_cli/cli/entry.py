@@ -1,13 +1,90 @@
-"""The console script: quick paths for ``--version`` and plain ``run`` lines, else typer."""
+"""The console script: quick paths for ``--version`` and plain ``run`` lines, else typer.
+
+SIGINT and SIGTERM are held (blocked) while choreo imports what it runs with: a
+KeyboardInterrupt raised while an extension module initialises can crash the interpreter
+(orjson's did: a segfault, exit 139, for a Ctrl-C about 70-120 ms into `choreo run`), and
+one raised in any other import printed a traceback. A signal that came meanwhile ends the
+process once they are released, with 128 + its number and nothing written. From there a
+Ctrl-C raises KeyboardInterrupt (exit 130) until the run installs its own handlers
+(cli/run_state.py); once the command is over, a signal ends the process at once, after
+what it wrote was flushed, instead of raising into the interpreter's exit.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+    from types import FrameType
+
+    from choreo_cli.cli.streams import Streams
+
+HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+def hold_signals() -> Collection[int]:
+    """Block SIGINT and SIGTERM; the signals blocked before, for ``release_signals``."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+
+
+def release_signals(before: Collection[int]) -> None:
+    """Unblock what ``hold_signals`` blocked. A signal that came meanwhile ends the process
+    now, once: exit 128 + its number (130, 143), as a signal before the run's own
+    handlers does, without a traceback.
+
+    A signal blocked or ignored before choreo started stays so (``nohup``, a shell's
+    background job): it is neither taken nor acted on here.
+    """
+    waiting = [sig for sig in HELD if sig not in before and not _ignored(sig)]
+    if waiting:
+        info = signal.sigtimedwait(waiting, 0)  # takes a pending one, without waiting
+        if info is not None:
+            sys.exit(128 + info.si_signo)
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    except KeyboardInterrupt:  # it came between the look and the unblock
+        sys.exit(128 + signal.SIGINT)
+
+
+def end_at_once_on_signal(streams: Streams, before: Collection[int]) -> None:
+    """Once the command is over (signals held): flush what it wrote, then let SIGINT and
+    SIGTERM end the process at once with 128 + their number, instead of a KeyboardInterrupt
+    raised into the interpreter's exit (a traceback from threading's shutdown or an atexit
+    hook, exit 0). A signal held meanwhile ends it now; Ctrl-C still ends an exit that
+    hangs (a thread of a step's library that never ends)."""
+    for stream in (streams.stdout, streams.stderr):
+        # A closed or failed stream: the command has said so already.
+        with contextlib.suppress(Exception):
+            stream.flush()
+    for sig in HELD:
+        if not _ignored(sig):
+            signal.signal(sig, _exit_at_once)
+    # Run last at exit (registered after every other hook): the interpreter's own last
+    # steps put the default handlers back, and a signal then killed the process.
+    atexit.register(hold_signals)
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
+    os._exit(128 + signum)
+
+
+def _ignored(sig: int) -> bool:
+    return signal.getsignal(sig) is signal.SIG_IGN
 
 
 def main() -> None:
     """Entry point of the ``choreo`` command: the one place the process exits."""
+    try:
+        before = hold_signals()
+    except KeyboardInterrupt:  # a Ctrl-C just before the hold: its handler runs here
+        sys.exit(128 + signal.SIGINT)
     from choreo_cli.cli.streams import Streams
 
     streams = Streams.for_process()
@@ -15,6 +92,7 @@ def main() -> None:
         # The most frequent call from scripts; typer alone costs ~70 ms to import.
         from choreo_cli.version import get_version
 
+        release_signals(before)
         streams.stdout.write(f"choreo {get_version()}\n")
         return
     if sys.argv[1:2] == ["run"] and "_CHOREO_COMPLETE" not in os.environ:
@@ -27,12 +105,31 @@ def main() -> None:
             from choreo_cli.cli.run_session import execute
             from choreo_cli.core.exit_codes import ExitCode
 
+            _import_run_extensions()
+            code = ExitCode.INTERRUPTED
             try:
-                code = execute(options, streams=streams)
+                try:
+                    release_signals(before)
+                    code = execute(options, streams=streams)
+                finally:
+                    hold_signals()
             except KeyboardInterrupt:
                 # Ctrl-C before the run's own handlers were installed (or after).
                 code = ExitCode.INTERRUPTED
+            end_at_once_on_signal(streams, before)
             sys.exit(int(code))
     from choreo_cli.cli.app import main as run_app
 
-    run_app(streams)
+    try:
+        release_signals(before)
+        run_app(streams)
+    finally:
+        hold_signals()
+        end_at_once_on_signal(streams, before)
+
+
+def _import_run_extensions() -> None:
+    """Import the extension modules a run loads later (its YAML and JSON parsers), while
+    the signals are held: interrupted as they initialise, they are what can crash."""
+    import orjson  # noqa: F401
+    import yaml  # noqa: F401

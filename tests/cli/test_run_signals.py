@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
+from tests.cli.conftest import CHOREO, choreo_env
 
 RunChoreo = Callable[..., Any]  # the run_choreo fixture of conftest.py: -> Run
 WritePipeline = Callable[..., Path]  # the write_pipeline fixture of conftest.py
@@ -269,3 +274,154 @@ def test_an_interruption_error_names_the_step_it_stopped_before(
     assert run.code == 143
     _assert_interrupted_line(run.lines[0], "second")
     assert run.lines[0]["error"]["step"] == "second"
+
+
+# -- a signal while choreo starts ------------------------------------------------------------
+#
+# choreo holds SIGINT and SIGTERM while it imports what it runs with (cli/entry.py): a
+# KeyboardInterrupt raised while orjson's extension module initialised crashed the
+# interpreter (exit 139) and one raised in any other import printed a traceback.
+
+CHAOS = os.environ.get("CHOREO_CHAOS") == "1"
+# A frame of choreo's console entry point: choreo's own code had started.
+_IN_MAIN = re.compile(r'entry\.py", line \d+, in main\b')
+
+
+def _start_up_outcome(code: int, stdout: bytes, stderr: bytes, parse: ParseResults) -> str:
+    """How a run that got SIGINT early ended: "choreo" (exit 0 or 130, no traceback, whole
+    lines), "signal" (ended by SIGINT's default action, before Python set its handler: the
+    shell's 130), or "interpreter" (a KeyboardInterrupt raised before choreo's main() ran:
+    the interpreter's start-up, site, the installed script's imports, out of choreo's
+    reach). Fails the test on anything else: a crash, another exit code, a traceback once
+    choreo's main() ran, a line cut short."""
+    text = stderr.decode("utf-8", errors="replace")
+    lines = parse(stdout)  # every line whole and valid
+    _assert_no_hole(lines)
+    if "Traceback" not in text:
+        if code in (0, 130):
+            return "choreo"
+        if code == -signal.SIGINT:
+            return "signal"
+    elif code in (-signal.SIGINT, 1) and not stdout and not _IN_MAIN.search(text):
+        assert text.rstrip().endswith("KeyboardInterrupt"), text
+        return "interpreter"
+    raise AssertionError(f"exit {code} after an early SIGINT:\n{text[-2000:]}")
+
+
+def _interrupt_start_ups(
+    command: list[str], cwd: Path, runs: int, seed: int, parse: ParseResults
+) -> dict[str, int]:
+    """Start ``command`` ``runs`` times, SIGINT each after a random 0-200 ms; the outcomes."""
+    rng = random.Random(seed)
+    counts = dict.fromkeys(("choreo", "signal", "interpreter"), 0)
+    for _ in range(runs):
+        process = subprocess.Popen(
+            command, cwd=cwd, env=choreo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        time.sleep(rng.uniform(0, 0.2))
+        process.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise AssertionError("choreo did not end within 30 s of an early SIGINT") from None
+        counts[_start_up_outcome(process.returncode, stdout, stderr, parse)] += 1
+    return counts
+
+
+@pytest.fixture
+def small_run(write_pipeline: WritePipeline, tmp_path: Path) -> Path:
+    write_pipeline(
+        "version: 1\nsteps:\n  - name: a\n    job: steps:job\n",
+        "def job(ctx, record):\n    return record\n",
+    )
+    (tmp_path / "in.jsonl").write_bytes(_jsonl(*range(20)))
+    return tmp_path
+
+
+def test_sigint_at_random_times_in_start_up_never_crashes(
+    small_run: Path, parse_results: ParseResults
+) -> None:
+    command = [str(CHOREO), "run", "pipeline.yaml", "-i", "in.jsonl"]
+    counts = _interrupt_start_ups(command, small_run, 40, seed=14, parse=parse_results)
+    assert counts["choreo"] >= 20, counts  # most signals came while choreo ran
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHAOS, reason="set CHOREO_CHAOS=1 (make chaos)")
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_sigint_at_random_times_in_start_up_hundreds_of_times(
+    small_run: Path, parse_results: ParseResults, how: str
+) -> None:
+    front = [str(CHOREO)] if how == "script" else [sys.executable, "-m", "choreo_cli"]
+    command = [*front, "run", "pipeline.yaml", "-i", "in.jsonl"]
+    counts = _interrupt_start_ups(command, small_run, 300, seed=1414, parse=parse_results)
+    assert counts["choreo"] >= 200, counts
+
+
+def _interrupted_while_held(
+    tmp_path: Path, sig: signal.Signals, *args: str
+) -> tuple[int, str, str]:
+    """Run ``choreo ARGS`` in-process of a script that sends itself ``sig`` while choreo
+    holds the signals (as it builds its streams, the first thing it does)."""
+    script = f"""
+import os, sys
+from choreo_cli.cli import entry, streams
+
+built = streams.Streams.for_process
+
+def for_process():
+    os.kill(os.getpid(), {int(sig)})  # held: nothing happens yet
+    return built()
+
+streams.Streams.for_process = for_process
+sys.argv = ["choreo", *{list(args)!r}]
+entry.main()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=choreo_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("sig", "args"),
+    [
+        (signal.SIGINT, ["run", "pipeline.yaml", "-i", "in.jsonl"]),
+        (signal.SIGTERM, ["run", "pipeline.yaml", "-i", "in.jsonl"]),
+        (signal.SIGINT, ["--version"]),
+        (signal.SIGTERM, ["validate", "pipeline.yaml"]),
+    ],
+    ids=["run-int", "run-term", "version-int", "validate-term"],
+)
+def test_a_signal_held_during_start_up_ends_the_command_once_released(
+    small_run: Path, sig: signal.Signals, args: list[str]
+) -> None:
+    code, stdout, stderr = _interrupted_while_held(small_run, sig, *args)
+    assert (code, stdout, stderr) == (CODES[sig], "", "")
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_an_ignored_sigint_stays_ignored_through_start_up(small_run: Path) -> None:
+    """A shell's background job starts with SIGINT ignored: choreo does not act on it."""
+    for delay in (0.0, 0.03, 0.06, 0.09, 0.12):
+        process = subprocess.Popen(
+            [str(CHOREO), "--version"],
+            env=choreo_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=_ignore_sigint,  # in the child, before choreo starts
+        )
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+        assert (process.returncode, stdout.startswith(b"choreo "), stderr) == (0, True, b"")
