@@ -96,13 +96,30 @@ class ProgressFile:
         """Remove this process's files, and those of dead processes; the folder once empty."""
         for slot in self._slots:
             slot.close()
-        directory = self.path.parent
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(directory):
-                pid = entry.name.partition(".")[0]
-                if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
-                    os.unlink(entry.path)
-            directory.rmdir()
+        sweep(self.path.parent)
+
+
+def sweep(directory: Path) -> None:
+    """Remove the files of this process and of dead processes from a run's progress
+    folder, then the folder if nothing is left in it.
+
+    Every worker of the machine sweeps as the run ends, at the same time, and a worker
+    that died and was restarted left files of its dead process: each removal is tried on
+    its own, and one that another worker made first (ENOENT) is fine. A single guard
+    around the whole sweep stopped at the first such file, and the folder was left.
+    """
+    try:
+        entries = [entry.name for entry in os.scandir(directory)]
+    except OSError:
+        return  # removed already, or never made
+    me = os.getpid()
+    for name in entries:
+        pid = name.partition(".")[0]
+        if pid.isdigit() and (int(pid) == me or not _alive(int(pid))):
+            with contextlib.suppress(OSError):
+                os.unlink(directory / name)
+    with contextlib.suppress(OSError):  # not empty: a live worker's files, it sweeps last
+        directory.rmdir()
 
 
 class _Slot:

@@ -169,10 +169,16 @@ def test_a_dask_worker_that_dies_mid_record_fails_only_that_record_and_the_run_g
     pytest.importorskip("distributed")
     write_input(tmp_path / "in.jsonl", 600, die=152)
     write_input(tmp_path / "clean.jsonl", 600)
+    temp = tmp_path / "temp"  # the workers' progress folders go here (TMPDIR)
+    temp.mkdir()
     run = run_choreo(
-        ["run", pipeline, "-i", "in.jsonl", "--executor", "dask", "-w", "2"], timeout=120
+        ["run", pipeline, "-i", "in.jsonl", "--executor", "dask", "-w", "2"],
+        env={"TMPDIR": str(temp)},
+        timeout=120,
     )
     assert run.code == 1
+    # The restarted worker's, the dead one's and the other worker's files are all swept.
+    assert list(temp.glob("choreo-dask-*")) == []
     assert run.indices == list(range(601))
     died = [line for line in run.lines if (line["error"] or {}).get("type") == "WorkerDied"]
     # Line 154: id 152, after the line that is not JSON. Dask ran its batch again on the
