@@ -100,7 +100,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("executor", ["thread"])
+@pytest.mark.parametrize("executor", ["thread", "process"])
 def test_an_executor_never_closed_leaves_nothing_on_stderr(tmp_path: Path, executor: str) -> None:
     (tmp_path / "p.yaml").write_text(PIPELINE)
     (tmp_path / "steps.py").write_text(textwrap.dedent(STEPS))
