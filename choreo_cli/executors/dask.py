@@ -9,6 +9,7 @@ importable there.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import logging
@@ -23,6 +24,7 @@ from choreo_cli.errors import ResourceError
 from choreo_cli.executors import logs
 from choreo_cli.executors.base import RUNNING, WorkerDied
 from choreo_cli.executors.batching import Batch, BatchExecutor, pickled
+from choreo_cli.executors.dask_attempts import progress_dir, sweep
 from choreo_cli.executors.dask_worker import close_runner, open_runner, run_batch, stop_run
 from choreo_cli.executors.portable import rebuild_exception
 
@@ -173,6 +175,11 @@ class DaskExecutor(BatchExecutor):
             self._on_each_worker(close_runner, self._spec.run_id)
             self._shutdown()
             raise ResourceError("; ".join(errors))
+        # Never closed (a script without ``with``): a local cluster's progress folder
+        # (choreo-dask-*, in the temporary directory) was left behind. At exit the
+        # workers' teardown can no longer be asked for (Dask's client has stopped), but
+        # a local cluster is still closed and its folder swept.
+        atexit.register(self._close_at_exit)
         return self
 
     def kill_workers(self) -> None:
@@ -186,6 +193,7 @@ class DaskExecutor(BatchExecutor):
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._close_at_exit)
         errors: list[str] = []
         if self._client is not None:
             for future in self._futures:
@@ -200,6 +208,10 @@ class DaskExecutor(BatchExecutor):
             self._local.close()
         if errors:
             raise ResourceError("resource teardown failed: " + "; ".join(errors))
+
+    def _close_at_exit(self) -> None:
+        with contextlib.suppress(ResourceError):  # nobody is left to tell
+            self.close()
 
     def _on_each_worker(self, function: Any, argument: Any) -> list[str]:
         """Run ``function(argument)`` once on every worker's executor thread; the errors."""
@@ -224,6 +236,9 @@ class DaskExecutor(BatchExecutor):
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
+            # Its workers are gone: what they did not sweep themselves (one that was
+            # killed as the cluster closed, a teardown that never ran) is swept here.
+            sweep(progress_dir(self._spec.run_id))
 
     # -- the batch stream ---------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Worker side of `--executor dask` (on each Dask worker): files that outlive a worker's death.
 
 What a Dask worker that died left on its machine, so that a new attempt of its batch
-neither loses a record nor runs one twice. Only ``dask_worker`` uses it: the parent
-knows nothing of these files (it only gives each batch a token that its attempts share).
+neither loses a record nor runs one twice. ``dask_worker`` uses it: the parent knows
+nothing of these files (it only gives each batch a token that its attempts share), but
+for sweeping the run's folder once the local cluster it started is closed.
 
 Each worker process keeps a small memory-mapped file (per thread: the token of the batch
 it runs and the index of the record running) and, per thread, a memory-mapped journal of

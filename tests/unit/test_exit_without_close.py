@@ -9,6 +9,7 @@ the number of workers, with or without a timeout.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -100,17 +101,24 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("executor", ["thread", "process"])
+@pytest.mark.parametrize("executor", ["thread", "process", "dask"])
 def test_an_executor_never_closed_leaves_nothing_on_stderr(tmp_path: Path, executor: str) -> None:
+    if executor == "dask":
+        pytest.importorskip("distributed")
     (tmp_path / "p.yaml").write_text(PIPELINE)
     (tmp_path / "steps.py").write_text(textwrap.dedent(STEPS))
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(EXECUTOR_SCRIPT))
+    temp = tmp_path / "temp"
+    temp.mkdir()
     done = subprocess.run(
         [sys.executable, str(script), executor],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(temp)},
     )
     assert (done.returncode, done.stderr, done.stdout) == (0, "", "10\n")
+    # A local Dask cluster's progress folder is swept too.
+    assert list(temp.glob("choreo-dask-*")) == []
