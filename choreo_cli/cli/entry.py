@@ -92,8 +92,8 @@ def main() -> None:
         # The most frequent call from scripts; typer alone costs ~70 ms to import.
         from choreo_cli.version import get_version
 
-        release_signals(before)
         streams.stdout.write(f"choreo {get_version()}\n")
+        end_at_once_on_signal(streams, before)
         return
     if sys.argv[1:2] == ["run"] and "_CHOREO_COMPLETE" not in os.environ:
         # Plain `choreo run` command lines are read without typer (~0.2 s of start-up);
