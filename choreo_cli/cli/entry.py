@@ -105,7 +105,7 @@ def main() -> None:
             from choreo_cli.cli.run_session import execute
             from choreo_cli.core.exit_codes import ExitCode
 
-            _import_run_extensions()
+            _import_run_modules()
             code = ExitCode.INTERRUPTED
             try:
                 try:
@@ -115,6 +115,12 @@ def main() -> None:
                     hold_signals()
             except KeyboardInterrupt:
                 # Ctrl-C before the run's own handlers were installed (or after).
+                code = ExitCode.INTERRUPTED
+            except Exception as exc:
+                if not _caused_by_interrupt(exc):
+                    raise
+                # The same, raised in code that wraps what it catches (a class body
+                # turns it into "RuntimeError: Error calling __set_name__").
                 code = ExitCode.INTERRUPTED
             end_at_once_on_signal(streams, before)
             sys.exit(int(code))
@@ -128,8 +134,29 @@ def main() -> None:
         end_at_once_on_signal(streams, before)
 
 
-def _import_run_extensions() -> None:
-    """Import the extension modules a run loads later (its YAML and JSON parsers), while
-    the signals are held: interrupted as they initialise, they are what can crash."""
+def _import_run_modules() -> None:
+    """Import what a run imports before its own signal handlers are in place, while the
+    signals are held: the extension modules (orjson, yaml), interrupted as they
+    initialise, are what can crash; an interrupted import of the others printed a
+    traceback or, raised in the import machinery's callbacks, was lost."""
     import orjson  # noqa: F401
     import yaml  # noqa: F401
+
+    import choreo_cli.cli.console
+    import choreo_cli.core.coordinator
+    import choreo_cli.executors.thread
+    import choreo_cli.jsonl.line_runner
+    import choreo_cli.jsonl.reader
+    import choreo_cli.pipeline.loader  # noqa: F401
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """True if a KeyboardInterrupt is in ``exc``'s chain of causes."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
