@@ -134,11 +134,30 @@ def main() -> None:
         end_at_once_on_signal(streams, before)
 
 
+# Standard modules a run imports before its own signal handlers are in place.
+_RUN_STANDARD_MODULES = (
+    "importlib.resources",
+    "logging",
+    "pickle",
+    "queue",
+    "random",
+    "selectors",
+    "shutil",
+    "tempfile",
+    "traceback",
+)
+
+
 def _import_run_modules() -> None:
     """Import what a run imports before its own signal handlers are in place, while the
     signals are held: the extension modules (orjson, yaml), interrupted as they
     initialise, are what can crash; an interrupted import of the others printed a
-    traceback or, raised in the import machinery's callbacks, was lost."""
+    traceback or, raised in the import system's lock callbacks, was dropped. (The step
+    modules are imported after the release: Ctrl-C must stop one that hangs.)"""
+    import importlib
+
+    for name in _RUN_STANDARD_MODULES:
+        importlib.import_module(name)
     import orjson  # noqa: F401
     import yaml  # noqa: F401
 
