@@ -36,7 +36,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 unit: $(VENV)/.installed-dev
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n auto  # one test process per core (pytest-xdist)
 	$(BIN)/pytest -q -p no:cacheprovider --doctest-modules choreo_cli  # the docstrings' examples
 
 fmt: $(VENV)/.installed-dev
