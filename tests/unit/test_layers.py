@@ -1,5 +1,5 @@
 """The package's layers: imports point one way (errors <- core <- {pipeline, jsonl} <- executors
-<- cli), no import circles, and the core stays standard library only.
+<- testing <- cli), no import circles, and the core stays standard library only.
 
 Every import counts: at module level, inside functions (lazy) and under TYPE_CHECKING.
 """
@@ -23,20 +23,23 @@ RANK = {
     "pipeline": 2,
     "jsonl": 2,
     "executors": 3,
-    "cli": 4,
+    # `choreo test`: test files, running them through the pipeline and executors, --update.
+    "testing": 4,
+    "cli": 5,
     # The public face: the package's lazy exports, the old `choreo_cli.records` name and
     # `python -m choreo_cli`. Nothing inside the layers may import them.
-    "choreo_cli": 5,
-    "records": 5,
-    "__main__": 5,
+    "choreo_cli": 6,
+    "records": 6,
+    "__main__": 6,
 }
 # Same rank, different concern: never import each other.
 APART = {frozenset({"pipeline", "jsonl"})}
 # Third-party packages and the layers allowed to import them.
 THIRD_PARTY = {
-    "yaml": {"pipeline", "cli"},
-    "jsonschema": {"pipeline", "cli"},
-    "orjson": {"jsonl", "executors", "cli"},
+    "yaml": {"pipeline", "testing", "cli"},
+    "ruamel": {"testing"},
+    "jsonschema": {"pipeline", "testing", "cli"},
+    "orjson": {"jsonl", "executors", "testing", "cli"},
     "typer": {"cli"},
     "click": {"cli"},
     "rich": {"cli"},

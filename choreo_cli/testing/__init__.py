@@ -1,0 +1,1 @@
+"""Testing pipelines: test files, running them, matching results, and rewriting expectations."""
