@@ -1,5 +1,5 @@
-"""The packaged JSON Schemas (pipeline file, result line), and pipeline schema errors
-turned into positioned problems."""
+"""The packaged JSON Schemas (pipeline file, result line, test file), and schema errors of a
+pipeline or test file turned into positioned problems."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ if TYPE_CHECKING:
     from choreo_cli.pipeline.yaml_loader import YamlDocument, YamlPath
 
 # The schemas shipped in choreo_cli/schemas/, each a copy of schemas/NAME.schema.json.
-SchemaName = Literal["pipeline", "result"]
-SCHEMA_NAMES: tuple[SchemaName, ...] = ("pipeline", "result")
+SchemaName = Literal["pipeline", "result", "test"]
+SCHEMA_NAMES: tuple[SchemaName, ...] = ("pipeline", "result", "test")
+# The schemas of the files choreo reads (check_structure), and what messages call them.
+FileSchema = Literal["pipeline", "test"]
+_FILE_NOUNS: dict[str, str] = {"pipeline": "pipeline", "test": "test"}
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -46,46 +49,49 @@ def read_schema_text(name: SchemaName = "pipeline") -> str:
     return resources.files("choreo_cli").joinpath(resource).read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=1)
-def load_schema() -> dict[str, Any]:
-    """The pipeline schema as a dict (parsed once)."""
-    schema: dict[str, Any] = json.loads(read_schema_text())
+@lru_cache(maxsize=4)
+def load_schema(name: FileSchema = "pipeline") -> dict[str, Any]:
+    """A file schema (the pipeline's by default) as a dict (parsed once)."""
+    schema: dict[str, Any] = json.loads(read_schema_text(name))
     return schema
 
 
-@lru_cache(maxsize=1)
-def _validator() -> Draft202012Validator:
+@lru_cache(maxsize=4)
+def _validator(name: FileSchema) -> Draft202012Validator:
     from jsonschema import Draft202012Validator
 
-    return Draft202012Validator(load_schema())
+    return Draft202012Validator(load_schema(name))
 
 
-def check_structure(document: YamlDocument, *, file: str) -> list[Problem]:
+def check_structure(
+    document: YamlDocument, *, file: str, schema: FileSchema = "pipeline"
+) -> list[Problem]:
     """Validate loaded YAML against the schema; one problem per thing wrong, in file order.
 
     >>> from choreo_cli.pipeline.yaml_loader import load_yaml
     >>> [p.message for p in check_structure(load_yaml("version: 1\\nsteps: []"), file="p.yaml")]
     ["'steps' is empty — add at least one step"]
     """
-    if quick_valid(document.data):
+    if quick_valid(document.data, schema):
         return []
     problems: list[Problem] = []
-    for error in _validator().iter_errors(document.data):
-        for key_path, message, at_key in _describe_error(error, document.data):
+    for error in _validator(schema).iter_errors(document.data):
+        for key_path, message, at_key in _describe_error(error, document.data, schema):
             mark = document.key_mark(key_path) if at_key else document.value_mark(key_path)
             problems.append(Problem(file, mark.line, mark.column, message))
     unique = dict.fromkeys(problems)
     return sorted(unique, key=lambda p: (p.line, p.column))
 
 
-def quick_valid(instance: Any) -> bool:
-    """True when ``instance`` surely fits the pipeline schema, without importing jsonschema.
+def quick_valid(instance: Any, name: FileSchema = "pipeline") -> bool:
+    """True when ``instance`` surely fits the schema (the pipeline's by default), without
+    importing jsonschema.
 
     A small, conservative reading of the keywords the pipeline schema uses: any doubt
     (another keyword, a number type jsonschema might read differently) answers False,
     and jsonschema then decides and explains. It saves jsonschema's import on valid files.
     """
-    schema = load_schema()
+    schema = load_schema(name)
     return _fits(instance, schema, schema)
 
 
@@ -199,9 +205,9 @@ def kind_of(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _subject(path: YamlPath) -> str:
+def _subject(path: YamlPath, kind: FileSchema = "pipeline") -> str:
     if not path:
-        return "the pipeline file"
+        return f"the {_FILE_NOUNS[kind]} file"
     last = path[-1]
     if isinstance(last, int):
         parent = next((p for p in reversed(path) if isinstance(p, str)), None)
@@ -209,27 +215,30 @@ def _subject(path: YamlPath) -> str:
     return f"'{last}'"
 
 
-def _owner(path: YamlPath, data: Any) -> str:
+def _owner(path: YamlPath, data: Any, kind: FileSchema = "pipeline") -> str:
     """Names the mapping at ``path`` for messages: the pipeline, step 'x', resource 'db'..."""
     if not path:
-        return "the pipeline"
-    if len(path) == 2 and path[0] == "steps" and isinstance(path[1], int):
-        step = data["steps"][path[1]] if isinstance(data, dict) else None
-        name = step.get("name") if isinstance(step, dict) else None
-        return f"step '{name}'" if isinstance(name, str) else f"step {path[1] + 1}"
+        return f"the {_FILE_NOUNS[kind]}"
+    if len(path) == 2 and path[0] in ("steps", "tests") and isinstance(path[1], int):
+        noun = path[0][:-1]
+        item = data[path[0]][path[1]] if isinstance(data, dict) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        return f"{noun} '{name}'" if isinstance(name, str) else f"{noun} {path[1] + 1}"
     if len(path) == 2 and path[0] == "resources":
         return f"resource '{path[1]}'"
     return _subject(path)
 
 
-def _describe_error(error: ValidationError, data: Any) -> list[tuple[YamlPath, str, bool]]:
+def _describe_error(
+    error: ValidationError, data: Any, file_kind: FileSchema = "pipeline"
+) -> list[tuple[YamlPath, str, bool]]:
     """(path, message, point at the key?) for one schema error."""
     path: YamlPath = tuple(error.absolute_path)
     kind, schema = error.validator, error.schema
     instance: Any = error.instance
     expected: Any = error.validator_value
     assert isinstance(schema, dict)
-    subject = _subject(path)
+    subject = _subject(path, file_kind)
     if kind == "additionalProperties":
         return [((*path, key), message, True) for key, message in _unknown_keys(schema, instance)]
     if kind == "required":
@@ -238,7 +247,8 @@ def _describe_error(error: ValidationError, data: Any) -> list[tuple[YamlPath, s
         return [
             (
                 path,
-                f"{_owner(path, data)} is missing required key '{key}'{hint.get(key, '')}",
+                f"{_owner(path, data, file_kind)} is missing required key "
+                f"'{key}'{hint.get(key, '')}",
                 False,
             )
             for key in missing
@@ -255,7 +265,8 @@ def _describe_error(error: ValidationError, data: Any) -> list[tuple[YamlPath, s
         return [
             (
                 path,
-                f"unsupported version {instance!r} — this choreo reads pipeline files of version 1",
+                f"unsupported version {instance!r} — this choreo reads "
+                f"{_FILE_NOUNS[file_kind]} files of version 1",
                 False,
             )
         ]
