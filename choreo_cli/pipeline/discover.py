@@ -1,4 +1,5 @@
-"""Finding the pipeline files in a directory tree, for `choreo validate DIR`."""
+"""Finding the pipeline files (`choreo validate DIR`) and test files (`choreo test DIR`) in a
+directory tree."""
 
 from __future__ import annotations
 
@@ -46,6 +47,31 @@ def find_pipeline_files(directory: str | os.PathLike[str]) -> list[str]:
                 shown = os.path.join(*relative, name) if _is_here(root) else path
                 found.append(((*relative, name), shown))
     return [shown for _, shown in sorted(found)]
+
+
+def find_test_files(directory: str | os.PathLike[str]) -> list[str]:
+    """The test files (``*.test.yaml``, ``*.test.yml``) under ``directory``, searched
+    recursively, in sorted path order; folders are skipped as ``find_pipeline_files`` skips them.
+
+    >>> find_test_files("sample_pipelines")  # doctest: +SKIP
+    ['sample_pipelines/statements/pipeline.test.yaml']
+    """
+    root = os.fspath(directory)
+    found: list[tuple[tuple[str, ...], str]] = []
+    for current, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not _skipped_dir(Path(current, d))]
+        relative = Path(current).relative_to(root).parts
+        for name in files:
+            if name.startswith(".") or not name.endswith(_TEST_SUFFIXES):
+                continue
+            shown = os.path.join(*relative, name) if _is_here(root) else os.path.join(current, name)
+            found.append(((*relative, name), shown))
+    return [shown for _, shown in sorted(found)]
+
+
+def is_test_file(path: str | os.PathLike[str]) -> bool:
+    """True when the file's name says it is a test file (``*.test.yaml``, ``*.test.yml``)."""
+    return os.fspath(path).endswith(_TEST_SUFFIXES)
 
 
 def is_pipeline_file(path: str | os.PathLike[str]) -> bool:
