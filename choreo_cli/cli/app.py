@@ -12,6 +12,7 @@ from choreo_cli.cli.run import run
 from choreo_cli.cli.schema_cmd import schema
 from choreo_cli.cli.show import show
 from choreo_cli.cli.streams import streams_of
+from choreo_cli.cli.test_cmd import pipeline_tests
 from choreo_cli.cli.validate import validate
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ app.command("run")(_exits(run))
 app.command("validate")(_exits(validate))
 app.command("schema")(_exits(schema))
 app.command("show")(_exits(show))
+app.command("test")(_exits(pipeline_tests))
 
 
 def main(streams: Streams) -> None:
