@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ParamSpec
 
 import typer
 
+from choreo_cli.cli.init_cmd import init
 from choreo_cli.cli.run import run
 from choreo_cli.cli.schema_cmd import schema
 from choreo_cli.cli.show import show
@@ -68,6 +69,7 @@ app.command("validate")(_exits(validate))
 app.command("schema")(_exits(schema))
 app.command("show")(_exits(show))
 app.command("test")(_exits(pipeline_tests))
+app.command("init")(_exits(init))
 
 
 def main(streams: Streams) -> None:
