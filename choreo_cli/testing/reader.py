@@ -269,17 +269,37 @@ class TestFileReader:
             self.problem((*where, "factory"), f"{label} is not callable (it is a {kind})")
             return False
         try:
-            signature = inspect.signature(factory)
+            params = list(inspect.signature(factory).parameters.values())
         except (TypeError, ValueError):
             return True  # a builtin without a signature: it is checked when it is called
-        try:
-            signature.bind(**with_)
-        except TypeError as exc:
-            self.problem(
-                (*where, "factory"), f"{label} cannot be called with the with: given: {exc}"
-            )
-            return False
-        return True
+        kinds = inspect.Parameter
+        named = [
+            p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+        ]
+        ok = True
+        if not any(p.kind is kinds.VAR_KEYWORD for p in params):
+            for key in with_:
+                if key not in named:
+                    self.problem(
+                        (*where, "with", key),
+                        f"{label} does not accept the keyword argument '{key}' given in "
+                        f"with:{did_you_mean(key, named)}",
+                        at_key=True,
+                    )
+                    ok = False
+        for param in params:
+            if param.default is not kinds.empty or param.kind in (
+                kinds.VAR_POSITIONAL,
+                kinds.VAR_KEYWORD,
+            ):
+                continue
+            if param.name not in with_ or param.kind is kinds.POSITIONAL_ONLY:
+                self.problem(
+                    (*where, "factory"),
+                    f"{label} requires the argument '{param.name}': add it under with:",
+                )
+                ok = False
+        return ok
 
     def _mocks(self, mocks: Any, pipeline: Pipeline, path: YamlPath) -> list[MockDefinition]:
         if not isinstance(mocks, dict):

@@ -112,8 +112,8 @@ class TestRunner:
             for coordinator in running:
                 coordinator.interrupt(f"choreo test --timeout {timeout:g}")
             message = (
-                f"test '{test.name}' took longer than --timeout {timeout:g}s and was stopped "
-                "waiting for — give its steps a timeout:, or raise --timeout"
+                f"test '{test.name}' did not finish within --timeout {timeout:g}s (its records "
+                "were told to stop) — give its steps a timeout:, or raise --timeout"
             )
             return [self._error(test, message)], [], None
         if raised:
