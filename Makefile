@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint fmt typecheck unit chaos bench wheel-check clean
+.PHONY: demo test lint fmt typecheck unit pipelines chaos bench wheel-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 	  test $$status -le 1
 
 ## test: lint, type-check and run the whole test suite (what CI runs)
-test: $(VENV)/.installed-dev lint typecheck unit
+test: $(VENV)/.installed-dev lint typecheck unit pipelines
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check choreo_cli tests bench
@@ -38,6 +38,10 @@ typecheck: $(VENV)/.installed-dev
 unit: $(VENV)/.installed-dev
 	$(BIN)/pytest -q -p no:cacheprovider -n auto  # one test process per core (pytest-xdist)
 	$(BIN)/pytest -q -p no:cacheprovider --doctest-modules choreo_cli  # the docstrings' examples
+
+## pipelines: the sample pipelines' own tests (their *.test.yaml files)
+pipelines: $(VENV)/.installed-dev
+	$(BIN)/choreo test sample_pipelines
 
 fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff format choreo_cli tests bench
@@ -63,7 +67,11 @@ wheel-check: $(PY)
 	  "$$tmp/venv/bin/python" -m pip install --quiet --disable-pip-version-check dist/choreo_cli-*.whl && \
 	  cd "$$tmp" && "$$tmp/venv/bin/choreo" schema > schema.json && \
 	  cmp schema.json "$(CURDIR)/schemas/pipeline.schema.json" && \
-	  echo "wheel-check: the installed wheel's choreo schema matches schemas/pipeline.schema.json"
+	  echo "wheel-check: the installed wheel's choreo schema matches schemas/pipeline.schema.json" && \
+	  "$$tmp/venv/bin/choreo" init starter 2>/dev/null && cd starter && \
+	  "$$tmp/venv/bin/choreo" validate pipeline.yaml && "$$tmp/venv/bin/choreo" test && \
+	  "$$tmp/venv/bin/choreo" run pipeline.yaml -i records.jsonl -o /dev/null && \
+	  echo "wheel-check: choreo init from the wheel writes a pipeline that validates, passes its tests and runs"
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
