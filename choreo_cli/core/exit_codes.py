@@ -18,6 +18,8 @@ class ExitCode(IntEnum):
     """Some record failed, was cancelled or invalid, or a resource's teardown failed."""
     USAGE = 2
     """The command line, the pipeline file or the input file is unusable; no record ran."""
+    HALTED = 3
+    """Stopped early, some input was not run (``--fail-fast``, a failure budget)."""
     INTERRUPTED = 130
     """Interrupted by SIGINT (128 + 2)."""
     BROKEN_PIPE = 141

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from choreo_cli.core.exit_codes import ExitCode
 
 if TYPE_CHECKING:
+    from choreo_cli.core.budget import Halt
     from choreo_cli.core.result import SkipPattern
 
 STATUSES = ("succeeded", "failed", "cancelled", "invalid")
@@ -70,6 +71,8 @@ class RunSummary:
         self.output_failed = False
         #: Why the run was refused before any record (exit 2), or None.
         self.error: str | None = None
+        #: Why the run stopped early (--fail-fast, a failure budget: exit 3), or None.
+        self.halted: Halt | None = None
         self._counts = dict.fromkeys(STATUSES, 0)
         self._steps: dict[str, dict[str, int]] = {
             name: dict.fromkeys(STEP_COUNTS, 0) for name in step_names
@@ -154,6 +157,12 @@ class RunSummary:
         if self.signal is None:
             self.signal = int(signum)
 
+    def record_halt(self, halt: Halt) -> None:
+        """The run stopped early, some input not run (``--fail-fast``, a failure budget):
+        exit 3. The first halt is the one kept."""
+        if self.halted is None:
+            self.halted = halt
+
     def record_broken_pipe(self) -> None:
         """The output's reader went away (exit 141)."""
         self.broken_pipe = True
@@ -218,14 +227,17 @@ class RunSummary:
 
     @property
     def exit_code(self) -> ExitCode:
-        """0 all succeeded; 1 some did not, or teardown/output failed; a signal's code wins;
-        2 when the run was refused before any record."""
+        """0 all succeeded; 1 some did not, or teardown/output failed; 3 halted early
+        (over 1: some input was not run); a signal's code wins; 2 when the run was
+        refused before any record."""
         if self.error is not None:
             return ExitCode.USAGE
         if self.signal is not None:
             return _SIGNAL_CODES.get(self.signal, ExitCode.INTERRUPTED)
         if self.broken_pipe:
             return ExitCode.BROKEN_PIPE
+        if self.halted is not None:
+            return ExitCode.HALTED
         counts = self._counts
         if (
             counts["failed"]
@@ -251,6 +263,7 @@ class RunSummary:
             "wall_time": round(self.elapsed, 6),
             "records_per_second": round(self.records_per_second, 3),
             "interrupted": interrupted,
+            "halted": None if self.halted is None else self.halted.to_json(),
             "broken_pipe": self.broken_pipe,
             "teardown_failed": self.teardown_failed,
             "output_failed": self.output_failed,
