@@ -1,8 +1,10 @@
-"""The general call path of a step callable: record conversion, async, timeout, retry.
+"""The general call path of a step callable: record conversion, async, limits, timeout, retry.
 
 The compiled runner calls plain callables directly (a timed one between the two lines of
 its deadline slot); everything else goes through here. A timeout is the watchdog's
-(watchdog.py): the call runs inline, its deadline slot set around it.
+(watchdog.py): the call runs inline, its deadline slot set around it. A callable with
+limits waits for them (limits.py) before each attempt, outside its deadline: the wait
+does not count toward its timeout.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from choreo_cli.errors import Cancel, StepDefinitionError, StepTimeout, Unassign
 
 if TYPE_CHECKING:
     from choreo_cli.core.context import Context, _RunFlags
+    from choreo_cli.core.limits import Gate
     from choreo_cli.core.step import Planned, Step
     from choreo_cli.core.watchdog import Timed
     from choreo_cli.core.workers import Worker
@@ -39,15 +42,59 @@ def invoke(
     planned: Planned | None,
     timed: Timed | None,
     flags: _RunFlags,
+    gate: Gate | None = None,
 ) -> Any:
-    """The general call path: record conversion, async callables, timeout and retry.
+    """The general call path: record conversion, async callables, limits, timeout and retry.
 
-    ``timed`` is the call's token when its step has a timeout (``Plan.timed``).
+    ``timed`` is the call's token when its step has a timeout (``Plan.timed``); ``gate``
+    the limits it waits for before each attempt (``Plan.gates``).
     """
     arg = converted(spec, ctx, value)
     if planned is None or planned.retry is None or spec is not planned.job:
+        if gate is None:
+            return call(spec, ctx, arg, worker, timed)
+        return limited_call(gate, spec, ctx, arg, worker, timed, flags)
+    return retry(planned, ctx, arg, worker, timed, flags, gate=gate)
+
+
+def limited_call(
+    gate: Gate,
+    spec: CallSpec,
+    ctx: Context,
+    arg: Any,
+    worker: Worker,
+    timed: Timed | None,
+    flags: _RunFlags,
+) -> Any:
+    """``call`` once the callable's limits let it start; they are left when it ends.
+
+    An interruption during the wait abandons the record (it is cancelled).
+    """
+    enter_gate(gate, flags)
+    try:
         return call(spec, ctx, arg, worker, timed)
-    return retry(planned, ctx, arg, worker, timed, flags)
+    finally:
+        gate.leave()
+
+
+def enter_gate(gate: Gate, flags: _RunFlags) -> None:
+    """Wait for a gate's limits; raise Abandoned when the run is interrupted meanwhile."""
+    from choreo_cli.core.limits import LimitWaitInterrupted
+
+    try:
+        gate.enter(flags.wait_interrupted)
+    except LimitWaitInterrupted as exc:
+        raise Abandoned(str(exc)) from None
+
+
+async def aenter_gate(gate: Gate, flags: _RunFlags) -> None:
+    """``enter_gate`` for an async callable: the loop goes on while it waits."""
+    from choreo_cli.core.limits import LimitWaitInterrupted, polling_sleep
+
+    try:
+        await gate.aenter(polling_sleep(lambda: flags.interrupted))
+    except LimitWaitInterrupted as exc:
+        raise Abandoned(str(exc)) from None
 
 
 def converted(spec: CallSpec, ctx: Context, value: Any) -> Any:
@@ -109,8 +156,10 @@ def retry(
     flags: _RunFlags,
     *,
     attempt: int = 0,
+    gate: Gate | None = None,
 ) -> Any:
-    """Call a job up to ``retry.attempts`` times; only the last failure counts.
+    """Call a job up to ``retry.attempts`` times; only the last failure counts. Each
+    attempt waits for the job's limits (``gate``) first.
 
     ``attempt``: the attempts made already (a record resumed after a timeout).
     """
@@ -118,8 +167,11 @@ def retry(
         attempt = count_attempt(planned, ctx, attempt)
         try:
             # Each attempt a token of its own: the watchdog tells them apart.
-            return call(planned.job, ctx, arg, worker, None if timed is None else timed.again())
-        except Cancel:
+            token = None if timed is None else timed.again()
+            if gate is None:
+                return call(planned.job, ctx, arg, worker, token)
+            return limited_call(gate, planned.job, ctx, arg, worker, token, flags)
+        except (Cancel, Abandoned):
             raise
         except Exception as exc:
             ctx = wait_to_retry(planned, ctx, worker, flags, attempt, exc)
@@ -209,6 +261,7 @@ def ainvoke(
     planned: Planned | None,
     timed: Timed | None,
     flags: _RunFlags,
+    gate: Gate | None = None,
 ) -> Awaitable[Any]:
     """``invoke`` for an async callable, for a record that runs in a task on its worker's
     loop: what to await. The callable's coroutine is awaited in place, not run as a task
@@ -216,10 +269,29 @@ def ainvoke(
     (see workers.ThreadPool._serve_async)."""
     arg = converted(spec, ctx, value)
     if planned is None or planned.retry is None or spec is not planned.job:
+        if gate is not None:
+            return alimited_call(gate, spec, ctx, arg, worker, timed, flags)
         if timed is None:
             return awaited(spec.fn(ctx, arg) if spec.takes_record else spec.fn(ctx), worker)
         return acall(spec, ctx, arg, worker, timed)
-    return aretry(planned, ctx, arg, worker, timed, flags)
+    return aretry(planned, ctx, arg, worker, timed, flags, gate)
+
+
+async def alimited_call(
+    gate: Gate,
+    spec: CallSpec,
+    ctx: Context,
+    arg: Any,
+    worker: Worker,
+    timed: Timed | None,
+    flags: _RunFlags,
+) -> Any:
+    """``acall`` once the callable's limits let it start (``limited_call`` for a coroutine)."""
+    await aenter_gate(gate, flags)
+    try:
+        return await acall(spec, ctx, arg, worker, timed)
+    finally:
+        gate.leave()
 
 
 @types.coroutine
@@ -278,7 +350,13 @@ async def acall(spec: CallSpec, ctx: Context, arg: Any, worker: Worker, timed: T
 
 
 async def aretry(
-    planned: Planned, ctx: Context, arg: Any, worker: Worker, timed: Timed | None, flags: _RunFlags
+    planned: Planned,
+    ctx: Context,
+    arg: Any,
+    worker: Worker,
+    timed: Timed | None,
+    flags: _RunFlags,
+    gate: Gate | None = None,
 ) -> Any:
     """``retry`` for an async job."""
     attempt = 0
@@ -286,8 +364,10 @@ async def aretry(
         attempt = count_attempt(planned, ctx, attempt)
         try:
             token = None if timed is None else timed.again()
-            return await acall(planned.job, ctx, arg, worker, token)
-        except Cancel:
+            if gate is None:
+                return await acall(planned.job, ctx, arg, worker, token)
+            return await alimited_call(gate, planned.job, ctx, arg, worker, token, flags)
+        except (Cancel, Abandoned):
             raise
         except Exception as exc:
             ctx = wait_to_retry(planned, ctx, worker, flags, attempt, exc)

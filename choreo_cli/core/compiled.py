@@ -280,14 +280,16 @@ def record_body(
         ]
         job_indent = ""
         if planned.pre is not None:
+            # A callable with limits waits for them on the general path.
+            gated = planned.pre_gate is not None
             call = _call(
                 namespace,
                 f"pre_{i}",
                 planned.pre,
                 f"step_{i}.pre",
-                general,
+                general or gated,
                 awaiting,
-                plan.timed.get(id(planned.pre)),
+                None if gated else plan.timed.get(id(planned.pre)),
             )
             lines += [
                 "try:",
@@ -314,14 +316,15 @@ def record_body(
             job_indent = "    "
         if plan.dry_run:
             continue
+        inline = planned.retry is None and planned.job_gate is None
         call = _call(
             namespace,
             f"job_{i}",
             planned.job,
             f"step_{i}.job",
-            general or planned.retry is not None,
+            general or not inline,
             awaiting,
-            None if planned.retry is not None else plan.timed.get(id(planned.job)),
+            plan.timed.get(id(planned.job)) if inline else None,
         )
         job = [
             "try:",

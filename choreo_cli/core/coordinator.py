@@ -20,6 +20,7 @@ from choreo_cli.core.compiled import (
 )
 from choreo_cli.core.context import _RunFlags
 from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.core.limits import Limit
 from choreo_cli.core.plan import Plan
 from choreo_cli.core.resources import ResourcePool, teardown_error
 from choreo_cli.core.result import Result
@@ -113,6 +114,11 @@ class Coordinator:
     def steps(self) -> tuple[Step, ...]:
         """The steps, in order."""
         return tuple(p.step for p in self._plan.steps)
+
+    @property
+    def limits(self) -> tuple[Limit, ...]:
+        """The limits its steps' callables wait for (with their wait counters), by name."""
+        return self._plan.limits
 
     @property
     def plan(self) -> Plan:

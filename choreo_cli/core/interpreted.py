@@ -295,7 +295,14 @@ def _finish_stuck(plan: Plan, worker: Worker, stuck: Stuck, raw: bytes | None) -
         ctx = wait_to_retry(planned, ctx, worker, plan.flags, attempt, error)
         arg = converted(planned.job, ctx, stuck.record)
         found = retry(
-            planned, ctx, arg, worker, plan.timed.get(id(planned.job)), plan.flags, attempt=attempt
+            planned,
+            ctx,
+            arg,
+            worker,
+            plan.timed.get(id(planned.job)),
+            plan.flags,
+            attempt=attempt,
+            gate=plan.gates.get(id(planned.job)),
         )
     except BaseException as exc:
         return plan.outcomes.on_job_error(

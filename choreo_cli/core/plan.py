@@ -12,6 +12,7 @@ from choreo_cli.core.watchdog import ASYNC_GRACE, Timed, resolution_for
 
 if TYPE_CHECKING:
     from choreo_cli.core.context import Context, _RunFlags
+    from choreo_cli.core.limits import Gate, Limit
     from choreo_cli.core.signatures import CallSpec
     from choreo_cli.core.step import Planned
     from choreo_cli.core.workers import Worker
@@ -31,6 +32,7 @@ class Plan:
         "clean",
         "dry_run",
         "flags",
+        "gates",
         "names",
         "outcomes",
         "step_names",
@@ -56,6 +58,13 @@ class Plan:
         self.by_spec: dict[int, Planned] = {id(s): p for p in steps for s in p.specs()}
         self.clean: type[Result] = clean_result_type(self.step_names, would_run=self.dry_run)
         self.outcomes = Outcomes(steps, self.names, self.step_names, flags)
+        # The limits of each callable that has some (a Gate), by id(spec).
+        self.gates: dict[int, Gate] = {
+            id(spec): gate
+            for p in steps
+            for spec, gate in ((p.pre, p.pre_gate), (p.job, p.job_gate))
+            if spec is not None and gate is not None
+        }
         # The deadline-slot token of each callable of a step with a timeout, by id(spec).
         self.timed: dict[int, Timed] = {
             id(spec): Timed(
@@ -81,6 +90,12 @@ class Plan:
         return resolution_for([t.timeout for t in self.timed.values()])
 
     @property
+    def limits(self) -> tuple[Limit, ...]:
+        """Every limit a callable of this plan waits for, once each, by name."""
+        found = {id(limit): limit for gate in self.gates.values() for limit in gate.limits}
+        return tuple(sorted(found.values(), key=lambda limit: limit.name))
+
+    @property
     def has_retry(self) -> bool:
         """True if a step's job has a retry policy (its records may carry attempts)."""
         return any(p.retry is not None for p in self.steps)
@@ -94,12 +109,26 @@ class Plan:
         """The general call path (conversion, async, timeout, retry): see calling.py."""
         key = id(spec)
         return invoke(
-            spec, ctx, value, worker, self.by_spec.get(key), self.timed.get(key), self.flags
+            spec,
+            ctx,
+            value,
+            worker,
+            self.by_spec.get(key),
+            self.timed.get(key),
+            self.flags,
+            self.gates.get(key),
         )
 
     def ainvoke(self, spec: CallSpec, ctx: Context, value: Any, worker: Worker) -> Awaitable[Any]:
         """The general call path of an async callable awaited in place: see calling.py."""
         key = id(spec)
         return ainvoke(
-            spec, ctx, value, worker, self.by_spec.get(key), self.timed.get(key), self.flags
+            spec,
+            ctx,
+            value,
+            worker,
+            self.by_spec.get(key),
+            self.timed.get(key),
+            self.flags,
+            self.gates.get(key),
         )

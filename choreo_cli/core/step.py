@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from choreo_cli.core.context import _Frame
 
 if TYPE_CHECKING:
+    from choreo_cli.core.limits import Gate, Limit
     from choreo_cli.core.retry import RetryPolicy
     from choreo_cli.core.signatures import CallSpec
 
@@ -16,6 +17,10 @@ if TYPE_CHECKING:
 @dataclasses.dataclass(frozen=True)
 class Step:
     """One step: an optional precheck and a job, with ``with:`` keywords for each.
+
+    ``job_limits`` and ``precheck_limits``: the limits (choreo_cli.core.limits) each call
+    waits for before it starts (every attempt of a retried job); a limit object shared by
+    several steps is one limit for all of them.
 
     >>> def create(ctx, record): return record["id"]
     >>> Step(name="create", job=create).name
@@ -33,12 +38,25 @@ class Step:
     retry: RetryPolicy | None = None
     timeout: float | None = None
     description: str | None = None
+    job_limits: Sequence[Limit] = ()
+    precheck_limits: Sequence[Limit] = ()
 
 
 class Planned:
     """A step checked by ``Coordinator.add_step``: its callables' specs and what the runners need."""
 
-    __slots__ = ("frame", "job", "key", "name", "pre", "retry", "step", "timeout")
+    __slots__ = (
+        "frame",
+        "job",
+        "job_gate",
+        "key",
+        "name",
+        "pre",
+        "pre_gate",
+        "retry",
+        "step",
+        "timeout",
+    )
 
     def __init__(self, step: Step, pre: CallSpec | None, job: CallSpec) -> None:
         self.step = step
@@ -49,7 +67,18 @@ class Planned:
         self.job = job
         self.retry = step.retry
         self.timeout = step.timeout
+        # The limits each callable waits for, or None (most steps: no code for them).
+        self.pre_gate = _gate(step.precheck_limits) if pre is not None else None
+        self.job_gate = _gate(step.job_limits)
 
     def specs(self) -> tuple[CallSpec, ...]:
         """The step's callables: its precheck (if any), then its job."""
         return (self.job,) if self.pre is None else (self.pre, self.job)
+
+
+def _gate(limits: Sequence[Limit]) -> Gate | None:
+    if not limits:
+        return None
+    from choreo_cli.core.limits import Gate
+
+    return Gate(limits)
