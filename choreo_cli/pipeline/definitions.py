@@ -11,6 +11,7 @@ from choreo_cli.errors import PipelineError, StepDefinitionError
 from choreo_cli.pipeline.problems import Problem
 
 if TYPE_CHECKING:
+    from choreo_cli.core.budget import FailureBudget
     from choreo_cli.core.coordinator import Coordinator
     from choreo_cli.core.resources import ResourceSpec
     from choreo_cli.core.retry import RetryPolicy
@@ -108,6 +109,12 @@ class Pipeline:
     steps: tuple[StepDefinition, ...]
     resources: tuple[ResourceDefinition, ...] = ()
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
+    # ``max_workers:``: the most records at once (``--workers`` above it is refused), and
+    # where the file says so, for that message; None when the file sets no maximum.
+    max_workers: int | None = None
+    max_workers_at: Problem | None = field(default=None, compare=False)
+    # ``halt:``: the failure budget, or None when the file has none.
+    halt: FailureBudget | None = None
 
     def coordinator(
         self, workers: int | None = None, *, dry_run: bool = False, timings: bool = True

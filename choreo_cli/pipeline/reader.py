@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,13 +19,24 @@ from choreo_cli.pipeline.refs import ReferenceResolutionError, parse_reference, 
 from choreo_cli.pipeline.retry import build_retry_policy, resolve_exception
 
 if TYPE_CHECKING:
+    from choreo_cli.core.budget import FailureBudget
     from choreo_cli.pipeline.definitions import (
         CallDefinition,
         Pipeline,
         ResourceDefinition,
         StepDefinition,
     )
-    from choreo_cli.pipeline.yaml_loader import YamlDocument, YamlPath
+    from choreo_cli.pipeline.yaml_loader import Mark, YamlDocument, YamlPath
+
+# A percentage as the schema lets it through (its value is checked here).
+_PERCENT_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?%")
+
+
+def _count(value: Any, least: int) -> int | None:
+    """``value`` when it is a whole number (not true/false) of at least ``least``, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= least:
+        return value
+    return None
 
 
 class PipelineReader:
@@ -112,18 +125,63 @@ class PipelineReader:
             value = data.get(key)
             return value if isinstance(value, str) else None
 
-        workers = data.get("workers")
+        workers = _count(data.get("workers"), 1) or 1
+        max_workers = _count(data.get("max_workers"), 1)
+        max_workers_at = None
+        if max_workers is not None:
+            mark = self._value_mark(("max_workers",))
+            max_workers_at = Problem(self.file, mark.line, mark.column, "max_workers")
+            if workers > max_workers:
+                self.problem(
+                    ("workers",),
+                    f"workers: {workers} is more than max_workers: {max_workers} (line "
+                    f"{mark.line}) — give workers: {max_workers} or fewer",
+                )
         return Pipeline(
             path=self.path,
             name=text("name"),
             description=text("description"),
-            workers=workers if isinstance(workers, int) and not isinstance(workers, bool) else 1,
+            workers=workers,
             python_path=tuple(self.python_path),
             values=values,
             steps=tuple(steps),
             resources=tuple(resources),
             warnings=tuple(p for p in self.problems if not p.is_error),
+            max_workers=max_workers,
+            max_workers_at=max_workers_at,
+            halt=self._halt(data.get("halt")),
         )
+
+    def _value_mark(self, path: YamlPath) -> Mark:
+        """Where the value at ``path`` is written."""
+        assert self.doc is not None
+        return self.doc.value_mark(path)
+
+    def _halt(self, halt: Any) -> FailureBudget | None:
+        """The failure budget of ``halt:``; what the schema cannot check (a percentage
+        above 100% or of 0%) is a problem here. None without a usable ``halt:``."""
+        from choreo_cli.core.budget import FailureBudget, parse_failures
+
+        if not isinstance(halt, dict):
+            return None
+        budget = FailureBudget()
+        failures = halt.get("failures")
+        if failures is not None:
+            try:
+                count, percent = parse_failures(failures)
+            except ValueError as exc:
+                # Other wrong values are the schema's problems (said once, there).
+                if isinstance(failures, str) and _PERCENT_TEXT.fullmatch(failures):
+                    self.problem(("halt", "failures"), f"'failures': {exc}")
+            else:
+                budget = FailureBudget(failures=count, percent=percent)
+        consecutive = _count(halt.get("consecutive"), 1)
+        if consecutive is not None:
+            budget = budget.with_consecutive(consecutive)
+        min_records = _count(halt.get("min_records"), 0)
+        if min_records is not None:
+            budget = dataclasses.replace(budget, min_records=min_records)
+        return budget if budget.active else None
 
     # -- top-level parts ------------------------------------------------------------------
 

@@ -239,6 +239,16 @@ def _describe_error(
     expected: Any = error.validator_value
     assert isinstance(schema, dict)
     subject = _subject(path, file_kind)
+    if path == ("halt", "failures") and kind in ("type", "pattern", "minimum"):
+        shown = str(instance).lower() if isinstance(instance, bool) else repr(instance)
+        return [
+            (
+                path,
+                "'failures' must be a number of records (at least 1) or a percentage like "
+                f"'2%', not {shown}",
+                False,
+            )
+        ]
     if kind == "additionalProperties":
         return [((*path, key), message, True) for key, message in _unknown_keys(schema, instance)]
     if kind == "required":
