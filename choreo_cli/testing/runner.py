@@ -132,7 +132,9 @@ class TestRunner:
             coordinator = self._coordinator(pipeline, test)
         except PipelineError as exc:
             problems = "; ".join(str(p) for p in exc.problems) or str(exc)
-            message = f"the pipeline does not load with this test's env: and set: — {problems}"
+            message = (
+                f"the pipeline does not load with this test's environment and values — {problems}"
+            )
             return [self._error(test, message)], [], None
         if started is not None:
             started(coordinator)
