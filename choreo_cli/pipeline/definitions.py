@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -13,9 +13,11 @@ from choreo_cli.pipeline.problems import Problem
 if TYPE_CHECKING:
     from choreo_cli.core.budget import FailureBudget
     from choreo_cli.core.coordinator import Coordinator
+    from choreo_cli.core.limits import Limit
     from choreo_cli.core.resources import ResourceSpec
     from choreo_cli.core.retry import RetryPolicy
     from choreo_cli.core.step import Step
+    from choreo_cli.pipeline.limits import LimitDefinition
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,20 @@ class StepDefinition:
     # The retry's ``on:`` entries as written: read without importing, ``retry.on`` lacks
     # the 'module:Class' ones (for ``choreo show``). Empty when ``on:`` is not given.
     retry_on: tuple[str, ...] = ()
+    # The limits (by name, as ``limits:`` defines them) its job's and its precheck's calls
+    # wait for: the step's ``limit:`` and each call's own.
+    job_limits: tuple[str, ...] = ()
+    precheck_limits: tuple[str, ...] = ()
 
-    def to_step(self) -> Step:
-        """The coordinator's Step; its callables are named by their reference text."""
+    def to_step(self, limits: Mapping[str, Limit] | None = None) -> Step:
+        """The coordinator's Step; its callables are named by their reference text.
+
+        ``limits``: the run's limit objects by name (``build_limits``).
+        """
         from choreo_cli.core.coordinator import Step
 
         precheck = self.precheck
+        built = limits or {}
         return Step(
             name=self.name,
             job=_target(self.job),
@@ -67,6 +77,8 @@ class StepDefinition:
             retry=self.retry,
             timeout=self.timeout,
             description=self.description,
+            job_limits=tuple(built[name] for name in self.job_limits if name in built),
+            precheck_limits=tuple(built[name] for name in self.precheck_limits if name in built),
         )
 
 
@@ -115,18 +127,42 @@ class Pipeline:
     max_workers_at: Problem | None = field(default=None, compare=False)
     # ``halt:``: the failure budget, or None when the file has none.
     halt: FailureBudget | None = None
+    # ``limits:``, rates overridden by ``with_rates`` (``--limit NAME=RATE``) included.
+    limits: tuple[LimitDefinition, ...] = ()
+    # The overridden rates (calls per second) by name: workers that load the file again
+    # apply them too.
+    rate_overrides: Mapping[str, float] = field(default_factory=dict)
+
+    def with_rates(self, rates: Mapping[str, float]) -> Pipeline:
+        """This pipeline with the rates of some limits replaced (``--limit NAME=RATE``);
+        raises ValueError, for people, for a name ``limits:`` does not define."""
+        from choreo_cli.pipeline.limits import override_rates
+
+        if not rates:
+            return self
+        limits = override_rates(self.limits, rates, file=str(self.path))
+        return replace(self, limits=limits, rate_overrides={**self.rate_overrides, **rates})
 
     def coordinator(
-        self, workers: int | None = None, *, dry_run: bool = False, timings: bool = True
+        self,
+        workers: int | None = None,
+        *,
+        dry_run: bool = False,
+        timings: bool = True,
+        limit_workers: int = 1,
     ) -> Coordinator:
         """A Coordinator with this pipeline's values, resources and steps (nothing built yet).
 
         ``timings=False``: results carry no duration (``choreo run`` writes none), which
-        makes each record cheaper. Raises PipelineError, positioned at the reference, when
-        a step cannot be added.
+        makes each record cheaper. ``limit_workers``: how many processes share each limit
+        (each coordinator gets an equal share, at least 1); every coordinator has limit
+        objects of its own. Raises PipelineError, positioned at the reference, when a step
+        cannot be added.
         """
         from choreo_cli.core.coordinator import Coordinator
+        from choreo_cli.pipeline.limits import build_limits
 
+        limits = build_limits(self.limits, limit_workers)
         coordinator = Coordinator(
             workers=self.workers if workers is None else workers,
             values=self.values,
@@ -136,7 +172,7 @@ class Pipeline:
         )
         for step in self.steps:
             try:
-                coordinator.add_step(step.to_step())
+                coordinator.add_step(step.to_step(limits))
             except StepDefinitionError as exc:
                 call = step.precheck if exc.phase == "precheck" and step.precheck else step.job
                 raise PipelineError([call.problem(str(exc))]) from exc

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         ResourceDefinition,
         StepDefinition,
     )
+    from choreo_cli.pipeline.limits import LimitDefinition
     from choreo_cli.pipeline.yaml_loader import Mark, YamlDocument, YamlPath
 
 # A percentage as the schema lets it through (its value is checked here).
@@ -67,6 +68,8 @@ class PipelineReader:
         self.doc: YamlDocument | None = None
         self.python_path: list[Path] = []
         self.checked_modules: set[str] = set()
+        self.limits: dict[str, LimitDefinition] = {}
+        self.limits_given = False
 
     # -- problems -------------------------------------------------------------------------
 
@@ -109,8 +112,31 @@ class PipelineReader:
         self._add_python_path(data.get("python_path"))
         values = self._context(data.get("context"))
         resources = self._resources(data.get("resources"))
+        self._read_limits(data)
         steps = self._steps(data.get("steps"), data.get("defaults"))
         return self._pipeline(data, values, resources, steps)
+
+    def _read_limits(self, data: dict[str, Any]) -> None:
+        """The file's ``limits:``; with ``workers:`` above 1, a share below 1 per worker
+        (the process and dask executors) is a warning at the limit."""
+        from choreo_cli.pipeline.limits import read_limits
+
+        self.limits_given = isinstance(data.get("limits"), dict)
+        self.limits = read_limits(data.get("limits"), lambda path: self._value_mark(path).line)
+        workers = _count(data.get("workers"), 1) or 1
+        for name, limit in self.limits.items():
+            warning = limit.share_warning(workers)
+            if warning is not None:
+                self.problem(("limits", name), warning, warning=True)
+
+    def _limit_names(self, value: Any, path: YamlPath) -> tuple[str, ...]:
+        """The limits a ``limit:`` names; an unknown name is a problem at its position."""
+        from choreo_cli.pipeline.limits import check_names
+
+        def report(at: YamlPath, message: str, warning: bool) -> None:
+            self.problem(at, message, warning=warning)
+
+        return check_names(value, path, self.limits, self.limits_given, report)
 
     def _pipeline(
         self,
@@ -142,6 +168,7 @@ class PipelineReader:
             name=text("name"),
             description=text("description"),
             workers=workers,
+            limits=tuple(self.limits.values()),
             python_path=tuple(self.python_path),
             values=values,
             steps=tuple(steps),
@@ -360,6 +387,16 @@ class PipelineReader:
             retry_spec = step["retry"] if "retry" in step else defaults.get("retry")
             timeout = _number(step["timeout"]) if "timeout" in step else default_timeout
             description = step.get("description")
+            job_limits = self._limit_names(step.get("limit"), (*path, "limit"))
+            precheck_limits: tuple[str, ...] = ()
+            for phase in ("precheck", "job"):
+                call = step.get(phase)
+                if isinstance(call, dict) and "limit" in call:
+                    own = self._limit_names(call["limit"], (*path, phase, "limit"))
+                    if phase == "job":
+                        job_limits = (*job_limits, *own)
+                    else:
+                        precheck_limits = own
             if job is not None and isinstance(name, str):
                 found.append(
                     StepDefinition(
@@ -370,6 +407,8 @@ class PipelineReader:
                         timeout=timeout,
                         description=description if isinstance(description, str) else None,
                         retry_on=_retry_on(retry_spec),
+                        job_limits=tuple(dict.fromkeys(job_limits)),
+                        precheck_limits=precheck_limits,
                     )
                 )
         return found

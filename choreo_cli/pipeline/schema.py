@@ -147,6 +147,9 @@ def _fits(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> bool:
         elif keyword in ("minItems", "minLength"):
             if isinstance(value, (list, str)) and len(value) < rule:
                 return False
+        elif keyword == "maxProperties":
+            if isinstance(value, dict) and len(value) > rule:
+                return False
         elif keyword == "items":
             if isinstance(value, list) and not all(_fits(item, rule, root) for item in value):
                 return False
@@ -226,6 +229,8 @@ def _owner(path: YamlPath, data: Any, kind: FileSchema = "pipeline") -> str:
         return f"{noun} '{name}'" if isinstance(name, str) else f"{noun} {path[1] + 1}"
     if len(path) == 2 and path[0] == "resources":
         return f"resource '{path[1]}'"
+    if len(path) == 2 and path[0] == "limits":
+        return f"limit '{path[1]}'"
     return _subject(path)
 
 
@@ -249,6 +254,9 @@ def _describe_error(
                 False,
             )
         ]
+    limit = _limit_problem(path, str(kind), instance)
+    if limit is not None:
+        return [limit]
     if kind == "additionalProperties":
         return [((*path, key), message, True) for key, message in _unknown_keys(schema, instance)]
     if kind == "required":
@@ -306,6 +314,38 @@ def _describe_error(
             (path, f"{subject} is not a valid reference: {instance!r} — {_REFERENCE_HINT}", False)
         ]
     return [(path, f"{subject}: {error.message}", False)]
+
+
+def _limit_problem(path: YamlPath, kind: str, instance: Any) -> tuple[YamlPath, str, bool] | None:
+    """The message of a schema error inside ``limits:`` that says more than the generic one."""
+    if len(path) < 2 or path[0] != "limits":
+        return None
+    name = path[1]
+    if len(path) == 2 and kind == "maxProperties":
+        return (
+            path,
+            f"limit '{name}' has concurrency and other keys: a limit is either a token "
+            "bucket {rate, burst} or a concurrency limit {concurrency} — split it into two limits",
+            False,
+        )
+    if len(path) == 2 and kind == "required":
+        return (
+            path,
+            f"limit '{name}' needs a rate (e.g. {{rate: 20/s, burst: 5}}) or a concurrency "
+            "(e.g. {concurrency: 4})",
+            False,
+        )
+    if path[2:] == ("rate",) and kind in ("pattern", "type"):
+        from choreo_cli.core.limits import parse_rate
+
+        try:
+            parse_rate(instance if isinstance(instance, str) else repr(instance))
+        except ValueError as exc:
+            reason = str(exc)
+        else:
+            reason = f"{instance!r} is not a rate — write N/s, N/min or N/h, e.g. 20/s"
+        return (path, f"limit '{name}': {reason}", False)
+    return None
 
 
 def _unknown_keys(schema: dict[str, Any], instance: Any) -> list[tuple[str, str]]:
