@@ -24,6 +24,8 @@ class MockDefinition:
     call: Callable[..., Any]
     with_: Mapping[str, Any]
     label: str
+    line: int = 1
+    column: int = 1
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class ResourceReplacement:
     with_: Mapping[str, Any]
     value: Any
     label: str
+    line: int = 1
+    column: int = 1
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,11 @@ class TestFileReader:
         mark = self.doc.key_mark(path) if at_key else self.doc.value_mark(path)
         self.problems.append(Problem(self.file, mark.line, mark.column, message))
 
+    def _at(self, path: YamlPath) -> tuple[int, int]:
+        assert self.doc is not None
+        mark = self.doc.value_mark(path)
+        return mark.line, mark.column
+
     def read(self) -> tuple[PipelineTestFile | None, list[Problem]]:
         """Check the whole file; the file is None when it is too broken to run."""
         from choreo_cli.pipeline.schema import check_structure
@@ -243,7 +248,9 @@ class TestFileReader:
                         (*where, "with"), "with: goes with factory:, not value:", at_key=True
                     )
                     continue
-                found.append(ResourceReplacement(name, None, {}, spec["value"], "value"))
+                found.append(
+                    ResourceReplacement(name, None, {}, spec["value"], "value", *self._at(where))
+                )
                 continue
             reference = spec["factory"]
             if not isinstance(reference, str) or not isinstance(with_, dict):
@@ -252,7 +259,11 @@ class TestFileReader:
             if factory is None:
                 continue
             if self._check_factory(name, reference, factory, with_, where):
-                found.append(ResourceReplacement(name, factory, dict(with_), None, reference))
+                found.append(
+                    ResourceReplacement(
+                        name, factory, dict(with_), None, reference, *self._at((*where, "factory"))
+                    )
+                )
         return found
 
     def _check_factory(
@@ -350,7 +361,9 @@ class TestFileReader:
                 )
                 return None
         if kind == "returns":
-            return MockDefinition(step, phase, _returning(spec["returns"]), {}, "mock (returns)")
+            return MockDefinition(
+                step, phase, _returning(spec["returns"]), {}, "mock (returns)", *self._at(where)
+            )
         if kind == "raises":
             return self._raising(step, phase, spec, where)
         reference, with_ = spec["call"], spec.get("with", {})
@@ -369,7 +382,9 @@ class TestFileReader:
             else:
                 self.problem((*where, "call"), str(exc))
             return None
-        return MockDefinition(step, phase, target, dict(with_), reference)
+        return MockDefinition(
+            step, phase, target, dict(with_), reference, *self._at((*where, "call"))
+        )
 
     def _raising(
         self, step: str, phase: Phase, spec: dict[str, Any], where: YamlPath
@@ -395,7 +410,12 @@ class TestFileReader:
             )
             return None
         return MockDefinition(
-            step, phase, _raiser(exception, message, spec.get("data")), {}, f"mock (raises {name})"
+            step,
+            phase,
+            _raiser(exception, message, spec.get("data")),
+            {},
+            f"mock (raises {name})",
+            *self._at(where),
         )
 
     def _exception(self, name: str, where: YamlPath) -> type[BaseException] | None:

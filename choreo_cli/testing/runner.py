@@ -20,9 +20,9 @@ from choreo_cli.testing.outcomes import FileOutcome, TestFailure, TestOutcome
 if TYPE_CHECKING:
     from choreo_cli.core.coordinator import Coordinator
     from choreo_cli.core.result import Result
-    from choreo_cli.pipeline.definitions import Pipeline
+    from choreo_cli.pipeline.definitions import CallDefinition, Pipeline
     from choreo_cli.pipeline.yaml_loader import YamlPath
-    from choreo_cli.testing.definitions import PipelineTest, PipelineTestFile
+    from choreo_cli.testing.definitions import MockDefinition, PipelineTest, PipelineTestFile
 
 # A short diff for nested values: at most this many lines.
 _DIFF_LINES = 12
@@ -192,47 +192,43 @@ class TestRunner:
         return pipeline
 
     def _coordinator(self, pipeline: Pipeline, test: PipelineTest) -> Coordinator:
-        """A coordinator of ``pipeline`` with the test's resources and mocks, one worker."""
-        from choreo_cli.core.coordinator import Coordinator
-        from choreo_cli.core.resources import ResourceSpec
+        """A coordinator of ``pipeline`` with the test's resources and mocks, one worker.
 
+        The replacements are made in the pipeline's definitions, and the pipeline builds
+        the coordinator as it does for ``choreo run``: whatever else the file defines
+        comes along.
+        """
+        from choreo_cli.pipeline.definitions import CallDefinition
+
+        file = self.file.path
         replaced = {r.name: r for r in test.resources}
-        resources: dict[str, Any] = {}
-        for definition in pipeline.resources:
-            replacement = replaced.get(definition.name)
-            if replacement is None:
-                resources[definition.name] = definition.to_spec()
-            elif replacement.factory is None:
-                resources[definition.name] = copy.deepcopy(replacement.value)
-            else:
-                resources[definition.name] = ResourceSpec(
-                    name=definition.name,
-                    factory=replacement.factory,
-                    kwargs=replacement.with_,
-                    scope=definition.scope,
-                    factory_name=replacement.label,
+        resources = []
+        for resource in pipeline.resources:
+            replacement = replaced.get(resource.name)
+            if replacement is not None:
+                factory = replacement.factory or _giving(replacement.value)
+                call = CallDefinition(
+                    replacement.label,
+                    replacement.with_,
+                    factory,
+                    file,
+                    replacement.line,
+                    replacement.column,
                 )
-        coordinator = Coordinator(
-            workers=1, values=pipeline.values, resources=resources, timings=False
-        )
+                resource = dataclasses.replace(resource, factory=call)
+            resources.append(resource)
         mocks = {(m.step.casefold(), m.phase): m for m in test.mocks}
-        for step_definition in pipeline.steps:
-            step = step_definition.to_step()
-            key = step_definition.name.casefold()
+        steps = []
+        for step in pipeline.steps:
+            key = step.name.casefold()
             job, precheck = mocks.get((key, "job")), mocks.get((key, "precheck"))
             if job is not None:
-                step = dataclasses.replace(
-                    step, job=job.call, job_with=job.with_ or None, job_name=job.label
-                )
+                step = dataclasses.replace(step, job=_mock_call(job, file))
             if precheck is not None:
-                step = dataclasses.replace(
-                    step,
-                    precheck=precheck.call,
-                    precheck_with=precheck.with_ or None,
-                    precheck_name=precheck.label,
-                )
-            coordinator.add_step(step)
-        return coordinator
+                step = dataclasses.replace(step, precheck=_mock_call(precheck, file))
+            steps.append(step)
+        mocked = dataclasses.replace(pipeline, resources=tuple(resources), steps=tuple(steps))
+        return mocked.coordinator(workers=1, timings=False)
 
     # -- matching -------------------------------------------------------------------------
 
@@ -320,6 +316,21 @@ def _run_records(coordinator: Coordinator, items: Iterable[Any]) -> Iterator[Res
 
     run_serial = build_runner(plan)[1]
     return run_serial(items, coordinator.local_worker())
+
+
+def _mock_call(mock: MockDefinition, file: str) -> CallDefinition:
+    from choreo_cli.pipeline.definitions import CallDefinition
+
+    return CallDefinition(mock.label, mock.with_, mock.call, file, mock.line, mock.column)
+
+
+def _giving(value: Any) -> Callable[[], Any]:
+    """A resource factory giving a fresh copy of ``value`` (a resource given as it is)."""
+
+    def give() -> Any:
+        return copy.deepcopy(value)
+
+    return give
 
 
 def _decoded(line: bytes) -> dict[str, Any]:
