@@ -194,17 +194,27 @@ def test_github_report_is_workflow_commands() -> None:
 
 
 def test_junit_report_parses_as_junit_xml() -> None:
-    done = choreo("test", "--format", "junit", "failing", "broken/good.test.yaml", cwd=CASES)
-    assert done.returncode == 1
+    done = choreo("test", "--format", "junit", "failing", "broken/good.test.yaml",
+                  "broken/syntax.test.yaml", cwd=CASES)  # fmt: skip
+    assert done.returncode == 2
     root = ET.fromstring(done.stdout)
     assert root.tag == "testsuites"
-    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("8", "6", "0")
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("9", "6", "1")
     suites = root.findall("testsuite")
-    assert [s.get("name") for s in suites] == ["failing/failing.test.yaml", "broken/good.test.yaml"]
+    assert [s.get("name") for s in suites] == [
+        "failing/failing.test.yaml",
+        "broken/good.test.yaml",
+        "broken/syntax.test.yaml",
+    ]
+    unusable = suites[2].find("testcase/error")
+    assert unusable is not None and (unusable.get("message") or "").startswith(
+        "broken/syntax.test.yaml:3:1: YAML syntax error"
+    )
     for suite in suites:
         cases = suite.findall("testcase")
         assert suite.get("tests") == str(len(cases))
         assert suite.get("failures") == str(sum(c.find("failure") is not None for c in cases))
+        assert suite.get("errors") == str(sum(c.find("error") is not None for c in cases))
         for case in cases:
             assert case.get("classname") == suite.get("name")
             assert case.get("name") and float(case.get("time", "x")) >= 0
