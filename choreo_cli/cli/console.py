@@ -179,8 +179,23 @@ def format_summary(summary: RunSummary) -> str:
             cells = [row[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
             lines.append("  ".join(cells).rstrip())
+    lines += _limit_lines(summary)
     lines.append(f"wall time {summary.elapsed:.2f} s, {summary.records_per_second:,.0f} records/s")
     return "\n".join(lines) + "\n"
+
+
+def _limit_lines(summary: RunSummary) -> list[str]:
+    """One line per limit: its waits, the time waited, and each worker's share if shared."""
+    lines = []
+    for name, figure in summary.limits.items():
+        line = (
+            f"limit {printable(name)}: {figure['waits']:,} waits, "
+            f"{figure['wait_seconds']:.2f} s waited"
+        )
+        if figure["workers"] > 1:
+            line += f" (each of {figure['workers']} workers: {figure['share']})"
+        lines.append(line)
+    return lines
 
 
 def _step_columns(steps: dict[str, dict[str, int]]) -> list[str]:
@@ -218,6 +233,8 @@ def _render_rich(summary: RunSummary, stream: TextIO) -> None:
         for name, step_counts in steps.items():
             table.add_row(Text(printable(name)), *(f"{step_counts[c]:,}" for c in columns))
         console.print(table)
+    for line in _limit_lines(summary):
+        console.print(Text(line))
     console.print(f"wall time {summary.elapsed:.2f} s, {summary.records_per_second:,.0f} records/s")
 
 

@@ -71,6 +71,8 @@ class RunSummary:
         self.output_failed = False
         #: Why the run was refused before any record (exit 2), or None.
         self.error: str | None = None
+        #: Per limit: ``{waits, wait_seconds, workers, share}`` (see core/limits.py).
+        self.limits: dict[str, dict[str, Any]] = {}
         #: Why the run stopped early (--fail-fast, a failure budget: exit 3), or None.
         self.halted: Halt | None = None
         self._counts = dict.fromkeys(STATUSES, 0)
@@ -175,6 +177,10 @@ class RunSummary:
         """Result lines could not be written (disk full...): exit 1."""
         self.output_failed = True
 
+    def record_limits(self, figures: dict[str, dict[str, Any]]) -> None:
+        """How often calls waited for each limit, for how long, and each worker's share."""
+        self.limits = {name: dict(figure) for name, figure in figures.items()}
+
     def record_usage_error(self, message: str) -> None:
         """The command line, the pipeline or the input was unusable: no record ran (exit 2)."""
         self.error = message
@@ -269,6 +275,7 @@ class RunSummary:
             "output_failed": self.output_failed,
             "exit_code": int(self.exit_code),
             "error": self.error,
+            "limits": self.limits,
         }
 
     def write_json(self, path: str | Path) -> None:

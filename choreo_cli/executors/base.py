@@ -92,6 +92,11 @@ class Executor(Protocol):
         """
         ...
 
+    def limit_figures(self) -> dict[str, dict[str, Any]]:
+        """Per limit: ``{waits, wait_seconds, workers, share}`` (for the summary; after
+        ``close()`` for executors whose workers report at their teardown)."""
+        ...
+
     def kill_workers(self) -> None:
         """After a second signal: end worker processes at once (threads end with choreo)."""
         ...
@@ -139,6 +144,9 @@ class PipelineSpec:
     # --fail-fast: a worker whose record did not succeed starts no other record itself,
     # without waiting for choreo to tell it (its batch's later records are not run).
     fail_fast: bool = False
+    # --limit NAME=RATE (calls per second), and how many workers share each limit equally.
+    limit_rates: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    limit_workers: int = 1
 
     @classmethod
     def for_file(
@@ -148,6 +156,8 @@ class PipelineSpec:
         overrides: Mapping[str, Any] | None = None,
         dry_run: bool = False,
         fail_fast: bool = False,
+        limit_rates: Mapping[str, float] | None = None,
+        limit_workers: int = 1,
     ) -> PipelineSpec:
         """The spec of a pipeline file, with a fresh run id (resources are built per run)."""
         absolute = Path(path).resolve()
@@ -159,6 +169,8 @@ class PipelineSpec:
             run_id=os.urandom(8).hex(),
             log_level=logs.forwarded_level(),
             fail_fast=fail_fast,
+            limit_rates=dict(limit_rates or {}),
+            limit_workers=limit_workers,
         )
 
 

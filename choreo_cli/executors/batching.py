@@ -208,8 +208,16 @@ class BatchExecutor(abc.ABC):
         self._local.running().__enter__()
         self._builder = ResultBuilder(tuple(s.name for s in self._local.steps), dry_run=dry_run)
         self._spec = PipelineSpec.for_file(
-            pipeline.path, overrides=overrides, dry_run=dry_run, fail_fast=fail_fast
+            pipeline.path,
+            overrides=overrides,
+            dry_run=dry_run,
+            fail_fast=fail_fast,
+            limit_rates=pipeline.rate_overrides,
+            limit_workers=workers,
         )
+        # Each worker's share of each limit; the waits its workers reported at teardown.
+        self._limit_shares = [limit.build(workers) for limit in pipeline.limits]
+        self._limit_waits: dict[str, list[float]] = {}
         self._fail_fast = fail_fast
         self._sizer = BatchSizer(
             target_seconds=self.target_seconds, max_size=self.max_batch, growth=self.growth
@@ -236,6 +244,25 @@ class BatchExecutor(abc.ABC):
     def clean_steps(self) -> dict[str, str]:
         """The ``steps`` of a record that ran every step without an error (for run_lines)."""
         return self._local.clean_steps()
+
+    def limit_figures(self) -> dict[str, dict[str, Any]]:
+        """Per limit: each worker's share, and the waits the workers reported when they
+        closed (summed)."""
+        from choreo_cli.core.limits import limit_figures
+
+        figures = limit_figures(self._limit_shares)
+        for name, (waits, seconds) in self._limit_waits.items():
+            if name in figures:
+                figures[name]["waits"] = int(waits)
+                figures[name]["wait_seconds"] = round(seconds, 6)
+        return figures
+
+    def _count_waits(self, figures: dict[str, dict[str, Any]]) -> None:
+        """Add what one worker reported of its waits per limit."""
+        for name, figure in figures.items():
+            total = self._limit_waits.setdefault(name, [0, 0.0])
+            total[0] += figure["waits"]
+            total[1] += figure["wait_seconds"]
 
     def interrupt(self, reason: str = "interrupted") -> None:
         """No new batch is sent; workers start no new record and stop their records in

@@ -181,6 +181,7 @@ class ProcessExecutor(BatchExecutor):
                 del exc
                 continue
             if message[0] == "closed":
+                self._count_waits(message[2])
                 return [f"worker process {proc.pid}: {e}" for e in message[1]]
             if message[0] == "log":
                 logs.replay(message[1])

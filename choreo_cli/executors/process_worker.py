@@ -23,6 +23,7 @@ import time
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from choreo_cli.core.limits import limit_figures
 from choreo_cli.errors import ChoreoError
 from choreo_cli.executors import logs
 from choreo_cli.executors.base import INTERRUPTED
@@ -95,7 +96,7 @@ def worker_main(
         runner.interrupt("the parent process is gone")
     errors = runner.close()
     with contextlib.suppress(OSError):
-        outbox.send(pickle.dumps(("closed", errors)))
+        outbox.send(pickle.dumps(("closed", errors, limit_figures(runner.coordinator.limits))))
 
 
 class _Outbox:

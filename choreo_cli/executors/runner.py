@@ -75,8 +75,10 @@ class BatchRunner:
                 f"the pipeline file {spec.path} on this worker differs from the one choreo "
                 "was started with; give every worker the same copy"
             )
-        pipeline = load_pipeline(spec.path, overrides=spec.overrides)
-        self.coordinator = pipeline.coordinator(workers=1, dry_run=spec.dry_run, timings=False)
+        pipeline = load_pipeline(spec.path, overrides=spec.overrides).with_rates(spec.limit_rates)
+        self.coordinator = pipeline.coordinator(
+            workers=1, dry_run=spec.dry_run, timings=False, limit_workers=spec.limit_workers
+        )
         # Worker-scoped resources too: a failing factory is reported before any record.
         self.coordinator.open(prebuild_workers=True)
         # Every batch of the runner is one run of the coordinator: once interrupted (by the

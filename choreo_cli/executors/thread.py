@@ -79,6 +79,12 @@ class ThreadExecutor:
         """The ``steps`` of a record that ran every step without an error."""
         return self.coordinator.clean_steps()
 
+    def limit_figures(self) -> dict[str, dict[str, Any]]:
+        """Per limit: its waits and time waited (every thread shares each limit whole)."""
+        from choreo_cli.core.limits import limit_figures
+
+        return limit_figures(self.coordinator.limits)
+
     def kill_workers(self) -> None:
         """Threads cannot be killed: a second signal exits the process, and them with it."""
 

@@ -113,7 +113,30 @@ def test_to_json_has_the_figures_and_is_json() -> None:
         "output_failed": False,
         "exit_code": 0,
         "error": None,
+        "limits": {},
     }
+
+
+def test_the_figures_of_each_limit_are_in_the_json_and_the_text() -> None:
+    from choreo_cli.cli.console import format_summary
+
+    summary = RunSummary()
+    summary.record_limits(
+        {
+            "crm_api": {"waits": 12, "wait_seconds": 3.5, "workers": 2, "share": "25/s"},
+            "warehouse": {"waits": 0, "wait_seconds": 0.0, "workers": 1, "share": 4},
+        }
+    )
+    summary.finish()
+    assert summary.to_json()["limits"]["crm_api"] == {
+        "waits": 12,
+        "wait_seconds": 3.5,
+        "workers": 2,
+        "share": "25/s",
+    }
+    lines = format_summary(summary).splitlines()
+    assert "limit crm_api: 12 waits, 3.50 s waited (each of 2 workers: 25/s)" in lines
+    assert "limit warehouse: 0 waits, 0.00 s waited" in lines
 
 
 def test_records_per_second() -> None:
