@@ -22,6 +22,19 @@ class ExecutorName(str, enum.Enum):
     dask = "dask"
 
 
+def _check_failures(value: str | None) -> str | None:
+    """``--max-failures``: N or P%, or a usage error (exit 2) saying how to write it."""
+    if value is None:
+        return None
+    from choreo_cli.core.budget import parse_failures
+
+    try:
+        parse_failures(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 def run(
     ctx: typer.Context,
     pipeline: Annotated[
@@ -49,7 +62,8 @@ def run(
         typer.Option("--ordered/--unordered", help="Write results in input order, or as they end."),
     ] = True,
     fail_fast: Annotated[
-        bool, typer.Option("--fail-fast", help="Start no new record after one did not succeed.")
+        bool,
+        typer.Option("--fail-fast", help="Start no new record after one did not succeed (exit 3)."),
     ] = False,
     set_values: Annotated[
         Optional[list[str]],  # noqa: UP045
@@ -130,11 +144,31 @@ def run(
             help="A longer input line is an invalid record, skipped without being held in memory.",
         ),
     ] = MAX_LINE_BYTES,
+    max_failures: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--max-failures",
+            metavar="N|P%",
+            callback=_check_failures,
+            help="Halt (exit 3) once N records failed, or P% of those that ended "
+            "(overrides the file's halt: failures).",
+        ),
+    ] = None,
+    max_consecutive_failures: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--max-consecutive-failures",
+            metavar="K",
+            min=1,
+            help="Halt (exit 3) once K records in a row failed (overrides halt: consecutive).",
+        ),
+    ] = None,
 ) -> ExitCode:
     """Run the pipeline over every record of a JSON Lines input; one result line per record.
 
     Exit 0 when every record succeeded, 1 when one did not, 2 when the command line, the
-    pipeline or the input is unusable, 130/143 when interrupted, 141 when stdout closed.
+    pipeline or the input is unusable, 3 when --fail-fast or a failure budget halted the
+    run early, 130/143 when interrupted, 141 when stdout closed.
     """
     from choreo_cli.cli.run_session import execute
     from choreo_cli.cli.streams import streams_of
@@ -159,5 +193,7 @@ def run(
         executor=executor.value,
         scheduler=scheduler,
         max_line_bytes=max_line_bytes,
+        max_failures=max_failures,
+        max_consecutive_failures=max_consecutive_failures,
     )
     return execute(options, streams=streams_of(ctx))

@@ -58,11 +58,14 @@ class RunOptions:
     executor: str = "thread"
     scheduler: str | None = None
     max_line_bytes: int = MAX_LINE_BYTES
+    # The failure budget: N or P% as given (checked when read), and K.
+    max_failures: str | None = None
+    max_consecutive_failures: int | None = None
 
 
 # Option -> (RunOptions field, kind). Kinds: "str", "path", "workers", "count" (a positive
-# whole number), "executor", "set" (repeatable) take a value; a bool is a flag that sets
-# the field to it.
+# whole number), "executor", "set" (repeatable), "failures" (N or P%) take a value; a bool
+# is a flag that sets the field to it.
 OPTIONS: dict[str, tuple[str, Any]] = {
     "--input": ("input", "str"),
     "-i": ("input", "str"),
@@ -88,6 +91,8 @@ OPTIONS: dict[str, tuple[str, Any]] = {
     "--executor": ("executor", "executor"),
     "--scheduler": ("scheduler", "str"),
     "--max-line-bytes": ("max_line_bytes", "count"),
+    "--max-failures": ("max_failures", "failures"),
+    "--max-consecutive-failures": ("max_consecutive_failures", "count"),
 }
 
 
@@ -100,7 +105,7 @@ def read_plain_run_args(args: list[str]) -> RunOptions | None:
     whole numbers without sign or leading zero, ``--executor`` one of EXECUTORS.
 
     >>> read_plain_run_args(["p.yaml", "-i", "in.jsonl", "-w", "4", "--set", "a=1", "-q"])
-    RunOptions(pipeline=PosixPath('p.yaml'), input='in.jsonl', output='-', workers=4, ordered=True, fail_fast=False, set_values=('a=1',), include_input=False, include_data=False, progress=None, quiet=True, summary_json=None, log_level='WARNING', rejects=None, checkpoint=None, dry_run=False, executor='thread', scheduler=None, max_line_bytes=67108864)
+    RunOptions(pipeline=PosixPath('p.yaml'), input='in.jsonl', output='-', workers=4, ordered=True, fail_fast=False, set_values=('a=1',), include_input=False, include_data=False, progress=None, quiet=True, summary_json=None, log_level='WARNING', rejects=None, checkpoint=None, dry_run=False, executor='thread', scheduler=None, max_line_bytes=67108864, max_failures=None, max_consecutive_failures=None)
     >>> read_plain_run_args(["p.yaml", "--help"]) is None
     True
     """
@@ -145,6 +150,14 @@ def read_plain_run_args(args: list[str]) -> RunOptions | None:
         elif kind == "executor":
             if value not in EXECUTORS:
                 return None
+            values[field] = value
+        elif kind == "failures":
+            from choreo_cli.core.budget import parse_failures
+
+            try:
+                parse_failures(value)
+            except ValueError:
+                return None  # typer says what is wrong
             values[field] = value
         elif kind == "path":
             values[field] = Path(value)

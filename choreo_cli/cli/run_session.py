@@ -16,7 +16,7 @@ from choreo_cli.cli.run_files import check_distinct_files, check_outputs_writabl
 from choreo_cli.cli.run_options import MAX_LINE_BYTES, MAX_WORKERS, UsageError
 from choreo_cli.cli.run_state import RunState, handle_signals
 from choreo_cli.core.exit_codes import ExitCode
-from choreo_cli.errors import PipelineError, ResourceError
+from choreo_cli.errors import Interrupted, PipelineError, ResourceError
 from choreo_cli.jsonl.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from choreo_cli.cli.rejects import Rejects
     from choreo_cli.cli.run_options import RunOptions
     from choreo_cli.cli.streams import Streams
+    from choreo_cli.core.budget import FailureBudget, Halt
     from choreo_cli.core.items import InvalidLine, Record
     from choreo_cli.core.result import Result
     from choreo_cli.core.summary import RunSummary
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from choreo_cli.jsonl.checkpoint import Checkpoint
     from choreo_cli.jsonl.reader import JsonlReader
     from choreo_cli.jsonl.writer import ResultWriter
+    from choreo_cli.pipeline.definitions import Pipeline
 
 
 def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
@@ -61,7 +63,9 @@ def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
         try:
             if str(options.output) == "-":
                 results = streams.divert_stdout(stack)
-            executor = build_executor(options)
+            pipeline = load_run_pipeline(options)
+            budget = build_budget(options, pipeline)
+            executor = build_executor(options, pipeline)
             source = open_input(options, streams=streams, stack=stack)
             checkpoint = build_checkpoint(options, stack=stack)
             open_executor(executor, options)
@@ -93,6 +97,7 @@ def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
             source=source,
             checkpoint=checkpoint,
             results=results,
+            budget=budget,
         )
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -139,6 +144,7 @@ def _run(
     source: RunInput,
     checkpoint: Checkpoint | None,
     results: BinaryIO | None,
+    budget: FailureBudget | None,
 ) -> ExitCode:
     from choreo_cli.core.summary import RunSummary
 
@@ -187,6 +193,7 @@ def _run(
             checkpoint=checkpoint,
             rejects=rejects,
             regular_input=source.regular,
+            budget=budget,
         )
         session.run()
     finally:
@@ -211,11 +218,20 @@ class RunInput:
     regular: bool
 
 
-def build_executor(options: RunOptions) -> Executor:
-    """The executor of the pipeline file, with ``--set`` values, ``--workers``, ``--executor``."""
-    from choreo_cli.executors import ExecutorUnavailable
-    from choreo_cli.executors import build_executor as build_named_executor
-    from choreo_cli.pipeline.loader import load_pipeline, parse_override
+def load_run_pipeline(options: RunOptions) -> Pipeline:
+    """The pipeline file, with ``--set`` values; raises UsageError or PipelineError."""
+    from choreo_cli.pipeline.loader import load_pipeline
+
+    overrides = set_overrides(options)
+    if not options.pipeline.is_file():
+        what = "is not a file" if options.pipeline.exists() else "does not exist"
+        raise UsageError(f"pipeline file {options.pipeline} {what}")
+    return load_pipeline(options.pipeline, overrides=overrides)
+
+
+def set_overrides(options: RunOptions) -> dict[str, Any]:
+    """The ``--set KEY=VALUE`` values; raises UsageError for one without ``=``."""
+    from choreo_cli.pipeline.loader import parse_override
 
     overrides: dict[str, Any] = {}
     for text in options.set_values:
@@ -224,10 +240,43 @@ def build_executor(options: RunOptions) -> Executor:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         overrides[key] = value
-    if not options.pipeline.is_file():
-        what = "is not a file" if options.pipeline.exists() else "does not exist"
-        raise UsageError(f"pipeline file {options.pipeline} {what}")
-    pipeline = load_pipeline(options.pipeline, overrides=overrides)
+    return overrides
+
+
+def build_budget(options: RunOptions, pipeline: Pipeline) -> FailureBudget | None:
+    """The failure budget: the file's ``halt:``, with ``--max-failures`` and
+    ``--max-consecutive-failures`` over it; None when nothing can halt the run."""
+    from choreo_cli.core.budget import FailureBudget
+
+    budget = pipeline.halt
+    if options.max_failures is None and options.max_consecutive_failures is None:
+        return budget
+    budget = budget or FailureBudget()
+    if options.max_failures is not None:
+        try:
+            budget = budget.with_failures(options.max_failures)
+        except ValueError as exc:
+            raise UsageError(f"--max-failures: {exc}") from None
+    if options.max_consecutive_failures is not None:
+        budget = budget.with_consecutive(options.max_consecutive_failures)
+    return budget if budget.active else None
+
+
+def build_executor(options: RunOptions, pipeline: Pipeline) -> Executor:
+    """The executor of the pipeline, with ``--workers`` (within the file's ``max_workers``),
+    ``--executor``."""
+    from choreo_cli.executors import ExecutorUnavailable
+    from choreo_cli.executors import build_executor as build_named_executor
+
+    overrides = set_overrides(options)
+    maximum, at = pipeline.max_workers, pipeline.max_workers_at
+    if options.workers is not None and maximum is not None and options.workers > maximum:
+        where = "" if at is None else f"{at.file}:{at.line}:{at.column}: "
+        raise UsageError(
+            f"{where}--workers {options.workers} is more than this pipeline's max_workers: "
+            f"{maximum} — give --workers {maximum} or fewer (the file allows no more records "
+            "at once; raise max_workers there if what it writes to takes more)"
+        )
     if options.scheduler is not None and options.executor != "dask":
         raise UsageError("--scheduler needs --executor dask")
     if options.workers is None and pipeline.workers > MAX_WORKERS:
@@ -441,6 +490,8 @@ class RunSession:
     checkpoint: Checkpoint | None
     rejects: Rejects | None
     regular_input: bool
+    # The failure budget (``halt:``, ``--max-failures``...), None without one.
+    budget: FailureBudget | None = None
 
     def run(self) -> None:
         """Run every record; the progress bar, the writer and the rejects are closed after."""
@@ -486,6 +537,9 @@ class RunSession:
         elif writer.error is not None:
             summary.record_output_failure()
             console.error(writer.error_message or f"cannot write {writer.name}: {writer.error}")
+        if summary.halted is not None:
+            # Always said (-q too): the run did not take up all of its input.
+            console.error(f"halted: {summary.halted.reason}", prefix=False)
         if not self.options.quiet and not summary.broken_pipe:
             console.render_summary(summary)
         if self.options.summary_json is not None:
@@ -505,20 +559,47 @@ class RunSession:
         The thread executor has it for one worker (the fused serial loop); the process and
         Dask executors for any number (their workers parse the lines).
         """
-        if self.checkpoint is not None or (
-            self.options.executor == "thread" and self.executor.workers != 1
+        if (
+            self.checkpoint is not None
+            or self.budget is not None  # the budget counts every record, in order
+            or (self.options.executor == "thread" and self.executor.workers != 1)
         ):
             return None
         return self.writer.clean_line(self.executor.clean_steps())
 
     def _handler(self) -> Callable[[Result], bool]:
         """What happens to each Result: written, counted, shown, kept as a reject; True when
-        the run must start no other record (``--fail-fast``)."""
+        the run must start no other record (``--fail-fast``, the failure budget spent)."""
         write = self.writer.write
         tally = self._tally()
         rejects = self.rejects
-        state = self.state
-        executor = self.executor
+        halt = self._halt
+        fail_fast = self.options.fail_fast
+        if self.budget is not None:
+            return self._budget_handler(write, tally)
+
+        def handle(result: Result) -> bool:
+            write(result)
+            tally(result)
+            if result.status != "succeeded":
+                if rejects is not None:
+                    rejects.add(result)
+                if fail_fast and not stopped_before(result):
+                    halt(fail_fast_halt(result))
+                    return True
+            return False
+
+        return handle
+
+    def _budget_handler(
+        self, write: Callable[[Result], Any], tally: Callable[[Result], Any]
+    ) -> Callable[[Result], bool]:
+        """``_handler`` with a failure budget: every Result is counted against it, in the
+        order they come (the order records end with --unordered)."""
+        assert self.budget is not None
+        observe = self.budget.counter().observe
+        rejects = self.rejects
+        halt = self._halt
         fail_fast = self.options.fail_fast
 
         def handle(result: Result) -> bool:
@@ -527,14 +608,25 @@ class RunSession:
             if result.status != "succeeded":
                 if rejects is not None:
                     rejects.add(result)
-                if fail_fast:
-                    # No input is read any more, and no worker starts a record it holds.
-                    state.stop = True
-                    executor.halt("a record did not succeed (--fail-fast)")
+                if fail_fast and not stopped_before(result):
+                    halt(fail_fast_halt(result))
                     return True
+            spent = observe(result)
+            if spent is not None:
+                halt(spent)
+                return True
             return False
 
         return handle
+
+    def _halt(self, halt: Halt) -> None:
+        """Start no other record: no input is read any more, and no worker starts a record
+        it holds; records in flight finish. The first halt is the one the summary keeps."""
+        if self.summary.halted is not None:
+            return
+        self.summary.record_halt(halt)
+        self.state.stop = True
+        self.executor.halt(halt.reason)
 
     def _tally(self) -> Callable[[Result], None]:
         """What happens to a record whose line a worker wrote: counted and shown."""
@@ -556,9 +648,9 @@ class RunSession:
         items: Iterable[Record | InvalidLine] = self.reader
         if self.checkpoint is not None:
             items = self.checkpoint.skip_finished(items, self.summary.count_resumed)
-        if self.options.fail_fast or not self.regular_input:
-            # Only a pipe can block a read for ever, and only fail-fast stops
-            # reading on its own: a regular file needs no guard around each record.
+        if self.options.fail_fast or self.budget is not None or not self.regular_input:
+            # Only a pipe can block a read for ever, and only a halt (fail-fast, the
+            # budget) stops reading on its own: a regular file needs no guard around each record.
             items = self.state.feed(items)
         handle = self._handler()
         for result in self.executor.run_many(items, ordered=self.options.ordered):
@@ -589,3 +681,21 @@ class RunSession:
             writer.drain_if_full()
             if progress.enabled:
                 progress.advance_succeeded(clean, reader.bytes_read)
+
+
+def stopped_before(result: Result) -> bool:
+    """Whether ``result`` is a record cancelled because the run was stopping (a worker
+    that saw a failure halts the others before choreo hears of it): not the cause."""
+    error = result.error
+    return error is not None and isinstance(error.exception, Interrupted)
+
+
+def fail_fast_halt(result: Result) -> Halt:
+    """Why ``--fail-fast`` halted the run at ``result`` (a record that did not succeed)."""
+    from choreo_cli.core.budget import Halt
+
+    what = {"failed": "failed", "cancelled": "was cancelled", "invalid": "is not valid"}
+    where = f"line {result.line}" if result.line is not None else f"record {result.index}"
+    because = "" if result.error is None else f" ({result.error.type})"
+    verb = what.get(result.status, result.status)
+    return Halt(f"--fail-fast: the record at {where} {verb}{because}", result.line)

@@ -530,7 +530,8 @@ def test_fail_fast_with_one_worker_starts_no_record_after_the_first_failure(
     )
     records = [{"id": 0}, {"id": 1}, {"id": 2, "fail": True}, *({"id": i} for i in range(3, 50))]
     run = run_choreo(["run", "pipeline.yaml", "--fail-fast", "-w", "1"], input=_jsonl(*records))
-    assert run.code == 1
+    assert run.code == 3  # stopped early: some input was not run
+    assert "halted: --fail-fast: the record at line 3 failed (RuntimeError)\n" in run.stderr
     assert run.indices == [0, 1, 2]
     assert run.statuses == ["succeeded", "succeeded", "failed"]
     assert sorted(p.name for p in tmp_path.glob("ran-*")) == ["ran-0", "ran-1", "ran-2"]
@@ -548,7 +549,7 @@ def test_fail_fast_with_workers_still_writes_one_line_per_started_record(
         """,
     )
     run = run_choreo(["run", "pipeline.yaml", "--fail-fast", "-w", "4"], input=_jsonl(*range(1000)))
-    assert run.code == 1
+    assert run.code == 3
     assert run.indices == list(range(len(run.lines)))
     assert len(run.lines) < 1000
     assert "failed" in run.statuses

@@ -293,7 +293,8 @@ def test_fail_fast_starts_no_record_once_a_failure_is_known(
         ],
         timeout=120,
     )
-    assert run.code == 1, run.stderr  # a failure, not an interruption (130)
+    assert run.code == 3, run.stderr  # halted early, not an interruption (130)
+    assert "halted: --fail-fast: the record at line 4 failed (RuntimeError)\n" in run.stderr
     events = [line.split() for line in (tmp_path / "started.log").read_text().splitlines()]
     (failed_at,) = [float(at) for kind, _, at in events if kind == "failed"]
     started = {int(record): float(at) for kind, record, at in events if kind == "start"}
