@@ -163,6 +163,15 @@ def run(
             help="Halt (exit 3) once K records in a row failed (overrides halt: consecutive).",
         ),
     ] = None,
+    limit_values: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--limit",
+            metavar="NAME=RATE",
+            help="Override the rate of the file's limit NAME for this run (N/s, N/min or "
+            "N/h); repeatable.",
+        ),
+    ] = None,
 ) -> ExitCode:
     """Run the pipeline over every record of a JSON Lines input; one result line per record.
 
@@ -195,5 +204,6 @@ def run(
         max_line_bytes=max_line_bytes,
         max_failures=max_failures,
         max_consecutive_failures=max_consecutive_failures,
+        limit_values=tuple(limit_values or ()),
     )
     return execute(options, streams=streams_of(ctx))

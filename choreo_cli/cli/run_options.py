@@ -61,6 +61,8 @@ class RunOptions:
     # The failure budget: N or P% as given (checked when read), and K.
     max_failures: str | None = None
     max_consecutive_failures: int | None = None
+    # --limit NAME=RATE, as given (read and checked against the file's limits: later).
+    limit_values: tuple[str, ...] = ()
 
 
 # Option -> (RunOptions field, kind). Kinds: "str", "path", "workers", "count" (a positive
@@ -93,6 +95,7 @@ OPTIONS: dict[str, tuple[str, Any]] = {
     "--max-line-bytes": ("max_line_bytes", "count"),
     "--max-failures": ("max_failures", "failures"),
     "--max-consecutive-failures": ("max_consecutive_failures", "count"),
+    "--limit": ("limit_values", "limit"),
 }
 
 
@@ -105,12 +108,13 @@ def read_plain_run_args(args: list[str]) -> RunOptions | None:
     whole numbers without sign or leading zero, ``--executor`` one of EXECUTORS.
 
     >>> read_plain_run_args(["p.yaml", "-i", "in.jsonl", "-w", "4", "--set", "a=1", "-q"])
-    RunOptions(pipeline=PosixPath('p.yaml'), input='in.jsonl', output='-', workers=4, ordered=True, fail_fast=False, set_values=('a=1',), include_input=False, include_data=False, progress=None, quiet=True, summary_json=None, log_level='WARNING', rejects=None, checkpoint=None, dry_run=False, executor='thread', scheduler=None, max_line_bytes=67108864, max_failures=None, max_consecutive_failures=None)
+    RunOptions(pipeline=PosixPath('p.yaml'), input='in.jsonl', output='-', workers=4, ordered=True, fail_fast=False, set_values=('a=1',), include_input=False, include_data=False, progress=None, quiet=True, summary_json=None, log_level='WARNING', rejects=None, checkpoint=None, dry_run=False, executor='thread', scheduler=None, max_line_bytes=67108864, max_failures=None, max_consecutive_failures=None, limit_values=())
     >>> read_plain_run_args(["p.yaml", "--help"]) is None
     True
     """
     values: dict[str, Any] = {}
     sets: list[str] = []
+    limits: list[str] = []
     pipeline: str | None = None
     position = 0
     while position < len(args):
@@ -140,6 +144,8 @@ def read_plain_run_args(args: list[str]) -> RunOptions | None:
             return None
         if kind == "set":
             sets.append(value)
+        elif kind == "limit":
+            limits.append(value)
         elif kind in ("workers", "count"):
             if not value.isdecimal() or not value.isascii() or value.startswith("0"):
                 return None
@@ -165,4 +171,6 @@ def read_plain_run_args(args: list[str]) -> RunOptions | None:
             values[field] = value
     if pipeline is None:
         return None
-    return RunOptions(pipeline=Path(pipeline), set_values=tuple(sets), **values)
+    return RunOptions(
+        pipeline=Path(pipeline), set_values=tuple(sets), limit_values=tuple(limits), **values
+    )

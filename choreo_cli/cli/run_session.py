@@ -66,6 +66,7 @@ def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
             pipeline = load_run_pipeline(options)
             budget = build_budget(options, pipeline)
             executor = build_executor(options, pipeline)
+            warn_about_shares(pipeline, executor, console)
             source = open_input(options, streams=streams, stack=stack)
             checkpoint = build_checkpoint(options, stack=stack)
             open_executor(executor, options)
@@ -202,6 +203,7 @@ def _run(
         except ResourceError as exc:
             summary.record_teardown_failure()
             console.error(f"{exc} (results may not be durable)")
+        summary.record_limits(executor.limit_figures())
     return session.finish()
 
 
@@ -226,7 +228,37 @@ def load_run_pipeline(options: RunOptions) -> Pipeline:
     if not options.pipeline.is_file():
         what = "is not a file" if options.pipeline.exists() else "does not exist"
         raise UsageError(f"pipeline file {options.pipeline} {what}")
-    return load_pipeline(options.pipeline, overrides=overrides)
+    pipeline = load_pipeline(options.pipeline, overrides=overrides)
+    try:
+        return pipeline.with_rates(limit_rates(options))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def limit_rates(options: RunOptions) -> dict[str, float]:
+    """The rates of ``--limit NAME=RATE`` (calls per second) by name; raises UsageError."""
+    from choreo_cli.pipeline.limits import parse_limit_option
+
+    rates: dict[str, float] = {}
+    for text in options.limit_values:
+        try:
+            name, rate = parse_limit_option(text)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        rates[name] = rate
+    return rates
+
+
+def warn_about_shares(pipeline: Pipeline, executor: Executor, console: Console) -> None:
+    """Under the process and dask executors each worker has an equal share of each limit:
+    one line on stderr for each whose share is below 1 (each worker still gets 1)."""
+    if not pipeline.limits:
+        return
+    figures = executor.limit_figures()
+    for limit in pipeline.limits:
+        warning = limit.share_warning(figures.get(limit.name, {}).get("workers", 1))
+        if warning is not None:
+            console.warning(warning)
 
 
 def set_overrides(options: RunOptions) -> dict[str, Any]:

@@ -8,7 +8,7 @@ the spawned interpreter imports this module to run it, never the parent's
 - worker -> parent: ``("ready", pid)`` or ``("failed", message)`` once its resources
   are built or not, ``("chunk", seconds, last, chunk)`` for results (``last`` on a
   batch's final chunk), ``("log", record)`` for ``ctx.log`` lines, and
-  ``("closed", errors)`` after its teardown.
+  ``("closed", errors, limit figures)`` after its teardown.
 """
 
 from __future__ import annotations
