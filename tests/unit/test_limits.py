@@ -424,3 +424,15 @@ def test_a_coordinator_lists_its_limits_once_each_by_name() -> None:
     coordinator.add_step(Step(name="b", job=echo, job_limits=(db, api)))
     assert [limit.name for limit in coordinator.limits] == ["api", "db"]
     assert Coordinator().limits == ()
+
+
+def test_only_a_limited_callable_takes_the_general_call_path() -> None:
+    from choreo_cli.core.compiled import record_source
+
+    coordinator = Coordinator(timings=False)
+    coordinator.add_step(
+        Step(name="push", job=echo, precheck=echo, job_limits=(RateLimit("api", rate=1),))
+    )
+    source = record_source(coordinator.plan).source
+    assert "v = pre_0(ctx, value)" in source  # the precheck has no limit: called inline
+    assert "v = invoke(step_0.job, ctx, value, worker)" in source
