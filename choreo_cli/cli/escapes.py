@@ -78,3 +78,34 @@ def json_text(
         return text
     # Surrogates can only be inside string literals, where a backslash is written "\\".
     return _SURROGATE.sub(lambda match: "\\" + _escape(match), text)
+
+
+def github_command(
+    severity: str, message: str, *, file: str, line: int, column: int, title: str
+) -> str:
+    """One GitHub Actions workflow command (an annotation), with its line ending.
+
+    GitHub's own escapes for ``%``, CR and LF (an annotation may have several lines), and
+    ``:`` and ``,`` in the properties; any other control character is shown as an escape,
+    as in the text reports.
+
+    >>> github_command("error", "bad\\nvalue", file="a,b.yaml", line=3, column=1, title="x: y")
+    '::error file=a%2Cb.yaml,line=3,col=1,title=x%3A y::bad%0Avalue\\n'
+    """
+    properties = ",".join(
+        [
+            f"file={_github_property(file)}",
+            f"line={line}",
+            f"col={column}",
+            f"title={_github_property(title)}",
+        ]
+    )
+    return f"::{severity} {properties}::{_github_data(message)}\n"
+
+
+def _github_data(text: str) -> str:
+    return printable(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
+
+
+def _github_property(text: str) -> str:
+    return _github_data(text).replace(":", "%3A").replace(",", "%2C")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from choreo_cli.cli.escapes import json_text, printable
+from choreo_cli.cli.escapes import github_command, json_text, printable
 from choreo_cli.pipeline.problems import Problem
 
 
@@ -87,25 +87,16 @@ class GithubReporter(Reporter):
     def report(self, reports: Sequence[FileReport]) -> None:
         for file_report in reports:
             for p in file_report.problems:
-                properties = ",".join(
-                    [
-                        f"file={_escape_property(p.file)}",
-                        f"line={p.line}",
-                        f"col={p.column}",
-                        "title=choreo validate",
-                    ]
+                self.stream.write(
+                    github_command(
+                        p.severity,
+                        p.message,
+                        file=p.file,
+                        line=p.line,
+                        column=p.column,
+                        title="choreo validate",
+                    )
                 )
-                self.stream.write(f"::{p.severity} {properties}::{_escape_data(p.message)}\n")
-
-
-def _escape_data(text: str) -> str:
-    # GitHub's own escapes for %, CR and LF (an annotation may have several lines);
-    # any other control character is shown as an escape, as in the text report.
-    return printable(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
-
-
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 REPORTERS: dict[str, type[Reporter]] = {

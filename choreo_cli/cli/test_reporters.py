@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from choreo_cli.cli.escapes import json_text, printable
-from choreo_cli.cli.reporters import _escape_data, _escape_property
+from choreo_cli.cli.escapes import github_command, json_text, printable
 
 if TYPE_CHECKING:
     from choreo_cli.pipeline.problems import Problem
@@ -101,15 +100,9 @@ class GithubReporter(TestReporter):
     def _command(
         self, severity: str, file: str, line: int, column: int, title: str, message: str
     ) -> None:
-        properties = ",".join(
-            [
-                f"file={_escape_property(file)}",
-                f"line={line}",
-                f"col={column}",
-                f"title={_escape_property(title)}",
-            ]
+        self.stream.write(
+            github_command(severity, message, file=file, line=line, column=column, title=title)
         )
-        self.stream.write(f"::{severity} {properties}::{_escape_data(message)}\n")
 
 
 class JunitReporter(TestReporter):

@@ -28,7 +28,7 @@ steps:
 """
 HOSTILE_PROBLEMS = [
     r"pipeline.yaml:5:5: unknown key 'x\r\x1b[2Kok: 1 file valid\x1b[8m' — allowed here: "
-    "name, description, precheck, job, retry, timeout",
+    "name, description, precheck, job, retry, timeout, limit",
 ]
 STEPS = """\
 def job(ctx, record):
@@ -99,7 +99,7 @@ def test_validate_github_sends_no_raw_control_character(
     (line,) = done.stdout.decode("utf-8").splitlines()
     assert line.endswith(
         r"::unknown key 'x%0D\x1b[2Kok: 1 file valid\x1b[8m' — allowed here: "
-        "name, description, precheck, job, retry, timeout"
+        "name, description, precheck, job, retry, timeout, limit"
     )
     assert_no_raw_controls(line)
 
