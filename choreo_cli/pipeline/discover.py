@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from choreo_cli.pipeline.yaml_loader import MAX_BYTES, YamlLoadError, load_yaml
@@ -32,21 +33,7 @@ def find_pipeline_files(directory: str | os.PathLike[str]) -> list[str]:
     >>> find_pipeline_files("sample_pipelines")  # doctest: +SKIP
     ['sample_pipelines/statements/pipeline.yaml']
     """
-    root = os.fspath(directory)
-    found: list[tuple[tuple[str, ...], str]] = []
-    for current, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not _skipped_dir(Path(current, d))]
-        relative = Path(current).relative_to(root).parts
-        for name in files:
-            if name.startswith(".") or not name.endswith(_SUFFIXES):
-                continue
-            if name.endswith(_TEST_SUFFIXES):
-                continue
-            path = os.path.join(current, name)
-            if is_pipeline_file(path):
-                shown = os.path.join(*relative, name) if _is_here(root) else path
-                found.append(((*relative, name), shown))
-    return [shown for _, shown in sorted(found)]
+    return _find(directory, _is_pipeline_name)
 
 
 def find_test_files(directory: str | os.PathLike[str]) -> list[str]:
@@ -56,17 +43,7 @@ def find_test_files(directory: str | os.PathLike[str]) -> list[str]:
     >>> find_test_files("sample_pipelines")  # doctest: +SKIP
     ['sample_pipelines/statements/pipeline.test.yaml']
     """
-    root = os.fspath(directory)
-    found: list[tuple[tuple[str, ...], str]] = []
-    for current, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not _skipped_dir(Path(current, d))]
-        relative = Path(current).relative_to(root).parts
-        for name in files:
-            if name.startswith(".") or not name.endswith(_TEST_SUFFIXES):
-                continue
-            shown = os.path.join(*relative, name) if _is_here(root) else os.path.join(current, name)
-            found.append(((*relative, name), shown))
-    return [shown for _, shown in sorted(found)]
+    return _find(directory, lambda path, name: name.endswith(_TEST_SUFFIXES))
 
 
 def is_test_file(path: str | os.PathLike[str]) -> bool:
@@ -92,6 +69,28 @@ def is_pipeline_file(path: str | os.PathLike[str]) -> bool:
     except (UnicodeDecodeError, YamlLoadError):
         return _STEPS_LINE.search(raw) is not None
     return isinstance(data, dict) and "steps" in data
+
+
+def _find(directory: str | os.PathLike[str], keep: Callable[[str, str], bool]) -> list[str]:
+    """The files under ``directory`` that ``keep(path, name)`` accepts, in sorted path order,
+    hidden files and skipped folders left out; paths as the finders' docstrings say."""
+    root = os.fspath(directory)
+    found: list[tuple[tuple[str, ...], str]] = []
+    for current, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not _skipped_dir(Path(current, d))]
+        relative = Path(current).relative_to(root).parts
+        for name in files:
+            path = os.path.join(current, name)
+            if not name.startswith(".") and keep(path, name):
+                shown = os.path.join(*relative, name) if _is_here(root) else path
+                found.append(((*relative, name), shown))
+    return [shown for _, shown in sorted(found)]
+
+
+def _is_pipeline_name(path: str, name: str) -> bool:
+    if not name.endswith(_SUFFIXES) or name.endswith(_TEST_SUFFIXES):
+        return False
+    return is_pipeline_file(path)
 
 
 def _skipped_dir(path: Path) -> bool:
