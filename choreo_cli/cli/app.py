@@ -15,10 +15,10 @@ from choreo_cli.cli.show import show
 from choreo_cli.cli.streams import streams_of
 from choreo_cli.cli.test_cmd import pipeline_tests
 from choreo_cli.cli.validate import validate
+from choreo_cli.core.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from choreo_cli.cli.streams import Streams
-    from choreo_cli.core.exit_codes import ExitCode
 
 P = ParamSpec("P")
 
@@ -59,7 +59,13 @@ def _exits(command: Callable[P, ExitCode]) -> Callable[P, None]:
 
     @functools.wraps(command)
     def run_command(*args: P.args, **kwargs: P.kwargs) -> None:
-        raise typer.Exit(int(command(*args, **kwargs)))
+        try:
+            code = int(command(*args, **kwargs))
+        except KeyboardInterrupt:
+            # Ctrl-C in a command without handlers of its own (validate importing a slow
+            # module, test running steps): 130 as for `run`, not click's "Aborted!" and 1.
+            code = ExitCode.INTERRUPTED
+        raise typer.Exit(code)
 
     return run_command
 

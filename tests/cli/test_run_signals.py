@@ -444,3 +444,45 @@ def test_an_ignored_sigint_stays_ignored_through_start_up(small_run: Path) -> No
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=30)
         assert (process.returncode, stdout.startswith(b"choreo "), stderr) == (0, True, b"")
+
+
+@pytest.mark.parametrize(
+    ("args", "files"),
+    [
+        (["validate", "pipeline.yaml"], {}),
+        (
+            ["test"],
+            {
+                "pipeline.test.yaml": "version: 1\npipeline: pipeline.yaml\ntests:\n"
+                "  - name: t\n    input: [1]\n    expect: [{status: succeeded}]\n"
+            },
+        ),
+    ],
+    ids=["validate", "test"],
+)
+def test_ctrl_c_in_a_command_without_handlers_exits_130(
+    tmp_path: Path, args: list[str], files: dict[str, str]
+) -> None:
+    """Ctrl-C while `validate` imports a slow module or `test` runs: exit 130 and nothing
+    else, as `run` does (not click's "Aborted!" and exit 1, nor a traceback)."""
+    (tmp_path / "pipeline.yaml").write_text("version: 1\nsteps:\n  - name: a\n    job: slow:job\n")
+    (tmp_path / "slow.py").write_text(
+        "import pathlib, time\npathlib.Path('started').touch()\ntime.sleep(30)\n"
+        "def job(ctx, record):\n    return record\n"
+    )
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    process = subprocess.Popen(
+        [str(CHOREO), *args],
+        cwd=tmp_path,
+        env=choreo_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+    assert (process.returncode, stderr.decode()) == (130, "")
+    assert b"Traceback" not in stdout
