@@ -25,7 +25,13 @@ from choreo_cli.executors import logs
 from choreo_cli.executors.base import RUNNING, WorkerDied
 from choreo_cli.executors.batching import Batch, BatchExecutor, pickled
 from choreo_cli.executors.dask_attempts import progress_dir, sweep
-from choreo_cli.executors.dask_worker import close_runner, open_runner, run_batch, stop_run
+from choreo_cli.executors.dask_worker import (
+    close_runner,
+    limit_report,
+    open_runner,
+    run_batch,
+    stop_run,
+)
 from choreo_cli.executors.portable import rebuild_exception
 
 if TYPE_CHECKING:
@@ -199,6 +205,10 @@ class DaskExecutor(BatchExecutor):
             for future in self._futures:
                 future.cancel()
             self._futures.clear()
+            if self._limit_shares:
+                with contextlib.suppress(Exception):  # the figures only: not worth failing
+                    for figures in self._from_each_worker(limit_report, self._spec.run_id):
+                        self._count_waits(figures)
             try:
                 errors = self._on_each_worker(close_runner, self._spec.run_id)
             except Exception as exc:
@@ -212,6 +222,16 @@ class DaskExecutor(BatchExecutor):
     def _close_at_exit(self) -> None:
         with contextlib.suppress(ResourceError):  # nobody is left to tell
             self.close()
+
+    def _from_each_worker(self, function: Any, argument: Any) -> list[Any]:
+        """What ``function(argument)`` returned on each worker."""
+        client = self._client
+        assert client is not None
+        futures = [
+            client.submit(function, argument, workers=[address], pure=False)
+            for address in client.nthreads()
+        ]
+        return list(client.gather(futures))
 
     def _on_each_worker(self, function: Any, argument: Any) -> list[str]:
         """Run ``function(argument)`` once on every worker's executor thread; the errors."""

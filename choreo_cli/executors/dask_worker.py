@@ -126,6 +126,15 @@ def stop_run(run_id: str, level: int) -> None:
         run.runner.halt()
 
 
+def limit_report(run_id: str) -> dict[str, dict[str, Any]]:
+    """This worker's waits per limit in run ``run_id`` (see core/limits.py)."""
+    from choreo_cli.core.limits import limit_figures
+
+    with _RUNS_LOCK:
+        run = _RUNS.get(run_id)
+    return {} if run is None else limit_figures(run.runner.coordinator.limits)
+
+
 def close_runner(run_id: str) -> list[str]:
     """Tear down this worker's resources of run ``run_id``; the teardown errors."""
     with _RUNS_LOCK:
