@@ -14,6 +14,7 @@ from choreo_cli.core.exit_codes import ExitCode
 if TYPE_CHECKING:
     from choreo_cli.cli.streams import Streams
     from choreo_cli.pipeline.definitions import CallDefinition, Pipeline
+    from choreo_cli.pipeline.limits import LimitDefinition
 
 
 class ShowFormat(str, Enum):
@@ -80,6 +81,7 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
             }
             for r in pipeline.resources
         ],
+        "limits": {limit.name: _limit(limit) for limit in pipeline.limits},
         "steps": [
             {
                 "name": s.name,
@@ -98,10 +100,22 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
                     "on": list(s.retry_on) or ["Exception"],
                 },
                 "timeout": s.timeout,
+                "limits": {"precheck": list(s.precheck_limits), "job": list(s.job_limits)},
             }
             for s in pipeline.steps
         ],
     }
+
+
+def _limit(limit: LimitDefinition) -> dict[str, Any]:
+    """A limit as written: ``{rate, burst}`` (the rate in its most readable unit) or
+    ``{concurrency}``."""
+    if limit.concurrency is not None:
+        return {"concurrency": limit.concurrency}
+    from choreo_cli.core.limits import format_rate
+
+    assert limit.rate is not None
+    return {"rate": format_rate(limit.rate), "burst": limit.burst}
 
 
 def _print_table(pipeline: Pipeline, streams: Streams) -> None:

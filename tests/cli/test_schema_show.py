@@ -110,6 +110,7 @@ def test_show_json(pipeline_file: Path) -> None:
                 "on": ["Exception"],
             },
             "timeout": 5.0,
+            "limits": {"precheck": [], "job": []},
         },
         {
             "name": "line",
@@ -118,9 +119,36 @@ def test_show_json(pipeline_file: Path) -> None:
             "job": {"call": "steps.create_line", "with": {"limit": 2, "mode": "fast"}},
             "retry": None,
             "timeout": None,
+            "limits": {"precheck": [], "job": []},
         },
     ]
+    assert shown["limits"] == {}
     assert not (pipeline_file.parent / "imported.marker").exists()
+
+
+def test_show_json_lists_the_limits_and_what_waits_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pipeline.yaml").write_text(
+        "version: 1\n"
+        "limits:\n"
+        "  crm_api: {rate: 600/min, burst: 5}\n"
+        "  warehouse: {concurrency: 4}\n"
+        "steps:\n"
+        "  - name: push\n"
+        "    precheck: {call: steps:exists, limit: crm_api}\n"
+        "    job: {call: steps:push, limit: [warehouse]}\n"
+        "    limit: crm_api\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["show", "--format", "json", "pipeline.yaml"])
+    assert result.exit_code == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["limits"] == {
+        "crm_api": {"rate": "10/s", "burst": 5},
+        "warehouse": {"concurrency": 4},
+    }
+    assert shown["steps"][0]["limits"] == {"precheck": ["crm_api"], "job": ["crm_api", "warehouse"]}
 
 
 def test_show_on_a_broken_file_exits_2_with_the_problems(
