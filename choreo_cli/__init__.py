@@ -16,6 +16,7 @@ from choreo_cli.lazy import lazy_exports
 if TYPE_CHECKING:
     from choreo_cli.core.context import Context, DataBag
     from choreo_cli.core.coordinator import Coordinator
+    from choreo_cli.core.limits import ConcurrencyLimit, RateLimit
     from choreo_cli.core.result import ExecutionError, Result
     from choreo_cli.core.retry import RetryPolicy
     from choreo_cli.core.step import Step
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 # and `choreo validate` do not pay for the coordinator (and asyncio) when they need none.
 _EXPORTS = {
     "Cancel": "choreo_cli.errors",
+    "ConcurrencyLimit": "choreo_cli.core.limits",
     "Context": "choreo_cli.core.context",
     "Coordinator": "choreo_cli.core.coordinator",
     "DataBag": "choreo_cli.core.context",
@@ -45,6 +47,7 @@ _EXPORTS = {
     "Interrupted": "choreo_cli.errors",
     "JobFailed": "choreo_cli.errors",
     "PipelineError": "choreo_cli.errors",
+    "RateLimit": "choreo_cli.core.limits",
     "ResourceError": "choreo_cli.errors",
     "Result": "choreo_cli.core.result",
     "Skip": "choreo_cli.errors",
@@ -58,6 +61,7 @@ _EXPORTS = {
 
 __all__ = [
     "Cancel",
+    "ConcurrencyLimit",
     "Context",
     "Coordinator",
     "DataBag",
@@ -66,6 +70,7 @@ __all__ = [
     "Interrupted",
     "JobFailed",
     "PipelineError",
+    "RateLimit",
     "ResourceError",
     "Result",
     "RetryPolicy",
