@@ -308,6 +308,23 @@ def test_timeout_bounds_each_test(tmp_path: Path) -> None:
     )
 
 
+def test_a_test_runs_without_the_pipelines_limits(tmp_path: Path) -> None:
+    """Limits protect what a run writes to, which a test replaces: three records under a
+    limit of one call a minute are tested at once, not in two minutes."""
+    (tmp_path / "steps.py").write_text("def job(ctx, record):\n    return record\n")
+    (tmp_path / "pipeline.yaml").write_text(
+        "version: 1\nlimits:\n  api: {rate: 1/min}\n"
+        "steps:\n  - name: a\n    job: steps:job\n    limit: api\n"
+    )
+    (tmp_path / "pipeline.test.yaml").write_text(
+        "version: 1\npipeline: pipeline.yaml\ntests:\n  - name: three\n"
+        "    input: [1, 2, 3]\n    expect: [{status: succeeded}, {status: succeeded}, "
+        "{status: succeeded}]\n"
+    )
+    done = choreo("test", cwd=tmp_path, timeout=20)
+    assert (done.returncode, done.stdout) == (0, "pipeline.test.yaml: 1 passed\n")
+
+
 def test_update_rewrites_the_expectations_of_failing_tests_only(tmp_path: Path) -> None:
     shutil.copytree(CASES / "project", tmp_path / "project")
     (tmp_path / "failing").mkdir()
