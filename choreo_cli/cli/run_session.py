@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from choreo_cli.cli.rejects import Rejects
     from choreo_cli.cli.run_options import RunOptions
     from choreo_cli.cli.streams import Streams
-    from choreo_cli.core.budget import FailureBudget, Halt
+    from choreo_cli.core.budget import FailureBudget, FailureCounter, Halt
     from choreo_cli.core.items import InvalidLine, Record
     from choreo_cli.core.result import Result
     from choreo_cli.core.summary import RunSummary
@@ -593,22 +593,23 @@ class RunSession:
         """
         if (
             self.checkpoint is not None
-            or self.budget is not None  # the budget counts every record, in order
+            or (self.options.executor != "thread" and self.budget is not None)
             or (self.options.executor == "thread" and self.executor.workers != 1)
         ):
             return None
         return self.writer.clean_line(self.executor.clean_steps())
 
-    def _handler(self) -> Callable[[Result], bool]:
+    def _handler(self, counter: FailureCounter | None = None) -> Callable[[Result], bool]:
         """What happens to each Result: written, counted, shown, kept as a reject; True when
-        the run must start no other record (``--fail-fast``, the failure budget spent)."""
+        the run must start no other record (``--fail-fast``, the failure budget spent).
+        ``counter``: the failure budget's, for the fused loop (see ``_budget_handler``)."""
         write = self.writer.write
         tally = self._tally()
         rejects = self.rejects
         halt = self._halt
         fail_fast = self.options.fail_fast
         if self.budget is not None:
-            return self._budget_handler(write, tally)
+            return self._budget_handler(write, tally, counter)
 
         def handle(result: Result) -> bool:
             write(result)
@@ -624,12 +625,22 @@ class RunSession:
         return handle
 
     def _budget_handler(
-        self, write: Callable[[Result], Any], tally: Callable[[Result], Any]
+        self,
+        write: Callable[[Result], Any],
+        tally: Callable[[Result], Any],
+        counter: FailureCounter | None,
     ) -> Callable[[Result], bool]:
         """``_handler`` with a failure budget: every Result is counted against it, in the
-        order they come (the order records end with --unordered)."""
+        order they come (the order records end with --unordered).
+
+        With ``counter`` (the fused serial loop, where a clean record comes back as no
+        Result), the records between two Results ended without failing: a Result's index
+        says how many, and they are counted first, in input order as they ran.
+        """
         assert self.budget is not None
-        observe = self.budget.counter().observe
+        fused = counter is not None
+        counter = counter or self.budget.counter()
+        observe, observe_clean = counter.observe, counter.observe_clean
         rejects = self.rejects
         halt = self._halt
         fail_fast = self.options.fail_fast
@@ -643,7 +654,10 @@ class RunSession:
                 if fail_fast and not stopped_before(result):
                     halt(fail_fast_halt(result))
                     return True
-            spent = observe(result)
+            spent = None
+            if fused:
+                spent = observe_clean(result.index - counter.ended)
+            spent = spent or observe(result)
             if spent is not None:
                 halt(spent)
                 return True
@@ -692,9 +706,16 @@ class RunSession:
     def _consume_lines(self, clean_line: bytes) -> None:
         """``_consume``'s work for the fused loop: only records with errors come back as
         Results; clean ones are written from ``clean_line`` and only counted."""
+        from choreo_cli.jsonl.reader import cut_after_record
+
         reader, writer, summary, progress = self.reader, self.writer, self.summary, self.progress
-        emit = self._handler()
+        counter = self.budget.counter() if self.budget is not None else None
+        emit = self._handler(counter)
         batches: Iterable[list[bytes]] = reader.iter_line_lists()
+        if counter is not None and counter.budget.min_records > 1:
+            # A list ends at the record that brings the count to min_records: the budget
+            # is looked at there, where failures before it may turn out to be too many.
+            batches = cut_after_record(batches, counter.budget.min_records)
         if not self.regular_input:
             # Only a pipe can block a read for ever: a regular file needs no guard.
             batches = self.state.feed(batches)
@@ -713,6 +734,12 @@ class RunSession:
             writer.drain_if_full()
             if progress.enabled:
                 progress.advance_succeeded(clean, reader.bytes_read)
+            if counter is not None and summary.halted is None:
+                # The records of this list that came back as no Result ended clean.
+                spent = counter.observe_clean(summary.total - counter.ended)
+                if spent is not None:
+                    self._halt(spent)
+                    break  # start no other list (the runner ends with this call)
 
 
 def stopped_before(result: Result) -> bool:

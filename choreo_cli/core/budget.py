@@ -163,6 +163,24 @@ class FailureCounter:
             return self._over_budget()
         return None
 
+    def observe_clean(self, count: int) -> Halt | None:
+        """Count ``count`` records that ended without failing, known only as a number (the
+        fused loop of ``choreo run`` builds no Result for a clean record); a Halt when they
+        bring the count to ``min_records`` with too many failures before, as ``observe``
+        would have said at that record."""
+        if count <= 0:
+            return None
+        before = self.ended
+        self.ended += count
+        self.streak = 0
+        if self.failed and before < self._min_records <= self.ended:
+            ended, self.ended = self.ended, self._min_records
+            try:
+                return self._over_budget()
+            finally:
+                self.ended = ended
+        return None
+
     def _over_budget(self) -> Halt | None:
         failed, ended = self.failed, self.ended
         assert self._last is not None

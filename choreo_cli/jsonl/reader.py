@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 import orjson
@@ -262,3 +262,34 @@ def iter_items(
     [1, 3]
     """
     return iter(JsonlReader(stream, keep_raw=keep_raw, max_line_bytes=max_line_bytes))
+
+
+def cut_after_record(lists: Iterable[list[bytes]], count: int) -> Iterator[list[bytes]]:
+    """``lists`` of lines (``iter_line_lists``) with the one that holds the ``count``-th
+    record (non-blank line) cut right after it, so that a list ends there; the others as
+    they are. Lines are only looked at until then.
+
+    >>> list(cut_after_record([[b"1", b"", b"2", b"3"], [b"4"]], 2))
+    [[b'1', b'', b'2'], [b'3'], [b'4']]
+    """
+    iterator = iter(lists)
+    left = count
+    for lines in iterator:
+        if left <= 0:
+            yield lines
+            break
+        for position, data in enumerate(lines):
+            if data.strip():
+                left -= 1
+                if left == 0:
+                    wide = type(lines) is WideLines
+                    head, tail = lines[: position + 1], lines[position + 1 :]
+                    yield WideLines(head) if wide else head
+                    if tail:
+                        yield WideLines(tail) if wide else tail
+                    break
+        else:
+            yield lines
+            continue
+        break
+    yield from iterator

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from choreo_cli.core.budget import FailureBudget, Halt, parse_failures
 from choreo_cli.core.exit_codes import ExitCode
@@ -97,3 +99,57 @@ def test_a_halted_run_exits_3_over_1_and_a_signal_wins() -> None:
     assert summary.to_json()["halted"] == {"reason": "why", "line": 4}
     summary.record_signal(2)
     assert summary.exit_code == ExitCode.INTERRUPTED
+
+
+@settings(derandomize=True, database=None, max_examples=300, deadline=None)
+@given(
+    statuses=st.text(alphabet="fsi", max_size=60),
+    failures=st.one_of(st.none(), st.integers(1, 10), st.sampled_from(["5%", "30%", "100%"])),
+    min_records=st.integers(0, 40),
+    consecutive=st.one_of(st.none(), st.integers(1, 6)),
+    cuts=st.lists(st.integers(1, 60), max_size=8),
+)
+def test_clean_records_counted_as_a_number_halt_as_one_by_one(
+    statuses: str,
+    failures: int | str | None,
+    min_records: int,
+    consecutive: int | None,
+    cuts: list[int],
+) -> None:
+    """The fused loop of `choreo run` sees a clean record only as part of a count: runs of
+    them (cut wherever a list ends, and at min_records, as the run cuts its lists) counted
+    with observe_clean give the Halt that observing each record gives."""
+    budget = FailureBudget(min_records=min_records, consecutive=consecutive)
+    if failures is not None:
+        budget = budget.with_failures(failures)
+    one_by_one = feed(budget, statuses)
+    counter = budget.counter()
+    ends = {*cuts, min_records}
+    found = None
+    pending = 0  # clean records not counted yet
+    for position, kind in enumerate(statuses, 1):
+        if kind == "s":
+            pending += 1
+            if position in ends:
+                halt, pending = counter.observe_clean(pending), 0
+                if halt is not None:
+                    found = (position, halt)
+                    break
+            continue
+        halt = counter.observe_clean(pending) or counter.observe(
+            Ended({"f": "failed", "i": "invalid"}[kind], position)
+        )
+        pending = 0
+        if halt is not None:
+            found = (position, halt)
+            break
+    else:
+        halt = counter.observe_clean(pending)
+        if halt is not None:
+            found = (len(statuses), halt)
+    # The same Halt (reason and line); at the same record, but for a Halt at min_records
+    # with no record of its own there (found where its run of clean records ends).
+    assert (found is None) == (one_by_one is None)
+    if found is not None and one_by_one is not None:
+        assert found[1] == one_by_one[1]
+        assert found[0] == one_by_one[0] or statuses[one_by_one[0] - 1] == "s"
