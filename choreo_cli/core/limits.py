@@ -180,6 +180,7 @@ class RateLimit(Limit):
         while now < start:
             if sleep(start - now):
                 self.refund()
+                self._waited(self._clock() - began)  # an interrupted wait was a wait too
                 raise LimitWaitInterrupted(self.name)
             now = self._clock()
         self._waited(now - began)
@@ -193,6 +194,7 @@ class RateLimit(Limit):
         while now < start:
             if await sleep(start - now):
                 self.refund()
+                self._waited(self._clock() - began)
                 raise LimitWaitInterrupted(self.name)
             now = self._clock()
         self._waited(now - began)
@@ -287,6 +289,7 @@ class ConcurrencyLimit(Limit):
                     raise LimitWaitInterrupted(self.name)
         except BaseException:
             self._give_up(waiter)
+            self._waited(self._clock() - began)
             raise
         self._waited(self._clock() - began)
 
@@ -318,6 +321,7 @@ class ConcurrencyLimit(Limit):
             if not granted.done():
                 granted.cancel()
             self._give_up(waiter)
+            self._waited(self._clock() - began)
             raise
         self._waited(self._clock() - began)
 

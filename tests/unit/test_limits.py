@@ -141,6 +141,7 @@ def test_an_interrupted_wait_raises_and_gives_its_token_back() -> None:
     bucket.enter(clock.sleep)
     with pytest.raises(LimitWaitInterrupted, match="interrupted while waiting for limit 'crm_api'"):
         bucket.enter(lambda seconds: True)
+    assert bucket.waits == 1  # an interrupted wait is a wait the summary counts
     clock.now = 1.0
     assert bucket.reserve() == 1.0  # the token the interrupted call took is back
 
@@ -275,6 +276,7 @@ def test_an_interrupted_wait_for_a_slot_leaves_the_line() -> None:
     assert limit.try_enter()
     with pytest.raises(LimitWaitInterrupted, match="limit 'warehouse'"):
         limit.enter(lambda seconds: True)
+    assert limit.waits == 1
     limit.leave()
     assert limit.try_enter()  # nobody was left waiting in line
 
