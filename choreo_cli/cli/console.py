@@ -189,7 +189,8 @@ def _limit_lines(summary: RunSummary) -> list[str]:
     lines = []
     for name, figure in summary.limits.items():
         line = (
-            f"limit {printable(name)}: {figure['waits']:,} waits, "
+            f"limit {printable(name)}: {figure['waits']:,} "
+            f"{'wait' if figure['waits'] == 1 else 'waits'}, "
             f"{figure['wait_seconds']:.2f} s waited"
         )
         if figure["workers"] > 1:

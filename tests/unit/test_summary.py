@@ -137,6 +137,8 @@ def test_the_figures_of_each_limit_are_in_the_json_and_the_text() -> None:
     lines = format_summary(summary).splitlines()
     assert "limit crm_api: 12 waits, 3.50 s waited (each of 2 workers: 25/s)" in lines
     assert "limit warehouse: 0 waits, 0.00 s waited" in lines
+    summary.record_limits({"api": {"waits": 1, "wait_seconds": 0.25, "workers": 1, "share": 4}})
+    assert "limit api: 1 wait, 0.25 s waited" in format_summary(summary).splitlines()
 
 
 def test_records_per_second() -> None:
