@@ -23,5 +23,5 @@ def test_the_samples_pass_their_tests_without_touching_a_database_file(tmp_path:
     assert completed.returncode == 0, completed.stdout.decode() + completed.stderr.decode()
     report = json.loads(completed.stdout)
     tested = {Path(f["file"]).parent.name: len(f["tests"]) for f in report["files"]}
-    assert tested == {"hello": 4, "statements": 6}
+    assert tested == {"api": 4, "hello": 4, "statements": 6}
     assert list(tmp_path.iterdir()) == []
