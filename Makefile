@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint fmt typecheck unit pipelines chaos bench wheel-check clean
+.PHONY: demo demo-api test lint fmt typecheck unit pipelines chaos bench wheel-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,29 @@ demo: $(VENV)/.installed
 	  status=$$?; \
 	  echo "result lines: sample_pipelines/statements/results.jsonl; database: sample_pipelines/statements/statements.db (exit $$status: 3 lines are not JSON and 3 amounts are not numbers)"; \
 	  echo "run 'make demo' again: the second run skips everything already loaded"; \
+	  test $$status -le 1
+
+$(VENV)/.installed-api: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[sample-api]'
+	touch $(VENV)/.installed $@
+
+## demo-api: run the api sample (8 workers, rate-limited) against its own local server, and print the server's count of 429s
+demo-api: $(VENV)/.installed-api
+	@set -e; cd sample_pipelines/api; \
+	  log=$$(mktemp); \
+	  ../../$(PY) -u server.py --port 0 >"$$log" 2>&1 & server=$$!; \
+	  stop() { kill $$server 2>/dev/null && wait $$server; }; \
+	  trap 'stop || true; rm -f "$$log"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	  for i in $$(seq 100); do grep -q '^serving ' "$$log" && break; kill -0 $$server 2>/dev/null || break; sleep 0.1; done; \
+	  url=$$(sed -n 's/^serving //p' "$$log"); \
+	  if [ -z "$$url" ]; then echo "demo-api: the api server did not start:"; cat "$$log"; exit 1; fi; \
+	  echo "api server at $$url (25 requests a second; the pipeline's limit: 20)"; \
+	  status=0; \
+	  API_URL=$$url ../../$(BIN)/choreo run pipeline.yaml --input records.jsonl --output results.jsonl --workers 8 || status=$$?; \
+	  stop || true; \
+	  tail -n 1 "$$log"; \
+	  echo "429s seen by the server: $$(sed -n 's/.* \([0-9][0-9]*\) answered 429.*/\1/p' "$$log")"; \
+	  echo "result lines: sample_pipelines/api/results.jsonl (exit $$status: 8 customer ids are unknown to the API, 404)"; \
 	  test $$status -le 1
 
 ## test: lint, type-check and run the whole test suite (what CI runs)
