@@ -48,6 +48,10 @@ class TextReporter(TestReporter):
                     write(f"{printable(where)}: {printable(failure.message)}\n")
                     for line in failure.diff:
                         write(f"    {printable(line)}\n")
+                if test.failures and test.log:
+                    write(f"    what test '{printable(test.name)}' logged:\n")
+                    for line in test.log:
+                        write(f"    {printable(line)}\n")
             if not outcome.usable:
                 write(f"{printable(outcome.file)}: not run (the test file is unusable)\n")
             elif not self.quiet or not outcome.passed:
@@ -158,6 +162,9 @@ class JunitReporter(TestReporter):
                 element.text = _xml(
                     "\n".join(_failure_lines(outcome.file, test.failures)), multiline=True
                 )
+                if test.log:
+                    logged = ET.SubElement(case, "system-err")
+                    logged.text = _xml("\n".join(test.log), multiline=True)
             for key, value in counts.items():
                 suite.set(key, f"{value:.6f}" if key == "time" else str(value))
                 totals[key] += value
@@ -211,6 +218,7 @@ def _test_json(test: TestOutcome) -> dict[str, Any]:
         "passed": test.passed,
         "duration": round(test.duration, 6),
         "exit_code": test.exit_code,
+        "log": list(test.log),
         "failures": [
             {
                 "line": f.line,

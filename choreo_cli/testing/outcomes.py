@@ -54,6 +54,9 @@ class TestOutcome:
     exit_code: int | None
     duration: float
     had_exit_code: bool = False
+    # What choreo and the steps logged during the test (WARNING and above), one line each
+    # (``LEVEL logger: message``): shown with a failure, kept quiet for a test that passed.
+    log: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:

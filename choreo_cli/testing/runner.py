@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
 import json
+import logging
 import os
 import sys
 import threading
@@ -70,12 +72,14 @@ class TestRunner:
         self._pipelines: dict[bytes, Pipeline] = {}
 
     def run(self, test: PipelineTest) -> TestOutcome:
-        """Run one test; its failures are values, never exceptions."""
+        """Run one test; its failures are values, never exceptions. What it logs is kept
+        in the outcome (``log``), not written anywhere."""
         started = time.perf_counter()
-        if self.timeout is None:
-            failures, results, exit_code = self._run(test, None)
-        else:
-            failures, results, exit_code = self._run_bounded(test, self.timeout)
+        with _captured_log() as log:
+            if self.timeout is None:
+                failures, results, exit_code = self._run(test, None)
+            else:
+                failures, results, exit_code = self._run_bounded(test, self.timeout)
         return TestOutcome(
             index=test.index,
             name=test.name,
@@ -86,6 +90,7 @@ class TestRunner:
             exit_code=exit_code,
             duration=time.perf_counter() - started,
             had_exit_code=test.exit_code is not None,
+            log=tuple(log),
         )
 
     # -- one test -------------------------------------------------------------------------
@@ -376,3 +381,38 @@ def _diff(expected: Any, actual: Any) -> tuple[str, ...]:
     if len(lines) > _DIFF_LINES + 2:
         lines = [*lines[: _DIFF_LINES + 2], f"... ({len(lines) - _DIFF_LINES - 2} more lines)"]
     return tuple(lines)
+
+
+class _LogLines(logging.Handler):
+    """Keeps each record as one ``LEVEL logger: message`` line (a traceback's first line)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # a step's bad format string: say so, do not fail the test
+            message = f"{record.msg!r} (cannot format: {exc!r})"
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            message += f" [{type(error).__name__}: {error}]"
+        self.lines.append(f"{record.levelname} {record.name}: {message}")
+
+
+@contextlib.contextmanager
+def _captured_log() -> Iterator[list[str]]:
+    """The ``choreo`` loggers' records (steps log to ``choreo.step.<step>``) of the block,
+    as lines, instead of Python's last-resort output on stderr."""
+    logger = logging.getLogger("choreo")
+    lines: list[str] = []
+    handler = _LogLines(lines)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate

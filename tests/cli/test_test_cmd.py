@@ -325,6 +325,30 @@ def test_a_test_runs_without_the_pipelines_limits(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (0, "pipeline.test.yaml: 1 passed\n")
 
 
+def test_what_a_test_logs_is_shown_with_its_failure_only(tmp_path: Path) -> None:
+    """Logs are captured per test (as pytest does): nothing for a test that passed, the
+    lines under a failure, escaped; never Python's raw last-resort output."""
+    (tmp_path / "steps.py").write_text(
+        "def job(ctx, record):\n    ctx.log.warning('careful with %s', record)\n    return record\n"
+    )
+    (tmp_path / "pipeline.yaml").write_text("version: 1\nsteps:\n  - name: a\n    job: steps:job\n")
+    (tmp_path / "pipeline.test.yaml").write_text(
+        "version: 1\npipeline: pipeline.yaml\ntests:\n"
+        "  - name: passes\n    input: [1]\n    expect: [{status: succeeded}]\n"
+        '  - name: fails\n    input: ["x\\e[2Ky"]\n    expect: [{status: failed}]\n'
+    )
+    done = choreo("test", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stdout == (
+        "pipeline.test.yaml:9:23: test 'fails', record 0: status: expected \"failed\", "
+        'got "succeeded"\n'
+        "    what test 'fails' logged:\n"
+        "    WARNING choreo.step.a: careful with x\\x1b[2Ky\n"
+        "pipeline.test.yaml: 1 passed, 1 failed\n"
+    )
+    assert done.stderr == "1 passed, 1 failed in 1 file\n"
+
+
 def test_update_rewrites_the_expectations_of_failing_tests_only(tmp_path: Path) -> None:
     shutil.copytree(CASES / "project", tmp_path / "project")
     (tmp_path / "failing").mkdir()
