@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -11,6 +12,12 @@ from pathlib import Path
 import pytest
 
 MakeModule = Callable[[str, str], Path]
+
+# A shell starts a background job with SIGINT ignored, and an ignored signal stays ignored
+# in every child: the commands the tests interrupt would never see their Ctrl-C. The
+# suite runs as from a terminal whoever started it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -138,7 +138,8 @@ def test_a_halted_checkpointed_run_resumes_and_every_record_lands_once(
     if executor == "dask":
         pytest.importorskip("distributed")
     write_pipeline(PIPELINE + "halt: {consecutive: 4}\n", STEPS)
-    records = [{"id": i, "from": 40, "nap": 0.002} for i in range(150)]
+    # Enough records after the halt that a loaded machine cannot have read them all.
+    records = [{"id": i, "from": 40, "nap": 0.002} for i in range(400)]
     text = [json.dumps(r) + "\n" for r in records]
     (tmp_path / "in.jsonl").write_text("".join(text))
     (tmp_path / "down").touch()
@@ -151,7 +152,7 @@ def test_a_halted_checkpointed_run_resumes_and_every_record_lands_once(
     # Records in flight finished; records read but not started are cancelled (the batch
     # executors read ahead), the rest is not read.
     ran = [line for line in first.lines if line["status"] != "cancelled"]
-    assert len(failed) >= 4 and len(ran) < 150
+    assert len(failed) >= 4 and len(ran) < 400
     (tmp_path / "down").unlink()  # the database is back
     # A checkpoint is the same for every executor: the rest is taken up by the thread
     # executor (a second cluster or pool of processes would only cost time here).
@@ -161,11 +162,11 @@ def test_a_halted_checkpointed_run_resumes_and_every_record_lands_once(
     # Only what the first run did not finish: the records not read, and those read but
     # not started (cancelled by the halt).
     done = {line["line"] for line in ran}
-    assert {line["line"] for line in second.lines} == set(range(1, 151)) - done
+    assert {line["line"] for line in second.lines} == set(range(1, 401)) - done
     (tmp_path / "retry.jsonl").write_text("".join(text[line - 1] for line in failed))
     third = run_choreo(["run", "pipeline.yaml", "-i", "retry.jsonl", "-q"])
     assert third.code == 0, third.stderr
-    assert _loaded(tmp_path) == list(range(150))  # every record, each exactly once
+    assert _loaded(tmp_path) == list(range(400))  # every record, each exactly once
 
 
 def test_fail_fast_exits_3_and_says_it_stopped(
