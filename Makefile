@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
+# Test processes: one per core and one more (the suite mostly waits on the commands it
+# runs: 3 processes on 2 cores finish it about 12% sooner than 2, and it stays green).
+TEST_JOBS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1)' 2>/dev/null || echo 2)
 
 .PHONY: demo demo-api test lint fmt typecheck unit pipelines chaos bench wheel-check clean
 
@@ -59,7 +62,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 unit: $(VENV)/.installed-dev
-	$(BIN)/pytest -q -p no:cacheprovider -n auto  # one test process per core (pytest-xdist)
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_JOBS)  # pytest-xdist
 	$(BIN)/pytest -q -p no:cacheprovider --doctest-modules choreo_cli  # the docstrings' examples
 
 ## pipelines: the sample pipelines' own tests (their *.test.yaml files)
