@@ -10,7 +10,7 @@ import signal
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from choreo_cli.cli.run_files import check_distinct_files, check_outputs_writable
 from choreo_cli.cli.run_options import MAX_LINE_BYTES, MAX_WORKERS, UsageError
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from choreo_cli.jsonl.reader import JsonlReader
     from choreo_cli.jsonl.writer import ResultWriter
     from choreo_cli.pipeline.definitions import Pipeline
+
+
+T = TypeVar("T")
 
 
 def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
@@ -239,14 +242,7 @@ def limit_rates(options: RunOptions) -> dict[str, float]:
     """The rates of ``--limit NAME=RATE`` (calls per second) by name; raises UsageError."""
     from choreo_cli.pipeline.limits import parse_limit_option
 
-    rates: dict[str, float] = {}
-    for text in options.limit_values:
-        try:
-            name, rate = parse_limit_option(text)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        rates[name] = rate
-    return rates
+    return _parsed_pairs(options.limit_values, parse_limit_option)
 
 
 def warn_about_shares(pipeline: Pipeline, executor: Executor, console: Console) -> None:
@@ -265,14 +261,20 @@ def set_overrides(options: RunOptions) -> dict[str, Any]:
     """The ``--set KEY=VALUE`` values; raises UsageError for one without ``=``."""
     from choreo_cli.pipeline.loader import parse_override
 
-    overrides: dict[str, Any] = {}
-    for text in options.set_values:
+    return _parsed_pairs(options.set_values, parse_override)
+
+
+def _parsed_pairs(texts: Iterable[str], parse: Callable[[str], tuple[str, T]]) -> dict[str, T]:
+    """``NAME=VALUE`` options, each read by ``parse`` (ValueError for a bad one: a
+    UsageError here); a later one wins."""
+    pairs: dict[str, T] = {}
+    for text in texts:
         try:
-            key, value = parse_override(text)
+            name, value = parse(text)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        overrides[key] = value
-    return overrides
+        pairs[name] = value
+    return pairs
 
 
 def build_budget(options: RunOptions, pipeline: Pipeline) -> FailureBudget | None:
