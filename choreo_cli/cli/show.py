@@ -71,6 +71,16 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
         "name": pipeline.name,
         "description": pipeline.description,
         "workers": pipeline.workers,
+        "max_workers": pipeline.max_workers,
+        "halt": None
+        if pipeline.halt is None
+        else {
+            "failures": pipeline.halt.failures
+            if pipeline.halt.percent is None
+            else pipeline.halt.describe_failures(),
+            "min_records": pipeline.halt.min_records,
+            "consecutive": pipeline.halt.consecutive,
+        },
         "context": dict(pipeline.values),
         "resources": [
             {
@@ -119,9 +129,10 @@ def _limit(limit: LimitDefinition) -> dict[str, Any]:
 
 
 def _print_table(pipeline: Pipeline, streams: Streams) -> None:
-    from choreo_cli.cli.console import print_table
+    from choreo_cli.cli.console import Cell, print_table
 
-    rows: list[tuple[str, str, str, tuple[str, ...]]] = []
+    rows: list[tuple[Cell, ...]] = []
+    limited = any(step.precheck_limits or step.job_limits for step in pipeline.steps)
     for step in pipeline.steps:
         arguments = []
         if step.precheck is not None and step.precheck.with_:
@@ -129,14 +140,39 @@ def _print_table(pipeline: Pipeline, streams: Streams) -> None:
         if step.job.with_:
             arguments.append(f"job: {_inline(step.job.with_)}")
         precheck = "" if step.precheck is None else step.precheck.reference
-        rows.append((step.name, precheck, step.job.reference, tuple(arguments)))
+        row: tuple[Cell, ...] = (step.name, precheck, step.job.reference, tuple(arguments))
+        if limited:
+            waits = [f"precheck: {', '.join(step.precheck_limits)}"] if step.precheck_limits else []
+            waits += [f"job: {', '.join(step.job_limits)}"] if step.job_limits else []
+            row += (tuple(waits),)
+        rows.append(row)
     print_table(
         streams,
         title=pipeline.name or str(pipeline.path),
-        caption=pipeline.description or None,
-        columns=("step", "precheck", "job", "with"),
+        caption=_caption(pipeline),
+        columns=("step", "precheck", "job", "with", *(("limit",) if limited else ())),
         rows=rows,
     )
+
+
+def _caption(pipeline: Pipeline) -> str | None:
+    """The description, then what protects the target: limits, max_workers, halt."""
+    lines = [pipeline.description] if pipeline.description else []
+    for limit in pipeline.limits:
+        written = _limit(limit)
+        said = ", ".join(f"{key} {value}" for key, value in written.items())
+        lines.append(f"limit {limit.name}: {said}")
+    if pipeline.max_workers is not None:
+        lines.append(f"max_workers: {pipeline.max_workers}")
+    if pipeline.halt is not None:
+        halt = pipeline.halt
+        parts = []
+        if halt.describe_failures() is not None:
+            parts.append(f"failures {halt.describe_failures()} (after {halt.min_records} records)")
+        if halt.consecutive:
+            parts.append(f"{halt.consecutive} consecutive failures")
+        lines.append("halt: " + ", ".join(parts))
+    return "\n".join(lines) or None
 
 
 def _inline(values: Mapping[str, Any]) -> str:

@@ -122,7 +122,7 @@ def test_show_json(pipeline_file: Path) -> None:
             "limits": {"precheck": [], "job": []},
         },
     ]
-    assert shown["limits"] == {}
+    assert (shown["limits"], shown["max_workers"], shown["halt"]) == ({}, None, None)
     assert not (pipeline_file.parent / "imported.marker").exists()
 
 
@@ -149,6 +149,37 @@ def test_show_json_lists_the_limits_and_what_waits_for_them(
         "warehouse": {"concurrency": 4},
     }
     assert shown["steps"][0]["limits"] == {"precheck": ["crm_api"], "job": ["crm_api", "warehouse"]}
+
+
+def test_show_says_what_protects_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pipeline.yaml").write_text(
+        "version: 1\n"
+        "limits: {crm_api: {rate: 600/min, burst: 5}}\n"
+        "max_workers: 8\n"
+        "halt: {failures: 2%, min_records: 500, consecutive: 25}\n"
+        "steps:\n"
+        "  - name: push\n"
+        "    job: steps:push\n"
+        "    limit: crm_api\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["show", "--format", "json", "pipeline.yaml"])
+    shown = json.loads(result.stdout)
+    assert (shown["max_workers"], shown["halt"]) == (
+        8,
+        {"failures": "2%", "min_records": 500, "consecutive": 25},
+    )
+    table = runner.invoke(app, ["show", "pipeline.yaml"]).stdout
+    assert "job: crm_api" in table  # the limit column
+    table = " ".join(table.split())  # the caption wraps at the table's width
+    for line in (
+        "limit crm_api: rate 10/s, burst 5",
+        "max_workers: 8",
+        "halt: failures 2% (after 500 records), 25 consecutive failures",
+    ):
+        assert line in table
 
 
 def test_show_on_a_broken_file_exits_2_with_the_problems(
