@@ -87,7 +87,7 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/bench_validate.py
 	$(PY) bench/bench_executors.py
 
-## wheel-check: build the wheel, install it in a fresh venv and run `choreo schema` from it
+## wheel-check: build the wheel, install it in a fresh venv, run `choreo schema` and `choreo init` from it
 wheel-check: $(PY)
 	rm -f dist/choreo_cli-*.whl
 	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
