@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import os
 import signal
 import stat
@@ -129,6 +130,7 @@ def refuse(
     if options.summary_json is None or not summary:
         return ExitCode.USAGE
     refused = RunSummary([] if executor is None else [step.name for step in executor.steps])
+    record_run_files(refused, options)
     refused.record_usage_error(message)
     refused.finish()
     try:
@@ -153,6 +155,7 @@ def _run(
     from choreo_cli.core.summary import RunSummary
 
     summary = RunSummary([step.name for step in executor.steps])
+    record_run_files(summary, options)
     try:
         rejects: Rejects | None = None
         try:
@@ -221,6 +224,18 @@ class RunInput:
     stream: BinaryIO
     size: int | None
     regular: bool
+
+
+def record_run_files(summary: RunSummary, options: RunOptions) -> None:
+    """The pipeline file and the input in the summary, with the sha256 of the pipeline
+    file's bytes (None when it cannot be read)."""
+    digest: str | None = None
+    # Only a regular file is read: a FIFO would wait for a writer (a refused run may
+    # not have looked at the path yet).
+    with contextlib.suppress(OSError):
+        if options.pipeline.is_file():
+            digest = hashlib.sha256(options.pipeline.read_bytes()).hexdigest()
+    summary.record_run(pipeline=str(options.pipeline), pipeline_sha256=digest, input=options.input)
 
 
 def load_run_pipeline(options: RunOptions) -> Pipeline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import signal
 import time
@@ -60,10 +61,18 @@ class RunSummary:
         step_names: Iterable[str] = (),
         *,
         clock: Callable[[], float] = time.perf_counter,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
         self.started = clock()
+        #: When the clock started, in seconds since the epoch (``started_at``).
+        self.started_at = now()
         self.wall_time: float | None = None
+        #: The pipeline file as given, the sha256 of its bytes (None: it could not be
+        #: read), and the input as given (``-``: stdin); None until ``record_run``.
+        self.pipeline: str | None = None
+        self.pipeline_sha256: str | None = None
+        self.input: str | None = None
         self.resumed = 0
         self.signal: int | None = None
         self.broken_pipe = False
@@ -149,6 +158,11 @@ class RunSummary:
             self._clean_steps = dict(steps)
             for name in self._clean_steps:
                 self._step(name)
+
+    def record_run(self, *, pipeline: str, pipeline_sha256: str | None, input: str) -> None:
+        """Which pipeline file (``pipeline_sha256``: of its bytes, None when it could not be
+        read) ran over which input (``-``: stdin)."""
+        self.pipeline, self.pipeline_sha256, self.input = pipeline, pipeline_sha256, input
 
     def count_resumed(self) -> None:
         """One record was skipped because an earlier run finished it (``--checkpoint``)."""
@@ -263,10 +277,17 @@ class RunSummary:
                 interrupted = signal.Signals(self.signal).name
             except ValueError:
                 interrupted = str(self.signal)
+        elapsed = self.elapsed
         return {
+            "pipeline": self.pipeline,
+            "pipeline_sha256": self.pipeline_sha256,
+            "input": self.input,
+            "started_at": format_utc(self.started_at),
+            # From the run's own clock: ended_at - started_at is wall_time.
+            "ended_at": format_utc(self.started_at + elapsed),
             "records": {"total": self.total, **self.counts, "resumed": self.resumed},
             "steps": self.steps,
-            "wall_time": round(self.elapsed, 6),
+            "wall_time": round(elapsed, 6),
             "records_per_second": round(self.records_per_second, 3),
             "interrupted": interrupted,
             "halted": None if self.halted is None else self.halted.to_json(),
@@ -288,3 +309,13 @@ class RunSummary:
         if counts is None:
             counts = self._steps[name] = dict.fromkeys(STEP_COUNTS, 0)
         return counts
+
+
+def format_utc(timestamp: float) -> str:
+    """Seconds since the epoch as ISO 8601 in UTC, to the microsecond.
+
+    >>> format_utc(0.25)
+    '1970-01-01T00:00:00.250000Z'
+    """
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -87,12 +87,18 @@ def test_dry_run_counts_would_run() -> None:
 
 def test_to_json_has_the_figures_and_is_json() -> None:
     times = iter([10.0, 12.0])
-    summary = RunSummary(["statement"], clock=lambda: next(times))
+    summary = RunSummary(["statement"], clock=lambda: next(times), now=lambda: 1796284800.5)
     summary.resumed = 5
+    summary.record_run(pipeline="p.yaml", pipeline_sha256="ab" * 32, input="-")
     summary.finish()
     figures = summary.to_json()
     assert json.loads(json.dumps(figures)) == figures
     assert figures == {
+        "pipeline": "p.yaml",
+        "pipeline_sha256": "ab" * 32,
+        "input": "-",
+        "started_at": "2026-12-03T08:00:00.500000Z",
+        "ended_at": "2026-12-03T08:00:02.500000Z",
         "records": {
             "total": 0,
             "succeeded": 0,
