@@ -19,18 +19,32 @@ def schema(
         bool,
         typer.Option("--test", help="Print the schema of a test file (*.test.yaml) instead."),
     ] = False,
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary", help="Print the schema of the file `choreo run --summary-json` writes."
+        ),
+    ] = False,
 ) -> ExitCode:
     """Print the pipeline file's JSON Schema (2020-12), e.g. for an editor.
 
     --result prints the schema of the result lines `choreo run` writes; --test the schema
-    of the test files `choreo test` reads.
+    of the test files `choreo test` reads; --summary the schema of `choreo run
+    --summary-json`.
     """
     from choreo_cli.cli.streams import streams_of
-    from choreo_cli.pipeline.schema import read_schema_text
+    from choreo_cli.pipeline.schema import SchemaName, read_schema_text
 
     streams = streams_of(ctx)
-    if result and test:
-        streams.stderr.write("choreo schema: give --result or --test, not both\n")
+    flags: tuple[tuple[SchemaName, bool], ...] = (
+        ("result", result),
+        ("test", test),
+        ("summary", summary),
+    )
+    chosen = [name for name, given in flags if given]
+    if len(chosen) > 1:
+        names = ", ".join(f"--{name}" for name in chosen)
+        streams.stderr.write(f"choreo schema: give one of {names}, not more\n")
         return ExitCode.USAGE
-    streams.write_stdout(read_schema_text("result" if result else "test" if test else "pipeline"))
+    streams.write_stdout(read_schema_text(chosen[0] if chosen else "pipeline"))
     return ExitCode.OK

@@ -1,5 +1,5 @@
-"""The packaged JSON Schemas (pipeline file, result line, test file), and schema errors of a
-pipeline or test file turned into positioned problems."""
+"""The packaged JSON Schemas (pipeline file, result line, run summary, test file), and
+schema errors of a pipeline or test file turned into positioned problems."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from choreo_cli.pipeline.yaml_loader import YamlDocument, YamlPath
 
 # The schemas shipped in choreo_cli/schemas/, each a copy of schemas/NAME.schema.json.
-SchemaName = Literal["pipeline", "result", "test"]
-SCHEMA_NAMES: tuple[SchemaName, ...] = ("pipeline", "result", "test")
+SchemaName = Literal["pipeline", "result", "summary", "test"]
+SCHEMA_NAMES: tuple[SchemaName, ...] = ("pipeline", "result", "summary", "test")
 # The schemas of the files choreo reads (check_structure), and what messages call them.
 FileSchema = Literal["pipeline", "test"]
 _FILE_NOUNS: dict[str, str] = {"pipeline": "pipeline", "test": "test"}

@@ -40,7 +40,9 @@ def test_schema_prints_the_packaged_schema() -> None:
     assert json.loads(result.stdout)["title"] == "choreo pipeline"
 
 
-@pytest.mark.parametrize(("flag", "name"), [([], "pipeline"), (["--result"], "result")])
+@pytest.mark.parametrize(
+    ("flag", "name"), [([], "pipeline"), (["--result"], "result"), (["--summary"], "summary")]
+)
 def test_schema_prints_each_schema_from_the_installed_command(flag: list[str], name: str) -> None:
     done = subprocess.run(
         [str(Path(sys.executable).parent / "choreo"), "schema", *flag],
@@ -48,6 +50,12 @@ def test_schema_prints_each_schema_from_the_installed_command(flag: list[str], n
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (0, b"")
     assert done.stdout == (ROOT / "schemas" / f"{name}.schema.json").read_bytes()
+
+
+def test_schema_takes_one_schema_flag_at_most() -> None:
+    result = runner.invoke(app, ["schema", "--result", "--summary"])
+    assert result.exit_code == 2
+    assert result.stderr == "choreo schema: give one of --result, --summary, not more\n"
 
 
 @pytest.fixture

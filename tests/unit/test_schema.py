@@ -53,6 +53,16 @@ def test_each_schema_is_valid_json_schema_2020_12(name: str, schema: dict[str, A
     Draft202012Validator.check_schema(schema)
 
 
+def test_the_summary_schema_is_among_those_checked_and_fits_a_library_summary() -> None:
+    from choreo_cli.core.summary import RunSummary
+
+    assert ROOT / "schemas" / "summary.schema.json" in SCHEMA_FILES
+    # Used as a library, nothing records the run's files: those fields are null.
+    summary = RunSummary(["a"])
+    summary.finish()
+    Draft202012Validator(json.loads(read_schema_text("summary"))).validate(summary.to_json())
+
+
 # -- ajv's strict mode, read in Python: what CI without npm still checks -------------------
 
 # Keywords that only apply to one kind of value: ajv's strictTypes wants the matching
