@@ -625,8 +625,6 @@ class RunSession:
         rejects = self.rejects
         halt = self._halt
         fail_fast = self.options.fail_fast
-        if self.budget is not None:
-            return self._budget_handler(write, tally, counter)
 
         def handle(result: Result) -> bool:
             write(result)
@@ -639,15 +637,14 @@ class RunSession:
                     return True
             return False
 
-        return handle
+        if self.budget is None:
+            return handle
+        return self._budget_handler(handle, counter)
 
     def _budget_handler(
-        self,
-        write: Callable[[Result], Any],
-        tally: Callable[[Result], Any],
-        counter: FailureCounter | None,
+        self, handle: Callable[[Result], bool], counter: FailureCounter | None
     ) -> Callable[[Result], bool]:
-        """``_handler`` with a failure budget: every Result is counted against it, in the
+        """``handle`` with a failure budget: every Result is counted against it, in the
         order they come (the order records end with --unordered).
 
         With ``counter`` (the fused serial loop, where a clean record comes back as no
@@ -658,29 +655,19 @@ class RunSession:
         fused = counter is not None
         counter = counter or self.budget.counter()
         observe, observe_clean = counter.observe, counter.observe_clean
-        rejects = self.rejects
         halt = self._halt
-        fail_fast = self.options.fail_fast
 
-        def handle(result: Result) -> bool:
-            write(result)
-            tally(result)
-            if result.status != "succeeded":
-                if rejects is not None:
-                    rejects.add(result)
-                if fail_fast and not stopped_before(result):
-                    halt(fail_fast_halt(result))
-                    return True
-            spent = None
-            if fused:
-                spent = observe_clean(result.index - counter.ended)
+        def counted(result: Result) -> bool:
+            if handle(result):
+                return True
+            spent = observe_clean(result.index - counter.ended) if fused else None
             spent = spent or observe(result)
             if spent is not None:
                 halt(spent)
                 return True
             return False
 
-        return handle
+        return counted
 
     def _halt(self, halt: Halt) -> None:
         """Start no other record: no input is read any more, and no worker starts a record
