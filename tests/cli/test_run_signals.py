@@ -306,8 +306,12 @@ def _start_up_outcome(code: int, stdout: bytes, stderr: bytes, parse: ParseResul
     text = stderr.decode("utf-8", errors="replace")
     lines = parse(stdout)  # every line whole and valid
     _assert_no_hole(lines)
-    if not stdout and _LOADER_FAILED in text:
-        return "interpreter"  # Python's own start-up, before it ran the script's first line
+    if not stdout and (
+        _LOADER_FAILED in text or (code == 1 and text.strip() == "KeyboardInterrupt")
+    ):
+        # Python's own start-up, before it ran the script's first line: it prints the bare
+        # exception name (choreo's code prints a traceback or exits 130, never this).
+        return "interpreter"
     if "Traceback" not in text:
         if code in (0, 130):
             return "choreo"
