@@ -319,6 +319,11 @@ def through_lines(coordinator: Coordinator, made: list[Any]) -> list[Result]:
     return emitted
 
 
+# The step's timeout covers its precheck too: long enough that a loaded machine does not
+# time out the quick calls (20 ms once failed the skipped record's precheck in CI).
+TIMEOUT = 0.15
+
+
 def skip_two(ctx: Context, record: int) -> None:
     if record == 2:
         raise Skip("not this one")
@@ -326,7 +331,7 @@ def skip_two(ctx: Context, record: int) -> None:
 
 def slow_on_one(ctx: Context, record: int) -> int:
     if record == 1:
-        time.sleep(0.3)  # far past the timeout: a helper thread, abandoned
+        time.sleep(0.4)  # far past the timeout: a helper thread, abandoned
     return record
 
 
@@ -338,13 +343,13 @@ async def slow_on_one_async(ctx: Context, record: int) -> int:
 
 def timed_out_job(job: Callable[..., Any]) -> list[Step]:
     retry = RetryPolicy(attempts=2)
-    return [Step(name="slow", precheck=skip_two, job=job, timeout=0.02, retry=retry)]
+    return [Step(name="slow", precheck=skip_two, job=job, timeout=TIMEOUT, retry=retry)]
 
 
 def timed_out_precheck(job: Callable[..., Any]) -> list[Step]:
     return [
         Step(name="first", precheck=skip_two, job=fetch, retry=RetryPolicy(attempts=2)),
-        Step(name="second", precheck=job, job=fetch, timeout=0.02),
+        Step(name="second", precheck=job, job=fetch, timeout=TIMEOUT),
     ]
 
 
