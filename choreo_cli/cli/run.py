@@ -22,6 +22,13 @@ class ExecutorName(str, enum.Enum):
     dask = "dask"
 
 
+class PrecheckErrors(str, enum.Enum):
+    """What a precheck that raises something other than Skip does to its record."""
+
+    skip = "skip"
+    fail = "fail"
+
+
 def _check_failures(value: str | None) -> str | None:
     """``--max-failures``: N or P%, or a usage error (exit 2) saying how to write it."""
     if value is None:
@@ -172,6 +179,31 @@ def run(
             "N/h); repeatable.",
         ),
     ] = None,
+    precheck_errors: Annotated[
+        Optional[PrecheckErrors],  # noqa: UP045
+        typer.Option(
+            "--precheck-errors",
+            help="A precheck that raises something other than Skip: skip the job (and "
+            "warn) or fail the record (overrides the file's precheck_errors:).",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--metrics-file",
+            metavar="PATH",
+            help="Write Prometheus metrics to PATH (textfile collector) every 15 s and at the end.",
+        ),
+    ] = None,
+    report: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--report",
+            metavar="PATH",
+            help="Write a Markdown report of the run (also appended to $GITHUB_STEP_SUMMARY).",
+        ),
+    ] = None,
 ) -> ExitCode:
     """Run the pipeline over every record of a JSON Lines input; one result line per record.
 
@@ -205,5 +237,8 @@ def run(
         max_failures=max_failures,
         max_consecutive_failures=max_consecutive_failures,
         limit_values=tuple(limit_values or ()),
+        precheck_errors=None if precheck_errors is None else precheck_errors.value,
+        metrics_file=metrics_file,
+        report=report,
     )
     return execute(options, streams=streams_of(ctx))

@@ -37,6 +37,8 @@ _WHAT = {
     "--rejects": "rejects",
     "--summary-json": "the summary",
     "--checkpoint": "the checkpoint",
+    "--metrics-file": "metrics",
+    "--report": "the report",
 }
 
 
@@ -85,13 +87,15 @@ def resolve(path: str | Path) -> str | int:
 
 def run_roles(options: RunOptions, *, streams: Streams) -> list[Role]:
     """The files of a run, in the order of the command's help: input, output, rejects,
-    summary, checkpoint (those given)."""
+    summary, checkpoint, metrics, report (those given)."""
     given: list[tuple[str, str | Path | None, str, int | None]] = [
         ("--input", options.input, "standard input", streams.stdin_descriptor()),
         ("--output", options.output, "standard output", streams.stdout_descriptor()),
         ("--rejects", options.rejects, "", None),
         ("--summary-json", options.summary_json, "", None),
         ("--checkpoint", options.checkpoint, "", None),
+        ("--metrics-file", options.metrics_file, "", None),
+        ("--report", options.report, "", None),
     ]
     roles = []
     for flag, path, standard, descriptor in given:
@@ -145,8 +149,8 @@ def _claim(seen: dict[K, Role], key: K, role: Role) -> None:
 
 
 def check_outputs_writable(options: RunOptions) -> None:
-    """Refuse an output (``--output``, ``--rejects``, ``--summary-json``, ``--checkpoint``)
-    that cannot be written, before anything is opened and any record runs.
+    """Refuse an output (``--output``, ``--rejects``, ``--summary-json``, ``--checkpoint``,
+    ``--metrics-file``, ``--report``) that cannot be written, before anything is opened and any record runs.
 
     Nothing is changed: an existing regular file is opened for writing without being
     truncated, written nothing (which a file of /proc refuses), and closed; a file that does not exist is created and removed at once; a
@@ -158,6 +162,8 @@ def check_outputs_writable(options: RunOptions) -> None:
         ("--rejects", options.rejects),
         ("--summary-json", options.summary_json),
         ("--checkpoint", options.checkpoint),
+        ("--metrics-file", options.metrics_file),
+        ("--report", options.report),
     ):
         if path is None:
             continue

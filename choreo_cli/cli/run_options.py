@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 EXECUTORS = ("thread", "process", "dask")
+# What a precheck that raises something other than Skip does (--precheck-errors).
+PRECHECK_ERRORS = ("skip", "fail")
 # More records at once than this is refused (exit 2): each is a thread (or a process),
 # and tens of thousands of them eat the memory before the first record runs.
 MAX_WORKERS = 4096
@@ -63,6 +65,12 @@ class RunOptions:
     max_consecutive_failures: int | None = None
     # --limit NAME=RATE, as given (read and checked against the file's limits: later).
     limit_values: tuple[str, ...] = ()
+    # What a precheck raising something other than Skip does: "skip" (choreograph's
+    # semantics) or "fail"; None: as the pipeline file says (precheck_errors:).
+    precheck_errors: str | None = None
+    # The Prometheus textfile and the Markdown report of the run.
+    metrics_file: Path | None = None
+    report: Path | None = None
 
 
 # Option -> (RunOptions field, kind). Kinds: "str", "path", "workers", "count" (a positive
@@ -96,6 +104,9 @@ OPTIONS: dict[str, tuple[str, Any]] = {
     "--max-failures": ("max_failures", "failures"),
     "--max-consecutive-failures": ("max_consecutive_failures", "count"),
     "--limit": ("limit_values", "limit"),
+    "--precheck-errors": ("precheck_errors", "precheck_errors"),
+    "--metrics-file": ("metrics_file", "path"),
+    "--report": ("report", "path"),
 }
 
 
@@ -108,7 +119,7 @@ def read_plain_run_args(args: list[str]) -> RunOptions | None:
     whole numbers without sign or leading zero, ``--executor`` one of EXECUTORS.
 
     >>> read_plain_run_args(["p.yaml", "-i", "in.jsonl", "-w", "4", "--set", "a=1", "-q"])
-    RunOptions(pipeline=PosixPath('p.yaml'), input='in.jsonl', output='-', workers=4, ordered=True, fail_fast=False, set_values=('a=1',), include_input=False, include_data=False, progress=None, quiet=True, summary_json=None, log_level='WARNING', rejects=None, checkpoint=None, dry_run=False, executor='thread', scheduler=None, max_line_bytes=67108864, max_failures=None, max_consecutive_failures=None, limit_values=())
+    RunOptions(pipeline=PosixPath('p.yaml'), input='in.jsonl', output='-', workers=4, ordered=True, fail_fast=False, set_values=('a=1',), include_input=False, include_data=False, progress=None, quiet=True, summary_json=None, log_level='WARNING', rejects=None, checkpoint=None, dry_run=False, executor='thread', scheduler=None, max_line_bytes=67108864, max_failures=None, max_consecutive_failures=None, limit_values=(), precheck_errors=None, metrics_file=None, report=None)
     >>> read_plain_run_args(["p.yaml", "--help"]) is None
     True
     """
@@ -153,6 +164,10 @@ def read_plain_run_args(args: list[str]) -> RunOptions | None:
             if kind == "workers" and number > MAX_WORKERS:
                 return None  # typer says it is out of range
             values[field] = number
+        elif kind == "precheck_errors":
+            if value not in PRECHECK_ERRORS:
+                return None
+            values[field] = value
         elif kind == "executor":
             if value not in EXECUTORS:
                 return None
