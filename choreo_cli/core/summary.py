@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from choreo_cli.core.exit_codes import ExitCode
+from choreo_cli.core.timings import StepTimes
 
 if TYPE_CHECKING:
     from choreo_cli.core.budget import Halt
@@ -84,6 +85,8 @@ class RunSummary:
         self.limits: dict[str, dict[str, Any]] = {}
         #: Why the run stopped early (--fail-fast, a failure budget: exit 3), or None.
         self.halted: Halt | None = None
+        #: How long each step's prechecks and jobs took (see core/timings.py).
+        self.times = StepTimes()
         self._counts = dict.fromkeys(STATUSES, 0)
         self._steps: dict[str, dict[str, int]] = {
             name: dict.fromkeys(STEP_COUNTS, 0) for name in step_names
@@ -195,6 +198,10 @@ class RunSummary:
         """How often calls waited for each limit, for how long, and each worker's share."""
         self.limits = {name: dict(figure) for name, figure in figures.items()}
 
+    def add_times(self, times: StepTimes) -> None:
+        """Add the call durations a worker timed (see core/timings.py)."""
+        self.times.merge(times)
+
     def record_usage_error(self, message: str) -> None:
         """The command line, the pipeline or the input was unusable: no record ran (exit 2)."""
         self.error = message
@@ -286,7 +293,10 @@ class RunSummary:
             # From the run's own clock: ended_at - started_at is wall_time.
             "ended_at": format_utc(self.started_at + elapsed),
             "records": {"total": self.total, **self.counts, "resumed": self.resumed},
-            "steps": self.steps,
+            "steps": {
+                name: {**counts, "time": self.times.to_json(name)}
+                for name, counts in self.steps.items()
+            },
             "wall_time": round(elapsed, 6),
             "records_per_second": round(self.records_per_second, 3),
             "interrupted": interrupted,

@@ -108,7 +108,14 @@ def test_to_json_has_the_figures_and_is_json() -> None:
             "resumed": 5,
         },
         "steps": {
-            "statement": {"ran": 0, "skipped": 0, "failed": 0, "cancelled": 0, "would_run": 0}
+            "statement": {
+                "ran": 0,
+                "skipped": 0,
+                "failed": 0,
+                "cancelled": 0,
+                "would_run": 0,
+                "time": {"precheck": None, "job": None},
+            }
         },
         "wall_time": 2.0,
         "records_per_second": 0.0,
