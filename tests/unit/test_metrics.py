@@ -78,3 +78,27 @@ def test_the_thread_writes_until_stopped_and_never_over_the_final_write(
     written.clear()
     file.write(summary, final=False)  # a late periodic write is dropped
     assert not written.is_set()
+
+
+def test_the_histogram_counts_are_exact_at_its_bounds() -> None:
+    summary = RunSummary(["a"])
+    durations = [0.0000004, 0.00001, 0.0000101, 0.003, 0.003, 0.7, 150.0]
+    for duration in durations:
+        summary.times.phase("a", "job").add(duration)
+    summary.finish()
+    text = metrics.render(
+        metrics.take_snapshot(summary, final=True), pipeline="p", last_success=None
+    ).decode()
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "choreo_step_duration_seconds_bucket":
+                assert sample.labels["step"] == "a" and sample.labels["phase"] == "job"
+                buckets[float(sample.labels["le"])] = sample.value
+            elif sample.name == "choreo_step_duration_seconds_sum":
+                assert sample.value == pytest.approx(sum(durations))
+            elif sample.name == "choreo_step_duration_seconds_count":
+                assert sample.value == len(durations)
+    assert sorted(buckets) == [*HISTOGRAM_BOUNDS, float("inf")]
+    for bound, count in buckets.items():
+        assert count == sum(1 for duration in durations if duration <= bound), bound
