@@ -1,20 +1,20 @@
-"""The one seam to the terminal: messages, summary table, progress bar, logging and tables.
+"""The one seam to the terminal: messages, summary table, logging and tables (the progress
+display is ``choreo_cli.cli.progress``, drawn on this module's rich console).
 
 Whatever text from a file, a record or an exception it prints passes ``printable``
 first (``choreo_cli.cli.escapes``): control characters are shown as escapes, never sent.
 
-Only this module imports rich, and only when its stream is a terminal (or for the
-table of `choreo show`), so commands that print nothing fancy (``choreo --version``,
-output piped to a file) start fast. Which streams there are, and whether each may have
+Only this module and the progress display import rich, and only when the stream is a
+terminal (or for the table of `choreo show`), so commands that print nothing fancy
+(``choreo --version``, output piped to a file) start fast. Which streams there are, and whether each may have
 colour, is ``choreo_cli.cli.streams``'s to say.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from choreo_cli.cli.escapes import printable
 from choreo_cli.cli.streams import fancy as fancy_stream
@@ -86,11 +86,9 @@ class Console:
         if not self.quiet:
             self._say(None, None, message)
 
-    def build_progress(self, *, enabled: bool | None, total_bytes: int | None = None) -> Progress:
-        """A progress display on this console's stream (a no-op when quiet)."""
-        return build_progress(
-            enabled is not False and not self.quiet, total_bytes, self.stream, fancy=self.fancy
-        )
+    def progress_line(self, message: str) -> None:
+        """Print one progress line (``choreo_cli.cli.progress`` decides when)."""
+        self._say(None, None, message)
 
     def render_summary(self, summary: RunSummary) -> None:
         """Print the run's summary on this console's stream."""
@@ -104,11 +102,12 @@ class Console:
         stream = self.stream
         message = printable(message)
         try:
-            if label is not None and self.fancy:
+            if self.fancy:
+                # Through rich: printed above a live progress bar, never into it.
                 from rich.text import Text
 
-                text = Text(f"{label}:", style=style or "")
-                text.append(f" {message}", style="")
+                text = Text(f"{label}:" if label else "", style=style or "")
+                text.append(f" {message}" if label else message, style="")
                 rich_console(stream).print(text)
                 return
             stream.write(f"{label}: {message}\n" if label else f"{message}\n")
@@ -239,145 +238,6 @@ def _render_rich(summary: RunSummary, stream: TextIO) -> None:
     console.print(f"wall time {summary.elapsed:.2f} s, {summary.records_per_second:,.0f} records/s")
 
 
-# -- progress -------------------------------------------------------------------------------
-
-
-class _HasStatus(Protocol):
-    @property
-    def status(self) -> str: ...
-
-
-class Progress(Protocol):
-    """What the run loop calls on a progress display."""
-
-    enabled: bool
-
-    def advance(self, result: _HasStatus, bytes_read: int | None = None) -> None: ...
-
-    def advance_succeeded(self, count: int, bytes_read: int | None = None) -> None: ...
-
-    def update_bytes(self, n: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class NullProgress:
-    """A progress display that shows nothing and costs nothing."""
-
-    enabled = False
-
-    def advance(self, result: _HasStatus, bytes_read: int | None = None) -> None:
-        """Do nothing."""
-
-    def advance_succeeded(self, count: int, bytes_read: int | None = None) -> None:
-        """Do nothing."""
-
-    def update_bytes(self, n: int) -> None:
-        """Do nothing."""
-
-    def close(self) -> None:
-        """Do nothing."""
-
-    def __enter__(self) -> NullProgress:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class LiveProgress:
-    """A live line on stderr: records done, rate, counts by status, percentage by bytes.
-
-    ``advance`` only bumps counters; rich's own thread redraws a few times a second.
-    """
-
-    enabled = True
-
-    def __init__(self, stream: TextIO, total_bytes: int | None) -> None:
-        from rich.live import Live
-
-        self.total_bytes = total_bytes if total_bytes else None
-        self.bytes_read = 0
-        self.counts = {"succeeded": 0, "failed": 0, "cancelled": 0, "invalid": 0}
-        self.started = time.perf_counter()
-        self._live = Live(
-            self,
-            console=rich_console(stream),
-            refresh_per_second=8,
-            transient=True,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        )
-        self._live.start()
-
-    def advance(self, result: _HasStatus, bytes_read: int | None = None) -> None:
-        """Count one finished record; ``bytes_read``: input bytes read so far, when known."""
-        self.counts[result.status] += 1
-        if bytes_read is not None:
-            self.bytes_read = bytes_read
-
-    def advance_succeeded(self, count: int, bytes_read: int | None = None) -> None:
-        """Count ``count`` records that succeeded."""
-        self.counts["succeeded"] += count
-        if bytes_read is not None:
-            self.bytes_read = bytes_read
-
-    def update_bytes(self, n: int) -> None:
-        """Input bytes read so far (for the percentage)."""
-        self.bytes_read = n
-
-    def close(self) -> None:
-        """Remove the display."""
-        self._live.stop()
-
-    def __enter__(self) -> LiveProgress:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __rich__(self) -> Any:
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-        from rich.text import Text
-
-        done = sum(self.counts.values())
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        grid = Table.grid(padding=(0, 1))
-        row: list[Any] = []
-        if self.total_bytes:
-            fraction = min(self.bytes_read / self.total_bytes, 1.0)
-            row.append(ProgressBar(total=1.0, completed=fraction, width=20))
-            row.append(Text(f"{fraction:4.0%}"))
-        text = Text(f"{done:,} records  {done / elapsed:,.0f}/s ")
-        styles = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}
-        for status, count in self.counts.items():
-            if count:
-                text.append(f" {status} {count:,}", style=styles.get(status, "magenta"))
-        row.append(text)
-        grid.add_row(*row)
-        return grid
-
-
-def build_progress(
-    enabled: bool | None, total_bytes: int | None, stream: TextIO, *, fancy: bool | None = None
-) -> Progress:
-    """A live progress display on ``stream`` (stderr) when enabled and it is a terminal,
-    else a no-op.
-
-    ``enabled=None`` (neither ``--progress`` nor ``--no-progress``) means the same as True:
-    a progress bar never goes anywhere but a terminal, and never with ``NO_COLOR``.
-    ``fancy``: whether live displays may be used (by default decided from ``stream``).
-
-    >>> import io
-    >>> build_progress(True, None, io.StringIO()).enabled
-    False
-    """
-    if enabled is False or not (fancy_stream(stream) if fancy is None else fancy):
-        return NullProgress()
-    return LiveProgress(stream, total_bytes)
-
-
 # -- logging --------------------------------------------------------------------------------
 
 _HANDLER_MARK = "_choreo_handler"
@@ -386,9 +246,11 @@ _HANDLER_MARK = "_choreo_handler"
 def setup_logging(level: str | int, stream: TextIO, *, fancy: bool | None = None) -> logging.Logger:
     """Send the ``choreo`` loggers (step loggers are ``choreo.step.<step>``) to ``stream``.
 
-    A rich handler on a terminal (``fancy``, by default decided from ``stream``), else a
-    plain one showing level and logger name. Calling it again replaces the handler it
-    installed. Raises ValueError for an unknown level.
+    Each record is one plain line, ``LEVEL logger: message (record N, line M)``
+    (``LOG_FORMAT``), never wrapped and without a time column. On a terminal (``fancy``,
+    by default decided from ``stream``) the level name has a colour and the line is
+    printed through rich, above a live progress bar. Calling it again replaces the handler
+    it installed. Raises ValueError for an unknown level.
 
     >>> import io
     >>> setup_logging("info", io.StringIO()).level == logging.INFO
@@ -407,15 +269,10 @@ def setup_logging(level: str | int, stream: TextIO, *, fancy: bool | None = None
             logger.removeHandler(old)
     handler: logging.Handler
     if fancy_stream(stream) if fancy is None else fancy:
-        from rich.logging import RichHandler
-
-        handler = RichHandler(
-            console=rich_console(stream), show_path=False, rich_tracebacks=False, markup=False
-        )
-        handler.setFormatter(PrintableFormatter("%(name)s: %(message)s%(choreo_record)s"))
+        handler = TerminalHandler(stream)
     else:
         handler = logging.StreamHandler(stream)
-        handler.setFormatter(PrintableFormatter(LOG_FORMAT))
+    handler.setFormatter(PrintableFormatter(LOG_FORMAT))
     from choreo_cli.core.step_logs import record_filter
 
     handler.addFilter(record_filter())
@@ -424,6 +281,31 @@ def setup_logging(level: str | int, stream: TextIO, *, fancy: bool | None = None
     logger.setLevel(level)
     logger.propagate = False
     return logger
+
+
+_LEVEL_STYLES = {"DEBUG": "dim", "INFO": "cyan", "WARNING": "yellow", "ERROR": "bold red"}
+
+
+class TerminalHandler(logging.Handler):
+    """Log lines on a terminal: the plain line, its level name in colour, printed by the
+    stream's rich console (so above a live progress bar, which stays whole)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            from rich.text import Text
+
+            text = Text(line)
+            level = record.levelname
+            if line.startswith(level):
+                text.stylize(_LEVEL_STYLES.get(level, "bold red"), 0, len(level))
+            rich_console(self.stream).print(text)
+        except Exception:
+            self.handleError(record)
 
 
 class PrintableFormatter(logging.Formatter):

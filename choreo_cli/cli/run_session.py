@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import os
 import signal
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from choreo_cli.cli.run_files import check_distinct_files, check_outputs_writable
 from choreo_cli.cli.run_options import MAX_LINE_BYTES, MAX_WORKERS, UsageError
@@ -21,7 +22,8 @@ from choreo_cli.errors import Interrupted, PipelineError, ResourceError
 from choreo_cli.jsonl.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
-    from choreo_cli.cli.console import Console, Progress
+    from choreo_cli.cli.console import Console
+    from choreo_cli.cli.progress import InputPositions, Progress
     from choreo_cli.cli.rejects import Rejects
     from choreo_cli.cli.run_options import RunOptions
     from choreo_cli.cli.streams import Streams
@@ -89,7 +91,7 @@ def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
             return refuse(options, console, str(exc), executor=executor)
         except CheckpointError as exc:
             return refuse(options, console, str(exc), executor=executor)
-        state = RunState(executor)
+        state = RunState(executor, say=functools.partial(console.error, prefix=False))
         # Handled until the summary is out: a signal during resource teardown must not
         # raise KeyboardInterrupt into it (or kill the process) but end with 130/143.
         stack.enter_context(handle_signals(state))
@@ -181,6 +183,10 @@ def _run(
             if checkpoint is not None:
                 checkpoint.discard()
             return refuse(options, console, message, executor=executor)
+        shown = progress_kind(options, console=console, streams=streams, results=results)
+        positions = None
+        if shown is not None:
+            positions, source = track_positions(source)
         session = RunSession(
             options=options,
             console=console,
@@ -196,7 +202,9 @@ def _run(
             ),
             writer=writer,
             summary=summary,
-            progress=build_progress(options, console=console, source=source),
+            progress=build_progress(
+                shown, console=console, writer=writer, summary=summary, positions=positions
+            ),
             checkpoint=checkpoint,
             rejects=rejects,
             regular_input=source.regular,
@@ -511,9 +519,60 @@ def build_reader(
     )
 
 
-def build_progress(options: RunOptions, *, console: Console, source: RunInput) -> Progress:
-    """The progress bar on stderr (a do-nothing one off a terminal, or when not wanted)."""
-    return console.build_progress(enabled=options.progress, total_bytes=source.size)
+def progress_kind(
+    options: RunOptions, *, console: Console, streams: Streams, results: BinaryIO | None
+) -> str | None:
+    """Which progress display the run gets (``choreo_cli.cli.progress.progress_kind``):
+    never a bar on the terminal the result lines go to."""
+    from choreo_cli.cli.progress import progress_kind as kind_for
+    from choreo_cli.cli.streams import is_terminal, path_is_terminal
+
+    if options.progress is False or console.quiet:
+        return None
+    if str(options.output) == "-":
+        # ``results``: stdout's own file, while descriptor 1 points at stderr.
+        on_terminal = is_terminal(results if results is not None else streams.stdout)
+    else:
+        on_terminal = path_is_terminal(options.output)
+    return kind_for(console, wanted=options.progress, results_on_terminal=on_terminal)
+
+
+def track_positions(source: RunInput) -> tuple[InputPositions | None, RunInput]:
+    """For the share of the input consumed: the input read through ``InputPositions``
+    (one look per chunk read), when it is a regular file of known size; else None and
+    ``source`` as it is (no share, no ETA)."""
+    from choreo_cli.cli.progress import InputPositions
+
+    if not source.regular or source.size is None:
+        return None, source
+    positions = InputPositions(source.stream, total=source.size)
+    return positions, dataclasses.replace(source, stream=cast("BinaryIO", positions))
+
+
+def build_progress(
+    kind: str | None,
+    *,
+    console: Console,
+    writer: ResultWriter,
+    summary: RunSummary,
+    positions: InputPositions | None,
+) -> Progress:
+    """The progress display ``kind`` (None: a do-nothing one), started: records finished
+    are the lines handed to the writer, failed ones the summary's, the share of the input
+    is where the last finished record ends."""
+    from choreo_cli.cli.progress import RunFigures, start_progress
+
+    if kind is None:
+        from choreo_cli.cli.progress import NullProgress
+
+        return NullProgress()
+    figures = RunFigures(
+        finished=lambda: writer.lines_queued,
+        statuses=lambda: summary.counts,
+        resumed=lambda: summary.resumed,
+        positions=positions,
+    )
+    return start_progress(kind, console, figures)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -551,6 +610,7 @@ class RunSession:
             else:
                 self._consume()
         finally:
+            self.state.announced()  # an interruption's line before the last progress line
             self.progress.close()
             self.writer.close()
             rejects = self.rejects
@@ -579,6 +639,11 @@ class RunSession:
             # Nothing here interrupted the run: a callable raised KeyboardInterrupt, which
             # interrupts the whole run like Ctrl-C (README "Exit codes"): exit 130.
             state.signal = signal.SIGINT
+            console.error(
+                "interrupted (KeyboardInterrupt raised by a step): no new record started; "
+                "records in flight stopped before their next step",
+                prefix=False,
+            )
         if state.signal is not None:
             summary.record_signal(state.signal)
         if writer.broken:
@@ -586,9 +651,6 @@ class RunSession:
         elif writer.error is not None:
             summary.record_output_failure()
             console.error(writer.error_message or f"cannot write {writer.name}: {writer.error}")
-        if summary.halted is not None:
-            # Always said (-q too): the run did not take up all of its input.
-            console.error(f"halted: {summary.halted.reason}", prefix=False)
         if not self.options.quiet and not summary.broken_pipe:
             console.render_summary(summary)
         if self.options.summary_json is not None:
@@ -677,21 +739,15 @@ class RunSession:
         self.summary.record_halt(halt)
         self.state.stop = True
         self.executor.halt(halt.reason)
+        # Said when it happens, always (-q too): the run will not take up all of its input.
+        self.console.error(f"halted: {halt.reason}", prefix=False)
 
     def _tally(self) -> Callable[[Result], None]:
         """What happens to a record whose line a worker wrote: counted and shown."""
-        add = self.summary.add
-        reader = self.reader
-        advance = self.progress.advance if self.progress.enabled else None
-
-        def tally(result: Result) -> None:
-            # SummarizedResult wants a settable ``status: str`` and ``steps -> dict[str, str]``;
-            # Result has read-only Literal ones: the protocol is too narrow, not the call.
-            add(result)  # type: ignore[arg-type]
-            if advance is not None:
-                advance(result, reader.bytes_read)
-
-        return tally
+        # SummarizedResult wants a settable ``status: str`` and ``steps -> dict[str, str]``;
+        # Result has read-only Literal ones: the protocol is too narrow, not the call. (The
+        # progress display reads the counts when it is drawn: nothing more per record.)
+        return self.summary.add  # type: ignore[return-value]
 
     def _consume(self) -> None:
         """Records as Results, one per input item."""
@@ -712,7 +768,7 @@ class RunSession:
         Results; clean ones are written from ``clean_line`` and only counted."""
         from choreo_cli.jsonl.reader import cut_after_record
 
-        reader, writer, summary, progress = self.reader, self.writer, self.summary, self.progress
+        reader, writer, summary = self.reader, self.writer, self.summary
         counter = self.budget.counter() if self.budget is not None else None
         emit = self._handler(counter)
         batches: Iterable[list[bytes]] = reader.iter_line_lists()
@@ -736,8 +792,6 @@ class RunSession:
         for clean in runs:
             summary.add_clean(clean, steps)
             writer.drain_if_full()
-            if progress.enabled:
-                progress.advance_succeeded(clean, reader.bytes_read)
             if counter is not None and summary.halted is None:
                 # The records of this list that came back as no Result ended clean.
                 spent = counter.observe_clean(summary.total - counter.ended)

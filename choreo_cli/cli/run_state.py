@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,14 +23,31 @@ class _StopReading(BaseException):
 _NOTHING = object()
 
 
-class RunState:
-    """What the signal handlers and the writer tell the run loop, and the input feed they stop."""
+def interruption_line(signum: int) -> str:
+    """The line a signal that stops the run prints when it comes.
 
-    def __init__(self, executor: Executor) -> None:
+    >>> interruption_line(signal.SIGINT)
+    'interrupted (SIGINT): no new record starts; records in flight stop before their next step (a second signal ends choreo at once)'
+    """
+    return (
+        f"interrupted ({signal.Signals(signum).name}): no new record starts; records in "
+        "flight stop before their next step (a second signal ends choreo at once)"
+    )
+
+
+class RunState:
+    """What the signal handlers and the writer tell the run loop, and the input feed they stop.
+
+    ``say(line)`` prints a line for people (the interruption, when it comes).
+    """
+
+    def __init__(self, executor: Executor, say: Callable[[str], None] | None = None) -> None:
         self.executor = executor
         self.signal: int | None = None
         self.stop = False
         self.reading = False
+        self.say = say
+        self._saying: list[threading.Thread] = []
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """SIGINT or SIGTERM: the first stops the run, a second ends the process at once."""
@@ -40,7 +57,28 @@ class RunState:
             self.executor.kill_workers()
             os._exit(128 + signum)
         self.signal = signum
+        self.announce(interruption_line(signum))
         self.halt(f"interrupted by {signal.Signals(signum).name}")
+
+    def announce(self, line: str) -> None:
+        """Have ``say`` print ``line`` now, from a signal handler: on a thread of its own,
+        since the handler may have stopped the main thread inside a write to the same
+        stream (writing there again would raise). ``announced`` waits for it."""
+        if self.say is None:
+            return
+        thread = threading.Thread(target=self.say, args=(line,), name="choreo-notice", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: said at once, as well as it goes
+            with contextlib.suppress(Exception):
+                self.say(line)
+            return
+        self._saying.append(thread)
+
+    def announced(self) -> None:
+        """Wait until the lines of ``announce`` are out (before the run's last lines)."""
+        for thread in self._saying:
+            thread.join(timeout=5)
 
     def on_output_failure(self) -> None:
         """The result lines cannot be written any more (a closed pipe, a full disk)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
@@ -27,6 +28,25 @@ def is_terminal(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):
         return False
+
+
+def path_is_terminal(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` names a terminal (``--output /dev/tty``); only a character
+    device is opened to ask (never to become the controlling terminal, never blocking).
+
+    >>> path_is_terminal(os.devnull)
+    False
+    """
+    try:
+        if not stat.S_ISCHR(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)
 
 
 def fancy(stream: Any, environ: Mapping[str, str] | None = None) -> bool:

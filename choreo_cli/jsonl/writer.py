@@ -78,6 +78,7 @@ class ResultWriter:
         self.error: BaseException | None = None
         self.error_message: str | None = None
         self.lines_written = 0
+        self._lines_taken = 0  # lines popped from the queue to be written (or dropped)
         self._failed = False
         self._notified = False
         self._closed = False
@@ -125,6 +126,12 @@ class ResultWriter:
         if self._on_written is not None:
             return None
         return self.encoder.clean_line(steps)
+
+    @property
+    def lines_queued(self) -> int:
+        """Lines handed to the writer so far, written or pending: read from any thread
+        (a progress display), it costs the producer nothing per line."""
+        return self._lines_taken + len(self._queue)
 
     @property
     def put(self) -> Callable[[bytes], None]:
@@ -182,6 +189,7 @@ class ResultWriter:
                 return
             popleft = queue.popleft
             items = [popleft() for _ in range(count)]
+            self._lines_taken += count
             if self._failed:
                 return
             if self._on_written is None:

@@ -15,14 +15,12 @@ import pytest
 
 from choreo_cli.cli.console import (
     Console,
-    LiveProgress,
-    NullProgress,
     build_console,
-    build_progress,
     format_summary,
     render_summary,
     setup_logging,
 )
+from choreo_cli.cli.progress import LiveProgress, RunFigures, progress_kind, start_progress
 from choreo_cli.cli.streams import Streams
 from choreo_cli.core.coordinator import Coordinator, Step
 from choreo_cli.core.summary import RunSummary
@@ -53,13 +51,15 @@ def _clean_logger() -> Iterator[None]:
 def test_nothing_imports_rich_off_a_terminal() -> None:
     code = """
 import io, logging, sys
-from choreo_cli.cli.console import Console, build_progress, render_summary, setup_logging
+from choreo_cli.cli.console import Console, render_summary, setup_logging
+from choreo_cli.cli.progress import RunFigures, progress_kind, start_progress
 from choreo_cli.core.summary import RunSummary
 stream = io.StringIO()
-progress = build_progress(True, 100, stream)
-progress.advance(type("R", (), {"status": "succeeded"})())
-progress.update_bytes(10)
+console = Console(stream)
+kind = progress_kind(console, wanted=True, results_on_terminal=False)
+progress = start_progress(kind, console, RunFigures(finished=lambda: 3, statuses=dict))
 progress.close()
+assert stream.getvalue().startswith("3 records, "), stream.getvalue()
 summary = RunSummary(["a"])
 summary.finish()
 render_summary(summary, stream)
@@ -74,22 +74,19 @@ assert "rich" not in sys.modules, sorted(m for m in sys.modules if m.startswith(
     assert done.returncode == 0, done.stderr
 
 
-def test_progress_is_a_no_op_when_disabled_or_not_a_terminal(terminal: TextIO) -> None:
-    assert isinstance(build_progress(False, 10, terminal), NullProgress)
-    assert isinstance(build_progress(True, 10, io.StringIO()), NullProgress)
+def test_no_progress_when_disabled_or_not_a_terminal(terminal: TextIO) -> None:
+    assert progress_kind(Console(terminal), wanted=False, results_on_terminal=False) is None
+    assert progress_kind(Console(io.StringIO()), wanted=None, results_on_terminal=False) is None
 
 
 def test_progress_is_live_on_a_terminal(terminal: TextIO, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setenv("TERM", "xterm")
-    progress = build_progress(True, 100, terminal)
+    console = Console(terminal)
+    kind = progress_kind(console, wanted=None, results_on_terminal=False)
+    progress = start_progress(kind, console, RunFigures(finished=lambda: 3, statuses=dict))
     try:
         assert isinstance(progress, LiveProgress)
-        for result in Coordinator().run_many(range(3)):
-            progress.advance(result)
-        progress.update_bytes(50)
-        assert progress.counts["succeeded"] == 3
-        assert progress.bytes_read == 50
     finally:
         progress.close()
 
@@ -98,7 +95,8 @@ def test_no_color_turns_off_progress_and_colour(
     terminal: TextIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
-    assert isinstance(build_progress(True, 10, terminal), NullProgress)
+    assert progress_kind(Console(terminal), wanted=None, results_on_terminal=False) is None
+    assert progress_kind(Console(terminal), wanted=True, results_on_terminal=False) == "plain"
     assert not Console(terminal).fancy
 
 
@@ -189,11 +187,8 @@ def test_build_console_offers_the_run_helpers(terminal: TextIO) -> None:
     console = build_console(streams_over(stream))
     console.error("line 3: unknown key", prefix=False)
     assert stream.getvalue() == "line 3: unknown key\n"
-    assert isinstance(console.build_progress(enabled=None, total_bytes=None), NullProgress)
-    assert isinstance(
-        build_console(streams_over(terminal), quiet=True).build_progress(enabled=True),
-        NullProgress,
-    )
+    quiet = build_console(streams_over(terminal), quiet=True)
+    assert progress_kind(quiet, wanted=True, results_on_terminal=False) is None
     summary = RunSummary(clock=clock(0.0, 1.0))
     summary.finish()
     console.render_summary(summary)
@@ -203,8 +198,11 @@ def test_build_console_offers_the_run_helpers(terminal: TextIO) -> None:
     assert stream.getvalue().endswith("WARNING choreo.step.a: careful\n")
 
 
-def test_null_progress_takes_bytes_read_too() -> None:
-    progress = build_progress(None, 10, io.StringIO())
-    progress.advance(type("R", (), {"status": "failed"})(), 5)
-    progress.update_bytes(7)
-    progress.close()
+def test_logging_on_a_terminal_is_the_plain_line_unwrapped() -> None:
+    """On a terminal log lines are printed through rich (above a live bar), in the same
+    format as elsewhere: no time column, no wrapping at 80 columns."""
+    stream = io.StringIO()
+    setup_logging("info", stream, fancy=True)
+    long = "x" * 300
+    logging.getLogger("choreo.step.parse").warning("bad %s\x1b[2K", long)
+    assert stream.getvalue() == f"WARNING choreo.step.parse: bad {long}\\x1b[2K\n"
