@@ -635,6 +635,7 @@ class RunSession:
         """Once the executor is closed: what went wrong, the summary, the exit code."""
         summary, state, writer, console = self.summary, self.state, self.writer, self.console
         summary.finish()
+        state.announced()  # a signal during the teardown: its line before the summary
         if state.signal is None and not writer.failed and self.executor.interrupted:
             # Nothing here interrupted the run: a callable raised KeyboardInterrupt, which
             # interrupts the whole run like Ctrl-C (README "Exit codes"): exit 130.

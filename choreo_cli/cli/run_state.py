@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +39,11 @@ def interruption_line(signum: int) -> str:
 class RunState:
     """What the signal handlers and the writer tell the run loop, and the input feed they stop.
 
-    ``say(line)`` prints a line for people (the interruption, when it comes).
+    ``say(line)`` prints a line for people (the interruption, when it comes): on a thread
+    of its own, started here, since a signal handler may have stopped the main thread
+    inside a write to the same stream (writing there again would raise), or inside
+    ``threading``'s own locks (starting a thread then would wait for ever). ``close()``
+    ends that thread.
     """
 
     def __init__(self, executor: Executor, say: Callable[[str], None] | None = None) -> None:
@@ -47,7 +52,17 @@ class RunState:
         self.stop = False
         self.reading = False
         self.say = say
-        self._saying: list[threading.Thread] = []
+        # Lines to say, and one True per line said; SimpleQueue.put may be called from a
+        # signal handler.
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._said: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._asked = 0
+        self._sayer: threading.Thread | None = None
+        if say is not None:
+            sayer = threading.Thread(target=self._say_lines, name="choreo-notices", daemon=True)
+            with contextlib.suppress(RuntimeError):  # no thread to be had: said at once
+                sayer.start()
+                self._sayer = sayer
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """SIGINT or SIGTERM: the first stops the run, a second ends the process at once."""
@@ -61,24 +76,40 @@ class RunState:
         self.halt(f"interrupted by {signal.Signals(signum).name}")
 
     def announce(self, line: str) -> None:
-        """Have ``say`` print ``line`` now, from a signal handler: on a thread of its own,
-        since the handler may have stopped the main thread inside a write to the same
-        stream (writing there again would raise). ``announced`` waits for it."""
+        """Have ``say`` print ``line`` now; safe in a signal handler. ``announced`` waits
+        until it is out."""
         if self.say is None:
             return
-        thread = threading.Thread(target=self.say, args=(line,), name="choreo-notice", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # no thread to be had: said at once, as well as it goes
-            with contextlib.suppress(Exception):
+        if self._sayer is None:
+            with contextlib.suppress(Exception):  # as well as it goes
                 self.say(line)
             return
-        self._saying.append(thread)
+        self._asked += 1
+        self._lines.put(line)
 
     def announced(self) -> None:
         """Wait until the lines of ``announce`` are out (before the run's last lines)."""
-        for thread in self._saying:
-            thread.join(timeout=5)
+        while self._asked:
+            self._asked -= 1
+            with contextlib.suppress(queue.Empty):
+                self._said.get(timeout=5)
+
+    def close(self) -> None:
+        """End the thread that says the lines (after those asked for)."""
+        if self._sayer is not None:
+            self._lines.put(None)
+            self._sayer.join(timeout=5)
+            self._sayer = None
+
+    def _say_lines(self) -> None:
+        assert self.say is not None
+        while True:
+            line = self._lines.get()
+            if line is None:
+                return
+            with contextlib.suppress(Exception):  # stderr gone: nothing left to do
+                self.say(line)
+            self._said.put(True)
 
     def on_output_failure(self) -> None:
         """The result lines cannot be written any more (a closed pipe, a full disk)."""
@@ -135,3 +166,4 @@ def handle_signals(state: RunState) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        state.close()
