@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from choreo_cli.cli.console import Console
     from choreo_cli.cli.progress import InputPositions, Progress
     from choreo_cli.cli.rejects import Rejects
+    from choreo_cli.cli.report import RunOutputs
     from choreo_cli.cli.run_options import RunOptions
     from choreo_cli.cli.streams import Streams
     from choreo_cli.core.budget import FailureBudget, FailureCounter, Halt
@@ -57,7 +58,9 @@ def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
         check_distinct_files(options, streams=streams)
         check_outputs_writable(options)
     except UsageError as exc:
-        return refuse(options, console, str(exc), summary="--summary-json" not in exc.files)
+        return refuse(
+            options, console, str(exc), summary="--summary-json" not in exc.files, files=exc.files
+        )
     try:
         console.setup_logging(options.log_level)
     except ValueError as exc:
@@ -105,6 +108,7 @@ def execute(options: RunOptions, *, streams: Streams) -> ExitCode:
             checkpoint=checkpoint,
             results=results,
             budget=budget,
+            pipeline_name=pipeline.name or options.pipeline.stem,
         )
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -117,11 +121,13 @@ def refuse(
     problems: Sequence[str] = (),
     executor: Executor | None = None,
     summary: bool = True,
+    files: tuple[str, ...] = (),
 ) -> ExitCode:
     """Exit 2 before any record ran: ``message`` on stderr (or ``problems``, positioned
     messages printed as they are), and in ``--summary-json`` as the summary's ``error``
     (zero counts), unless ``summary`` is False (that file is the one in trouble, which
-    ``message`` says)."""
+    ``message`` says); the metrics and the report too (but ``files``, those in trouble)."""
+    from choreo_cli.cli.report import RunOutputs, wanted
     from choreo_cli.core.summary import RunSummary
 
     if problems:
@@ -129,16 +135,19 @@ def refuse(
             console.error(problem, prefix=False)
     else:
         console.error(message)
-    if options.summary_json is None or not summary:
+    json_path = options.summary_json if summary else None
+    if json_path is None and not wanted(options, skip=files):
         return ExitCode.USAGE
     refused = RunSummary([] if executor is None else [step.name for step in executor.steps])
     record_run_files(refused, options)
     refused.record_usage_error(message)
     refused.finish()
     try:
-        refused.write_json(options.summary_json)
+        if json_path is not None:
+            refused.write_json(json_path)
     except OSError as exc:
         console.error(f"cannot write the summary to {options.summary_json}: {exc.strerror or exc}")
+    RunOutputs(options, pipeline=None, skip=files).write(refused, console)
     return refused.exit_code
 
 
@@ -153,11 +162,14 @@ def _run(
     checkpoint: Checkpoint | None,
     results: BinaryIO | None,
     budget: FailureBudget | None,
+    pipeline_name: str,
 ) -> ExitCode:
+    from choreo_cli.cli.report import RunOutputs
     from choreo_cli.core.summary import RunSummary
 
     summary = RunSummary([step.name for step in executor.steps])
     record_run_files(summary, options)
+    outputs = RunOutputs(options, pipeline=pipeline_name)
     try:
         rejects: Rejects | None = None
         try:
@@ -210,7 +222,8 @@ def _run(
             regular_input=source.regular,
             budget=budget,
         )
-        session.run()
+        with outputs.periodic(summary):
+            session.run()
     finally:
         try:
             executor.close()
@@ -218,7 +231,7 @@ def _run(
             summary.record_teardown_failure()
             console.error(f"{exc} (results may not be durable)")
         summary.record_limits(executor.limit_figures())
-    return session.finish()
+    return session.finish(outputs)
 
 
 # -- the collaborators ------------------------------------------------------------------------
@@ -631,8 +644,9 @@ class RunSession:
                         f"{rejects.error.strerror or rejects.error}"
                     )
 
-    def finish(self) -> ExitCode:
-        """Once the executor is closed: what went wrong, the summary, the exit code."""
+    def finish(self, outputs: RunOutputs | None = None) -> ExitCode:
+        """Once the executor is closed: what went wrong, the summary (and ``outputs``: the
+        metrics and the report), the exit code."""
         summary, state, writer, console = self.summary, self.state, self.writer, self.console
         summary.finish()
         state.announced()  # a signal during the teardown: its line before the summary
@@ -662,6 +676,8 @@ class RunSession:
                     f"cannot write the summary to {self.options.summary_json}: {exc.strerror}"
                 )
                 summary.record_output_failure()
+        if outputs is not None:
+            outputs.write(summary, console)
         return summary.exit_code
 
     def _clean_line(self) -> bytes | None:
