@@ -64,6 +64,8 @@ class InputPositions:
     blank lines, and notes ``(records so far, offset after the last line ending)``.
     ``offset_of(n)`` is where the ``n``-th record ends, interpolated within the chunk that
     holds it (whitespace-only lines other than empty ones count as records: a small error).
+    It is asked from one thread, with an ``n`` that never decreases (records finished):
+    what lies before is forgotten, so memory stays bounded by the records read ahead.
 
     >>> import io
     >>> positions = InputPositions(io.BytesIO(b'1\n\n22\n333\n4'))
