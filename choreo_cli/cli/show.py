@@ -72,6 +72,7 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
         "description": pipeline.description,
         "workers": pipeline.workers,
         "max_workers": pipeline.max_workers,
+        "precheck_errors": pipeline.precheck_errors,
         "halt": None
         if pipeline.halt is None
         else {
@@ -156,7 +157,8 @@ def _print_table(pipeline: Pipeline, streams: Streams) -> None:
 
 
 def _caption(pipeline: Pipeline) -> str | None:
-    """The description, then what protects the target: limits, max_workers, halt."""
+    """The description, then what protects the target: limits, max_workers, halt, and
+    ``precheck_errors: fail`` (the default, skip, goes without saying)."""
     lines = [pipeline.description] if pipeline.description else []
     for limit in pipeline.limits:
         written = _limit(limit)
@@ -172,6 +174,8 @@ def _caption(pipeline: Pipeline) -> str | None:
         if halt.consecutive:
             parts.append(f"{halt.consecutive} consecutive failures")
         lines.append("halt: " + ", ".join(parts))
+    if pipeline.precheck_errors == "fail":
+        lines.append("precheck_errors: fail")
     return "\n".join(lines) or None
 
 

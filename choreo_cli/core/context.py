@@ -6,7 +6,7 @@ import queue
 import threading
 from collections.abc import Mapping
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import logging
@@ -98,6 +98,12 @@ class _Frame:
         self.log = logging.getLogger(f"choreo.step.{name}")
 
 
+#: What a precheck that raises something other than Skip or Cancel does to its record:
+#: "skip" its job (choreograph parity, the default) or "fail" the record.
+PrecheckErrors = Literal["skip", "fail"]
+PRECHECK_ERRORS: tuple[PrecheckErrors, ...] = ("skip", "fail")
+
+
 class _RunFlags:
     """Shared by all records of a coordinator: whether the run in progress is interrupted.
 
@@ -111,13 +117,25 @@ class _RunFlags:
     interrupted; it is cleared when a run starts with no interruption pending.
     """
 
-    __slots__ = ("_lock", "_wake", "dry_run", "interrupted", "reason", "runs", "was_interrupted")
+    __slots__ = (
+        "_lock",
+        "_wake",
+        "dry_run",
+        "interrupted",
+        "precheck_errors",
+        "reason",
+        "runs",
+        "was_interrupted",
+    )
 
     def __init__(self) -> None:
         self.interrupted = False
         self.was_interrupted = False
         self.reason: str | None = None
         self.dry_run = False
+        # What a precheck's exception other than Skip or Cancel does: "skip" its job
+        # (choreograph parity) or "fail" the record (``precheck_errors: fail``).
+        self.precheck_errors: PrecheckErrors = "skip"
         self.runs = 0
         # Wakes the retries waiting in wait_interrupted. Not a threading.Event: interrupt()
         # runs in signal handlers, on the main thread, perhaps while that thread holds the

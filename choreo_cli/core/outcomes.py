@@ -109,9 +109,13 @@ class Outcomes:
         skipped: list[int] | None,
     ) -> tuple[list[ExecutionError] | None, list[int] | None, Result | None]:
         """A precheck raised something else: Cancel (and the like) stops the record; any
-        other exception skips the job like Skip (choreograph parity)."""
+        other exception skips the job like Skip (choreograph parity), or, with
+        ``precheck_errors: fail``, fails the record (step outcome ``failed``, phase
+        ``precheck``)."""
         name = self._steps[i].name
         stops = self._classify(exc, name)
+        if stops is None and self._flags.precheck_errors == "fail":
+            stops = ("failed", FAILED, ExecutionError(name, None, exc), True)
         if stops is not None:
             return (
                 errors,

@@ -12,6 +12,7 @@ from choreo_cli.pipeline.problems import Problem
 
 if TYPE_CHECKING:
     from choreo_cli.core.budget import FailureBudget
+    from choreo_cli.core.context import PrecheckErrors
     from choreo_cli.core.coordinator import Coordinator
     from choreo_cli.core.limits import Limit
     from choreo_cli.core.resources import ResourceSpec
@@ -132,6 +133,10 @@ class Pipeline:
     # The overridden rates (calls per second) by name: workers that load the file again
     # apply them too.
     rate_overrides: Mapping[str, float] = field(default_factory=dict)
+    # ``precheck_errors:``: what a precheck raising something other than Skip or Cancel
+    # does, "skip" its job (the default) or "fail" the record; ``--precheck-errors``
+    # replaces it (``with_precheck_errors``).
+    precheck_errors: PrecheckErrors = "skip"
 
     def with_rates(self, rates: Mapping[str, float]) -> Pipeline:
         """This pipeline with the rates of some limits replaced (``--limit NAME=RATE``);
@@ -142,6 +147,13 @@ class Pipeline:
             return self
         limits = override_rates(self.limits, rates, file=str(self.path))
         return replace(self, limits=limits, rate_overrides={**self.rate_overrides, **rates})
+
+    def with_precheck_errors(self, mode: PrecheckErrors | None) -> Pipeline:
+        """This pipeline with ``precheck_errors`` replaced (``--precheck-errors``); None
+        keeps the file's."""
+        if mode is None or mode == self.precheck_errors:
+            return self
+        return replace(self, precheck_errors=mode)
 
     def coordinator(
         self,
@@ -170,6 +182,9 @@ class Pipeline:
             dry_run=dry_run,
             timings=timings,
         )
+        # Read by every runner's rare path (core/outcomes.py), through the coordinator's
+        # run flags, which each Plan of it shares.
+        coordinator.plan.flags.precheck_errors = self.precheck_errors
         for step in self.steps:
             try:
                 coordinator.add_step(step.to_step(limits))

@@ -177,6 +177,8 @@ class PipelineReader:
             max_workers=max_workers,
             max_workers_at=max_workers_at,
             halt=self._halt(data.get("halt")),
+            # Another value is the schema's problem (at its position).
+            precheck_errors="fail" if data.get("precheck_errors") == "fail" else "skip",
         )
 
     def _value_mark(self, path: YamlPath) -> Mark:

@@ -366,8 +366,8 @@ def test_a_named_file_is_checked_whatever_it_holds_and_only_once(tmp_path: Path)
         "ci.yaml:1:1: the pipeline is missing required key 'version' (add 'version: 1')\n"
         "ci.yaml:1:1: the pipeline is missing required key 'steps'\n"
         "ci.yaml:1:1: unknown key 'jobs' — allowed here: version, name, description, workers, "
-        "max_workers, halt, python_path, context, resources, limits, steps, defaults, or x-... "
-        "for your own anchors\n"
+        "max_workers, precheck_errors, halt, python_path, context, resources, limits, steps, "
+        "defaults, or x-... for your own anchors\n"
     )
     assert (done.returncode, done.stderr) == (1, "3 errors in 1 of 2 files\n")
 

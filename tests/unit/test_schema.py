@@ -331,8 +331,8 @@ def test_a_valid_pipeline_has_no_problems() -> None:
             "version: 1\nsteps: [{name: a, job: s:f}]\nzzz: 1\n",
             [
                 "p.yaml:3:1: unknown key 'zzz' — allowed here: version, name, description, "
-                "workers, max_workers, halt, python_path, context, resources, limits, steps, "
-                "defaults, or x-... for your own anchors"
+                "workers, max_workers, precheck_errors, halt, python_path, context, resources, "
+                "limits, steps, defaults, or x-... for your own anchors"
             ],
         ),
         ("[1, 2]\n", ["p.yaml:1:1: the pipeline file must be a mapping, not a list"]),
