@@ -81,12 +81,19 @@ _standins: dict[tuple[str, str], type[RemoteError]] = {}
 
 
 def export_exception(exc: BaseException) -> PortableError:
-    """``exc`` as (module, type name, message)."""
+    """``exc`` as (module, type name, message).
+
+    A subclass of Skip or Cancel has ``Skip:`` or ``Cancel:`` before its module, so that
+    its stand-in is one too (the summary tells a precheck's Skip from its errors by it).
+    """
     cls = type(exc)
     if isinstance(exc, RemoteError):
         return (exc.remote_module, cls.__name__, exc.message)
+    module = cls.__module__
+    if isinstance(exc, (Skip, Cancel)) and cls is not Skip and cls is not Cancel:
+        module = f"{'Skip' if isinstance(exc, Skip) else 'Cancel'}:{module}"
     # The message the writer makes when the exception itself reaches it (threads).
-    return (cls.__module__, cls.__name__, exception_message(exc))
+    return (module, cls.__name__, exception_message(exc))
 
 
 def rebuild_exception(portable: PortableError) -> BaseException:
@@ -103,7 +110,9 @@ def rebuild_exception(portable: PortableError) -> BaseException:
 
 def _standin_class(module: str, name: str) -> type[RemoteError]:
     bases: tuple[type, ...] = (RemoteError,)
-    if module == "builtins":
+    if module.startswith(("Skip:", "Cancel:")):
+        bases = (RemoteError, Skip if module.startswith("Skip:") else Cancel)
+    elif module == "builtins":
         import builtins
 
         original = getattr(builtins, name, None)
