@@ -54,6 +54,8 @@ def choreo_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k not in TEST_VARIABLES}
     base.pop("NO_COLOR", None)
     base.pop("COLUMNS", None)
+    # Under GitHub Actions every run would append its report to the job's summary page.
+    base.pop("GITHUB_STEP_SUMMARY", None)
     base.update(env or {})
     return base
 
