@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.core.calling import awaited
 from choreo_cli.core.context import DataBag
 from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.core.timings import begin as begin_timed
+from choreo_cli.core.timings import note as note_time
 from choreo_cli.core.watchdog import lost
 from choreo_cli.errors import Skip
 
@@ -214,6 +216,44 @@ def record_body(
     skip_exit: list[str] | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """The code of one record, at indent 0 (``EXIT x`` marks where the record ends with
+    x), and the names it reads: twice, once with its calls timed (see core/timings.py).
+
+    A worker's ``countdown`` says how many records run before the next one whose calls
+    are timed: the others run exactly the code they would without timings, at the cost
+    of one test per record. The options are ``record_lines``'.
+    """
+    options: dict[str, Any] = {
+        "clean_exit": clean_exit,
+        "reuse_bag": reuse_bag,
+        "awaiting": awaiting,
+        "skip_exit": skip_exit,
+    }
+    plain, namespace = record_lines(plan, **options)
+    timed, timed_names = record_lines(plan, timed_calls=True, **options)
+    namespace.update(timed_names)
+    namespace["begin_timed"] = begin_timed
+    namespace["note_time"] = note_time
+    lines = [
+        "if worker.countdown:",
+        "    worker.countdown -= 1",
+        *(f"    {line}" for line in plain),
+        "else:",
+        "    weight = begin_timed(worker)",
+        *(f"    {line}" for line in timed),
+    ]
+    return lines, namespace
+
+
+def record_lines(
+    plan: Plan,
+    *,
+    clean_exit: list[str] | None = None,
+    reuse_bag: bool = False,
+    awaiting: bool = False,
+    skip_exit: list[str] | None = None,
+    timed_calls: bool = False,
+) -> tuple[list[str], dict[str, Any]]:
+    """The code of one record, at indent 0 (``EXIT x`` marks where the record ends with
     x), and the names it reads.
 
     ``clean_exit``: the code that ends a record without errors, instead of building its
@@ -222,7 +262,8 @@ def record_body(
     keeps the old one). ``awaiting``: the code of an ``async def`` that runs on the
     worker's event loop (see compile_async_runner). ``skip_exit``: code run before the
     Result of a record that ran every step with errors (prechecks that skipped jobs) is
-    built; it may end the record itself.
+    built; it may end the record itself. ``timed_calls``: each call is timed, with the
+    ``weight`` the code before has set (``note_time``, see core/timings.py).
     """
     namespace = base_namespace(plan)
     timings = plan.timings
@@ -291,14 +332,23 @@ def record_body(
                 awaiting,
                 None if gated else plan.timed.get(id(planned.pre)),
             )
+            noted: list[str] = []
+            if timed_calls:
+                namespace[f"time_key_{i}_pre"] = (planned.name, "precheck")
+                noted = [
+                    f"    note_time(worker, time_key_{i}_pre, perf_counter() - call_started, weight)"
+                ]
+                lines.append("call_started = perf_counter()")
             lines += [
                 "try:",
                 *(f"    {c}" for c in call),
                 "except Skip as exc:",
+                *noted,
                 f"    errors, skipped = on_skip(exc, {i}, bag, errors, skipped)",
                 *publish,
                 *([f"    pattern |= {1 << i}"] if skip_exit else []),
                 "except BaseException as exc:",
+                *noted,
                 *renewed,
                 f"    errors, skipped, stopped = on_precheck_error(exc, {i}, ctx, raw, started, errors, skipped)",
                 *publish,
@@ -307,6 +357,7 @@ def record_body(
                 # Another exception than Skip: its type is in the line (no template).
                 *(["    pattern = -1"] if skip_exit else []),
                 "else:",
+                *noted,
                 "    if v is not None:",
                 "        if bag._pre is None:",
                 f"            bag._pre = {{key_{i}: v}}",
@@ -326,12 +377,19 @@ def record_body(
             awaiting,
             plan.timed.get(id(planned.job)) if inline else None,
         )
+        noted = []
+        if timed_calls:
+            namespace[f"time_key_{i}_job"] = (planned.name, "job")
+            noted = [f"note_time(worker, time_key_{i}_job, perf_counter() - call_started, weight)"]
         job = [
+            *(["call_started = perf_counter()"] if timed_calls else []),
             "try:",
             *(f"    {c}" for c in call),
             "except BaseException as exc:",
+            *(f"    {line}" for line in noted),
             *renewed,
             f"    EXIT on_job_error(exc, {i}, ctx, raw, started, errors, skipped)",
+            *noted,
             "if v is not None:",
             "    if bag._job is None:",
             f"        bag._job = {{key_{i}: v}}",

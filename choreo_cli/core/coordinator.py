@@ -26,6 +26,7 @@ from choreo_cli.core.resources import ResourcePool, teardown_error
 from choreo_cli.core.result import Result
 from choreo_cli.core.signatures import inspect_callable
 from choreo_cli.core.step import Planned, Step
+from choreo_cli.core.timings import StepTimes
 from choreo_cli.core.watchdog import Stuck, Watchdog
 from choreo_cli.core.workers import Carrier, ThreadPool, Worker, carried_result
 from choreo_cli.errors import StepDefinitionError
@@ -75,6 +76,11 @@ class Coordinator:
         self._watchdog: Watchdog | None = None
         self._carriers: list[Carrier] = []
         self._lock = threading.Lock()
+        # The call timings of the live workers, and of those closed or abandoned; a lock
+        # of their own (workers are made while self._lock is held).
+        self._times_lock = threading.Lock()
+        self._worker_times: list[StepTimes] = []
+        self._times_gone = StepTimes()
 
     # -- building -------------------------------------------------------------------------
 
@@ -218,12 +224,36 @@ class Coordinator:
         """The worker state of records run on the calling thread (``run``, one worker)."""
         worker = self._local
         if worker is None:
-            worker = self._local = Worker(self._pool.view(), self.values, self._flags)
+            worker = self._local = self._timed(Worker(self._pool.view(), self.values, self._flags))
         return worker
 
     def new_worker(self) -> Worker:
         """A worker state for another thread (used by executors)."""
-        return Worker(self._pool.view(), self.values, self._flags)
+        return self._timed(Worker(self._pool.view(), self.values, self._flags))
+
+    def _timed(self, worker: Worker) -> Worker:
+        """``worker``, whose call timings ``call_times`` reads until it is closed."""
+        with self._times_lock:
+            self._worker_times.append(worker.times)
+        return worker
+
+    def _retire_times(self, worker: Worker) -> None:
+        """A worker is closed or abandoned: its timings join those of the workers gone."""
+        with self._times_lock:
+            for i, times in enumerate(self._worker_times):
+                if times is worker.times:
+                    del self._worker_times[i]
+                    self._times_gone.merge(times)
+                    break
+
+    def call_times(self) -> StepTimes:
+        """How long the calls of each step took, over every worker (core/timings.py)."""
+        total = StepTimes()
+        with self._times_lock:
+            total.merge(self._times_gone)
+            for times in self._worker_times:
+                total.merge(times)
+        return total
 
     def build_worker(self, worker: Worker) -> None:
         """Build a worker's worker-scoped resources now (else on first use)."""
@@ -231,11 +261,13 @@ class Coordinator:
 
     def close_worker(self, worker: Worker) -> list[BaseException]:
         """Tear down a worker state made by ``new_worker``, from the thread that used it."""
+        self._retire_times(worker)
         return worker.close(self._pool)
 
     def detach_worker(self, worker: Worker) -> None:
         """Leave a worker's resources to its thread, abandoned by the watchdog with a call
         still running: ``close`` does not tear them down (see watchdog.py)."""
+        self._retire_times(worker)
         self._pool.detach_worker(worker.resources._local)
 
     def timeout_watchdog(self) -> Watchdog | None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from choreo_cli.core.compiled import reference_selected
 from choreo_cli.core.context import DataBag
 from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.core.timings import note as note_time
 from choreo_cli.errors import Skip
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class _Record:
                 return stopped
             if planned.pre is not None:
                 try:
-                    found = self._call(planned.pre)
+                    found = self._call(planned.pre, (planned.name, "precheck"))
                 except BaseException as exc:
                     stopped = self._precheck_failed(exc, i)
                     if stopped is not None:
@@ -145,7 +146,7 @@ class _Record:
             if self.plan.dry_run:
                 continue
             try:
-                found = self._call(planned.job)
+                found = self._call(planned.job, (planned.name, "job"))
             except BaseException as exc:
                 return outcomes.on_job_error(
                     exc, i, self.ctx, self.raw, self.started, self.errors, self.skipped
@@ -161,7 +162,7 @@ class _Record:
                 return stopped
             if planned.pre is not None:
                 try:
-                    found = await self._acall(planned.pre)
+                    found = await self._acall(planned.pre, (planned.name, "precheck"))
                 except BaseException as exc:
                     stopped = self._precheck_failed(exc, i)
                     if stopped is not None:
@@ -171,7 +172,7 @@ class _Record:
             if self.plan.dry_run:
                 continue
             try:
-                found = await self._acall(planned.job)
+                found = await self._acall(planned.job, (planned.name, "job"))
             except BaseException as exc:
                 return outcomes.on_job_error(
                     exc, i, self.ctx, self.raw, self.started, self.errors, self.skipped
@@ -188,20 +189,30 @@ class _Record:
         self.ctx._frame = self.plan.steps[i].frame
         return None
 
-    def _call(self, spec: CallSpec) -> Any:
-        return self.plan.invoke(spec, self.ctx, self.value, self.worker)
-
-    async def _acall(self, spec: CallSpec) -> Any:
-        if spec.is_async:
-            return await self.plan.ainvoke(spec, self.ctx, self.value, self.worker)
-        from asyncio import events  # not at module level: `choreo run` need not import asyncio
-
-        # A plain callable must not see the worker's loop running (as on a thread without one).
-        events._set_running_loop(None)
+    def _call(self, spec: CallSpec, key: tuple[str, str]) -> Any:
+        """Call ``spec``, timed as ``key`` (step, phase): every call (core/timings.py)."""
+        started = perf_counter()
         try:
-            return self._call(spec)
+            return self.plan.invoke(spec, self.ctx, self.value, self.worker)
         finally:
-            events._set_running_loop(self.worker.loop)
+            note_time(self.worker, key, perf_counter() - started, 1)
+
+    async def _acall(self, spec: CallSpec, key: tuple[str, str]) -> Any:
+        if not spec.is_async:
+            from asyncio import events  # not at module level: `choreo run` need not import asyncio
+
+            # A plain callable must not see the worker's loop running (as on a thread
+            # without one).
+            events._set_running_loop(None)
+            try:
+                return self._call(spec, key)
+            finally:
+                events._set_running_loop(self.worker.loop)
+        started = perf_counter()
+        try:
+            return await self.plan.ainvoke(spec, self.ctx, self.value, self.worker)
+        finally:
+            note_time(self.worker, key, perf_counter() - started, 1)
 
     def _precheck_failed(self, exc: BaseException, i: int) -> Result | None:
         """A precheck raised: the job is skipped, or the record stopped (its Result)."""

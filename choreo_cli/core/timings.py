@@ -3,14 +3,26 @@
 Memory stays flat whatever the number of calls: a call adds to one bucket, the total
 and the maximum. p50 and p95 are read from the buckets (linear inside the bucket, like
 Prometheus's ``histogram_quantile``), exact to the bucket's width (at most 5/3 of its
-lower bound); the total, the count and the maximum are exact.
+lower bound).
+
+Which calls are timed (the runners in compiled.py and interpreted.py ask ``begin`` and
+``note``): reading the clock costs about as much as a trivial call, so timing every call
+of a step that takes a microsecond would slow a run by a fifth. A worker times every
+record while its calls are slow (one took ``SLOW`` or more on the last record timed),
+which is what a load against an API or a database does: there every figure is exact.
+While its calls are fast it times fewer and fewer records, down to one in ``EVERY`` on
+average; each stands for itself and the records run since the last one timed (its
+calls count that many times): ``calls`` and
+``total`` are then estimates, ``timed`` says how many calls were measured, and ``max`` is
+the longest call measured.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
-from typing import Any
+from random import randint
+from typing import Any, Protocol
 
 #: The buckets' upper bounds in seconds (a call of exactly a bound is in its bucket):
 #: 1, 1.5, 2, 3, 5 and 7 of each power of ten from 1 µs to 1000 s. The last bucket
@@ -26,6 +38,15 @@ BOUNDS: tuple[float, ...] = (
 
 PHASES = ("precheck", "job")
 
+#: While a worker's calls are fast, one record in EVERY (on average) is timed.
+EVERY = 128
+_EVERY_BITS = EVERY.bit_length() - 1
+#: A worker's records are all timed until this many in a row had no slow call.
+STEADY = 8
+#: A call this long (seconds) or longer has every record of its worker timed until the
+#: worker's calls are fast again: timing costs under 1% of such a record.
+SLOW = 50e-6
+
 
 class PhaseTimes:
     """The durations of one phase (precheck or job) of one step: counts by bucket, the
@@ -40,17 +61,19 @@ class PhaseTimes:
     0.00175
     """
 
-    __slots__ = ("counts", "max", "total")
+    __slots__ = ("counts", "max", "timed", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BOUNDS) + 1)
         self.total = 0.0
         self.max = 0.0
+        self.timed = 0
 
-    def add(self, duration: float) -> None:
-        """One call that took ``duration`` seconds."""
-        self.counts[bisect_left(BOUNDS, duration)] += 1
-        self.total += duration
+    def add(self, duration: float, weight: int = 1) -> None:
+        """One call that took ``duration`` seconds, standing for ``weight`` calls."""
+        self.counts[bisect_left(BOUNDS, duration)] += weight
+        self.total += duration * weight
+        self.timed += 1
         if duration > self.max:
             self.max = duration
 
@@ -68,6 +91,7 @@ class PhaseTimes:
             if start == total:
                 break
         counts[-1] += total - start
+        self.timed += total
         self.total += sum(ordered)
         if ordered[-1] > self.max:
             self.max = ordered[-1]
@@ -79,12 +103,13 @@ class PhaseTimes:
             if count:
                 counts[i] += count
         self.total += other.total
+        self.timed += other.timed
         if other.max > self.max:
             self.max = other.max
 
     @property
     def calls(self) -> int:
-        """How many calls were timed."""
+        """How many calls there were: exact when each was timed, else an estimate."""
         return sum(self.counts)
 
     def quantile(self, q: float) -> float:
@@ -112,20 +137,64 @@ class PhaseTimes:
             yield bound, seen
 
     def to_json(self) -> dict[str, Any]:
-        """``{calls, total, p50, p95, max}``, in seconds (rounded to the microsecond)."""
+        """``{calls, timed, total, p50, p95, max}``, in seconds (rounded to the nanosecond)."""
         return {
             "calls": self.calls,
-            "total": round(self.total, 6),
-            "p50": round(self.quantile(0.5), 6),
-            "p95": round(self.quantile(0.95), 6),
-            "max": round(self.max, 6),
+            "timed": self.timed,
+            "total": round(self.total, 9),
+            "p50": round(self.quantile(0.5), 9),
+            "p95": round(self.quantile(0.95), 9),
+            "max": round(self.max, 9),
         }
 
-    def __getstate__(self) -> tuple[list[int], float, float]:
-        return self.counts, self.total, self.max
+    def __getstate__(self) -> tuple[list[int], float, float, int]:
+        return self.counts, self.total, self.max, self.timed
 
-    def __setstate__(self, state: tuple[list[int], float, float]) -> None:
-        self.counts, self.total, self.max = state
+    def __setstate__(self, state: tuple[list[int], float, float, int]) -> None:
+        self.counts, self.total, self.max, self.timed = state
+
+
+class Timed(Protocol):
+    """What ``begin`` and ``note`` keep on a worker (core.workers.Worker)."""
+
+    times: StepTimes
+    countdown: int
+    weight: int
+    streak: int
+
+
+def begin(worker: Timed) -> int:
+    """A record whose calls are timed starts on ``worker``: the weight of its calls (the
+    records it stands for: itself and those run untimed since the last one timed).
+
+    The records after it are timed too until ``STEADY`` records in a row had no slow
+    call (``note``); then the gaps between timed records grow, twice as long each time
+    up to ``EVERY`` on average. A gap is drawn at random around its mean, so a load whose
+    records follow a pattern (every other one skipping the slow job) is not sampled on
+    one side of it only.
+    """
+    weight = worker.weight
+    streak = worker.streak = worker.streak + 1
+    gap = 1
+    if streak > STEADY:
+        mean = min(1 << min(streak - STEADY, _EVERY_BITS), EVERY)
+        gap = randint(1, 2 * mean - 1)
+    worker.countdown = gap - 1
+    worker.weight = gap
+    return weight
+
+
+def note(worker: Timed, key: tuple[str, str], duration: float, weight: int) -> None:
+    """A timed call of ``key`` (step name, phase) took ``duration`` seconds, standing for
+    ``weight`` calls. A slow one has the worker's next record timed too."""
+    times = worker.times.phases.get(key)
+    if times is None:
+        times = worker.times.phase(*key)
+    times.add(duration, weight)
+    if duration >= SLOW:
+        worker.streak = 0
+        worker.countdown = 0
+        worker.weight = 1
 
 
 class StepTimes:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from choreo_cli.core.context import Context, DataBag, _RunFlags
 from choreo_cli.core.event_loop import close_loop, new_event_loop, run
+from choreo_cli.core.timings import StepTimes
 from choreo_cli.core.watchdog import DeadlineSlot, Stuck, Watchdog, WorkerAbandoned, abandoned
 
 if TYPE_CHECKING:
@@ -42,7 +43,20 @@ class Worker:
     callable must not keep ``ctx`` beyond the record it was given for.
     """
 
-    __slots__ = ("__weakref__", "carrier", "ctx", "escaped", "loop", "resources", "slot", "task")
+    __slots__ = (
+        "__weakref__",
+        "carrier",
+        "countdown",
+        "ctx",
+        "escaped",
+        "loop",
+        "resources",
+        "slot",
+        "streak",
+        "task",
+        "times",
+        "weight",
+    )
 
     def __init__(self, resources: Resources, values: Mapping[str, Any], flags: _RunFlags) -> None:
         self.resources = resources
@@ -58,6 +72,12 @@ class Worker:
         # was awaited in place: that call raises it (calling.acall, ThreadPool._serve_async).
         self.escaped: BaseException | None = None
         self.task: asyncio.Task[Any] | None = None  # the thread pool's serving task
+        # How long its calls took (core/timings.py): the records still to run before the
+        # next one timed, and how many records the next one timed stands for.
+        self.times = StepTimes()
+        self.countdown = 0
+        self.weight = 1
+        self.streak = 0
 
     def renew_context(self, old: Context) -> Context:
         """Give the worker a fresh Context for the rest of ``old``'s record.

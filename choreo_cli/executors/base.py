@@ -14,8 +14,10 @@ from choreo_cli.errors import ChoreoError
 from choreo_cli.executors import logs
 
 if TYPE_CHECKING:
+    from choreo_cli.core.context import PrecheckErrors
     from choreo_cli.core.result import Result
     from choreo_cli.core.step import Step
+    from choreo_cli.core.timings import StepTimes
 
 
 class Executor(Protocol):
@@ -97,6 +99,11 @@ class Executor(Protocol):
         ``close()`` for executors whose workers report at their teardown)."""
         ...
 
+    def call_times(self) -> StepTimes:
+        """How long each step's calls took (core/timings.py): so far with threads; the
+        process and Dask workers report theirs when they close (after ``close()``)."""
+        ...
+
     def kill_workers(self) -> None:
         """After a second signal: end worker processes at once (threads end with choreo)."""
         ...
@@ -147,6 +154,8 @@ class PipelineSpec:
     # --limit NAME=RATE (calls per second), and how many workers share each limit equally.
     limit_rates: Mapping[str, float] = dataclasses.field(default_factory=dict)
     limit_workers: int = 1
+    # The pipeline's precheck_errors, --precheck-errors included.
+    precheck_errors: PrecheckErrors = "skip"
 
     @classmethod
     def for_file(
@@ -158,6 +167,7 @@ class PipelineSpec:
         fail_fast: bool = False,
         limit_rates: Mapping[str, float] | None = None,
         limit_workers: int = 1,
+        precheck_errors: PrecheckErrors = "skip",
     ) -> PipelineSpec:
         """The spec of a pipeline file, with a fresh run id (resources are built per run)."""
         absolute = Path(path).resolve()
@@ -171,6 +181,7 @@ class PipelineSpec:
             fail_fast=fail_fast,
             limit_rates=dict(limit_rates or {}),
             limit_workers=limit_workers,
+            precheck_errors=precheck_errors,
         )
 
 

@@ -32,6 +32,7 @@ from choreo_cli.jsonl.reader import invalid_line
 if TYPE_CHECKING:
     from choreo_cli.core.coordinator import Step
     from choreo_cli.core.result import Result
+    from choreo_cli.core.timings import StepTimes
     from choreo_cli.pipeline.definitions import Pipeline
 
 
@@ -214,10 +215,15 @@ class BatchExecutor(abc.ABC):
             fail_fast=fail_fast,
             limit_rates=pipeline.rate_overrides,
             limit_workers=workers,
+            precheck_errors=pipeline.precheck_errors,
         )
         # Each worker's share of each limit; the waits its workers reported at teardown.
         self._limit_shares = [limit.build(workers) for limit in pipeline.limits]
         self._limit_waits: dict[str, list[float]] = {}
+        # The call times the workers reported at teardown (core/timings.py).
+        from choreo_cli.core.timings import StepTimes
+
+        self._times = StepTimes()
         self._fail_fast = fail_fast
         self._sizer = BatchSizer(
             target_seconds=self.target_seconds, max_size=self.max_batch, growth=self.growth
@@ -256,6 +262,20 @@ class BatchExecutor(abc.ABC):
                 figures[name]["waits"] = int(waits)
                 figures[name]["wait_seconds"] = round(seconds, 6)
         return figures
+
+    def call_times(self) -> StepTimes:
+        """How long each step's calls took: what the workers reported when they closed,
+        and the calls run here (a record finished after its worker was lost)."""
+        from choreo_cli.core.timings import StepTimes
+
+        times = StepTimes()
+        times.merge(self._times)
+        times.merge(self._local.call_times())
+        return times
+
+    def _count_times(self, times: StepTimes) -> None:
+        """Add what one worker reported of its call times."""
+        self._times.merge(times)
 
     def _count_waits(self, figures: dict[str, dict[str, Any]]) -> None:
         """Add what one worker reported of its waits per limit."""

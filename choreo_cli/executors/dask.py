@@ -27,9 +27,9 @@ from choreo_cli.executors.batching import Batch, BatchExecutor, pickled
 from choreo_cli.executors.dask_attempts import progress_dir, sweep
 from choreo_cli.executors.dask_worker import (
     close_runner,
-    limit_report,
     open_runner,
     run_batch,
+    run_report,
     stop_run,
 )
 from choreo_cli.executors.portable import rebuild_exception
@@ -205,10 +205,11 @@ class DaskExecutor(BatchExecutor):
             for future in self._futures:
                 future.cancel()
             self._futures.clear()
-            if self._limit_shares:
-                with contextlib.suppress(Exception):  # the figures only: not worth failing
-                    for figures in self._from_each_worker(limit_report, self._spec.run_id):
-                        self._count_waits(figures)
+            with contextlib.suppress(Exception):  # the figures only: not worth failing
+                for figures, times in self._from_each_worker(run_report, self._spec.run_id):
+                    self._count_waits(figures)
+                    if times is not None:
+                        self._count_times(times)
             try:
                 errors = self._on_each_worker(close_runner, self._spec.run_id)
             except Exception as exc:

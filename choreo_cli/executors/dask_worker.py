@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 import threading
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from choreo_cli.errors import ChoreoError
 from choreo_cli.executors import logs
@@ -21,6 +21,9 @@ from choreo_cli.executors.base import INTERRUPTED, PipelineSpec
 from choreo_cli.executors.dask_attempts import BATCH_ENDED, ProgressFile, earlier_attempt
 from choreo_cli.executors.portable import encode_chunk, encode_entry
 from choreo_cli.executors.runner import BatchArgs, BatchRunner
+
+if TYPE_CHECKING:
+    from choreo_cli.core.timings import StepTimes
 
 
 class _WorkerRun:
@@ -126,13 +129,17 @@ def stop_run(run_id: str, level: int) -> None:
         run.runner.halt()
 
 
-def limit_report(run_id: str) -> dict[str, dict[str, Any]]:
-    """This worker's waits per limit in run ``run_id`` (see core/limits.py)."""
+def run_report(run_id: str) -> tuple[dict[str, dict[str, Any]], StepTimes | None]:
+    """This worker's waits per limit in run ``run_id`` (see core/limits.py) and its call
+    times (core/timings.py; None: it ran no record of the run)."""
     from choreo_cli.core.limits import limit_figures
 
     with _RUNS_LOCK:
         run = _RUNS.get(run_id)
-    return {} if run is None else limit_figures(run.runner.coordinator.limits)
+    if run is None:
+        return {}, None
+    coordinator = run.runner.coordinator
+    return limit_figures(coordinator.limits), coordinator.call_times()
 
 
 def close_runner(run_id: str) -> list[str]:

@@ -182,6 +182,7 @@ class ProcessExecutor(BatchExecutor):
                 continue
             if message[0] == "closed":
                 self._count_waits(message[2])
+                self._count_times(message[3])
                 return [f"worker process {proc.pid}: {e}" for e in message[1]]
             if message[0] == "log":
                 logs.replay(message[1])

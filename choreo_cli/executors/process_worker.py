@@ -96,7 +96,9 @@ def worker_main(
         runner.interrupt("the parent process is gone")
     errors = runner.close()
     with contextlib.suppress(OSError):
-        outbox.send(pickle.dumps(("closed", errors, limit_figures(runner.coordinator.limits))))
+        coordinator = runner.coordinator
+        closed = ("closed", errors, limit_figures(coordinator.limits), coordinator.call_times())
+        outbox.send(pickle.dumps(closed))
 
 
 class _Outbox:

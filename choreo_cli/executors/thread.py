@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from choreo_cli.core.coordinator import Coordinator
     from choreo_cli.core.result import Result
     from choreo_cli.core.step import Step
+    from choreo_cli.core.timings import StepTimes
     from choreo_cli.pipeline.definitions import Pipeline
 
 
@@ -84,6 +85,10 @@ class ThreadExecutor:
         from choreo_cli.core.limits import limit_figures
 
         return limit_figures(self.coordinator.limits)
+
+    def call_times(self) -> StepTimes:
+        """How long each step's calls took, over the threads, so far."""
+        return self.coordinator.call_times()
 
     def kill_workers(self) -> None:
         """Threads cannot be killed: a second signal exits the process, and them with it."""

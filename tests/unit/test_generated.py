@@ -211,13 +211,13 @@ def test_the_shapes_take_the_paths_they_are_named_for() -> None:
     # A timed call runs inline between the lines that set and clear the deadline slot.
     assert "invoke(" not in text("timeout")
     assert (
-        "        deadline.call = pre_0_timed\n"
-        "        try:\n"
-        "            v = pre_0(ctx, value)\n"
-        "        finally:\n"
-        "            deadline.call = None\n"
-        "            if deadline.lost:\n"
-        "                lost(deadline)\n"
+        "            deadline.call = pre_0_timed\n"
+        "            try:\n"
+        "                v = pre_0(ctx, value)\n"
+        "            finally:\n"
+        "                deadline.call = None\n"
+        "                if deadline.lost:\n"
+        "                    lost(deadline)\n"
     ) in text("timeout")
     # A retried job takes the general path, which sets the slot per attempt; what the
     # watchdog's snapshot needs that ctx does not hold is kept in the slot.
@@ -226,7 +226,17 @@ def test_the_shapes_take_the_paths_they_are_named_for() -> None:
     assert "started = deadline.started = perf_counter()" in text("timeout_retry")
     assert "deadline.errors = (deadline.unit, index, errors, skipped)" in text("timeout_retry")
     # A timeout renews the worker's Context: a record that fails ends on the new one.
-    assert "except BaseException as exc:\n            ctx = worker.ctx\n" in text("timeout")
+    assert "except BaseException as exc:\n                ctx = worker.ctx\n" in text("timeout")
+    # Every shape runs most records untimed, and times the calls of the others.
+    assert "    if worker.countdown:\n        worker.countdown -= 1\n" in text("job_only")
+    assert "weight = begin_timed(worker)" in text("job_only")
+    assert (
+        "        call_started = perf_counter()\n"
+        "        try:\n"
+        "            v = job_0(ctx, value)\n"
+        "        except BaseException as exc:\n"
+        "            note_time(worker, time_key_0_job, perf_counter() - call_started, weight)\n"
+    ) in text("job_only")
     assert "v = await awaited(pre_0(ctx, value), worker)" in text("async")
     assert "leave_loop(None)" in text("async")
     assert "await ainvoke(step_2.job, ctx, value, worker)" in text("async")
