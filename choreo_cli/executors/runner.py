@@ -75,7 +75,11 @@ class BatchRunner:
                 f"the pipeline file {spec.path} on this worker differs from the one choreo "
                 "was started with; give every worker the same copy"
             )
-        pipeline = load_pipeline(spec.path, overrides=spec.overrides).with_rates(spec.limit_rates)
+        pipeline = (
+            load_pipeline(spec.path, overrides=spec.overrides)
+            .with_rates(spec.limit_rates)
+            .with_precheck_errors(spec.precheck_errors)
+        )
         self.coordinator = pipeline.coordinator(
             workers=1, dry_run=spec.dry_run, timings=False, limit_workers=spec.limit_workers
         )
