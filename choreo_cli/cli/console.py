@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from choreo_cli.cli.escapes import printable
 from choreo_cli.cli.streams import fancy as fancy_stream
+from choreo_cli.cli.units import human_seconds
 
 if TYPE_CHECKING:
     from rich.console import Console as RichConsole
@@ -168,9 +169,14 @@ def format_summary(summary: RunSummary) -> str:
     steps = summary.steps
     if steps:
         columns = _step_columns(steps)
-        rows = [["step", *columns]]
+        extra = _extra_step_columns(summary)
+        rows = [["step", *columns, *(header for header, _ in extra)]]
         rows += [
-            [printable(name), *(f"{counts[c]:,}" for c in columns)]
+            [
+                printable(name),
+                *(f"{counts[c]:,}" for c in columns),
+                *(cells.get(name, "0") for _, cells in extra),
+            ]
             for name, counts in steps.items()
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -205,6 +211,76 @@ def _step_columns(steps: dict[str, dict[str, int]]) -> list[str]:
     return columns
 
 
+def _extra_step_columns(summary: RunSummary) -> list[tuple[str, dict[str, str]]]:
+    """The step table's columns shown only when some step has a figure: ``retries``, and
+    ``precheck errors`` (prechecks that raised something other than Skip or Cancel:
+    "3 KeyError", or "4: KeyError 3, TypeError 1"). Each a header and step -> cell."""
+    columns: list[tuple[str, dict[str, str]]] = []
+    retries = summary.retries
+    if retries:
+        columns.append(("retries", {name: f"{count:,}" for name, count in retries.items()}))
+    raised = summary.precheck_errors
+    if raised:
+        cells = {}
+        for name, by_type in raised.items():
+            counts = {kind: int(figure["count"] or 0) for kind, figure in by_type.items()}
+            if len(counts) == 1:
+                [(kind, count)] = counts.items()
+                cells[name] = f"{count:,} {printable(kind)}"
+            else:
+                each = ", ".join(f"{printable(kind)} {count:,}" for kind, count in counts.items())
+                cells[name] = f"{sum(counts.values()):,}: {each}"
+        columns.append(("precheck errors", cells))
+    return columns + _time_columns(summary)
+
+
+def _time_columns(summary: RunSummary) -> list[tuple[str, dict[str, str]]]:
+    """The step table's timing columns: the time spent in each step's calls (prechecks
+    and jobs), and its job's p50, p95 and longest call; none when no call was timed."""
+    times = summary.times
+    if not times.phases:
+        return []
+    spent: dict[str, str] = {}
+    job_figures: dict[str, dict[str, str]] = {"job p50": {}, "job p95": {}, "job max": {}}
+    for name in summary.steps:
+        precheck, job = times.get(name, "precheck"), times.get(name, "job")
+        total = sum(t.total for t in (precheck, job) if t is not None)
+        spent[name] = human_seconds(total) if precheck or job else "-"
+        for header, value in (
+            ("job p50", job and job.quantile(0.5)),
+            ("job p95", job and job.quantile(0.95)),
+            ("job max", job and job.max),
+        ):
+            job_figures[header][name] = "-" if job is None else human_seconds(value or 0.0)
+    return [("time", spent), *job_figures.items()]
+
+
+def format_precheck_warnings(summary: RunSummary) -> list[str]:
+    """One line per step and exception type that a precheck raised and that was treated as
+    a skip (``precheck_errors: skip``, the default): the end of `choreo run`'s stderr.
+    Without a known line (records given without one, from the library), the line
+    number is left out.
+
+    >>> from choreo_cli.core.coordinator import Coordinator, Step
+    >>> from choreo_cli.core.summary import RunSummary
+    >>> coordinator = Coordinator()
+    >>> coordinator.add_step(Step(name="invite", precheck=lambda ctx, r: r["id"], job=print))
+    >>> summary = RunSummary(["invite"])
+    >>> summary.add(coordinator.run({}, index=3, line=4))
+    >>> format_precheck_warnings(summary)
+    ["step 'invite': precheck raised KeyError on 1 record, first at line 4 (treated as a skip; raise Skip to skip on purpose)"]
+    """
+    lines = []
+    for step, kind, count, line in summary.precheck_skips:
+        records = "1 record" if count == 1 else f"{count:,} records"
+        where = "" if line is None else f", first at line {line}"
+        lines.append(
+            f"step '{printable(step)}': precheck raised {printable(kind)} on {records}{where} "
+            "(treated as a skip; raise Skip to skip on purpose)"
+        )
+    return lines
+
+
 def _render_rich(summary: RunSummary, stream: TextIO) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -228,10 +304,15 @@ def _render_rich(summary: RunSummary, stream: TextIO) -> None:
         table = Table(title="steps", title_justify="left", show_edge=False)
         table.add_column("step")
         columns = _step_columns(steps)
-        for column in columns:
+        extra = _extra_step_columns(summary)
+        for column in [*columns, *(header for header, _ in extra)]:
             table.add_column(column, justify="right")
         for name, step_counts in steps.items():
-            table.add_row(Text(printable(name)), *(f"{step_counts[c]:,}" for c in columns))
+            table.add_row(
+                Text(printable(name)),
+                *(f"{step_counts[c]:,}" for c in columns),
+                *(Text(cells.get(name, "0")) for _, cells in extra),
+            )
         console.print(table)
     for line in _limit_lines(summary):
         console.print(Text(line))

@@ -222,6 +222,8 @@ def _run(
             regular_input=source.regular,
             budget=budget,
         )
+        # The call times so far, for what reads the summary during the run.
+        summary.watch_times(executor.call_times)
         with outputs.periodic(summary):
             session.run()
     finally:
@@ -231,6 +233,8 @@ def _run(
             summary.record_teardown_failure()
             console.error(f"{exc} (results may not be durable)")
         summary.record_limits(executor.limit_figures())
+        summary.add_times(executor.call_times())
+        summary.watch_times(None)
     return session.finish(outputs)
 
 
@@ -268,6 +272,11 @@ def load_run_pipeline(options: RunOptions) -> Pipeline:
         what = "is not a file" if options.pipeline.exists() else "does not exist"
         raise UsageError(f"pipeline file {options.pipeline} {what}")
     pipeline = load_pipeline(options.pipeline, overrides=overrides)
+    # --precheck-errors over the file's precheck_errors: (None: as the file says).
+    if options.precheck_errors in ("skip", "fail"):
+        pipeline = pipeline.with_precheck_errors(
+            "fail" if options.precheck_errors == "fail" else "skip"
+        )
     try:
         return pipeline.with_rates(limit_rates(options))
     except ValueError as exc:
@@ -678,6 +687,11 @@ class RunSession:
                 summary.record_output_failure()
         if outputs is not None:
             outputs.write(summary, console)
+        # Last, and always (-q too): each is likely a bug that let records through unseen.
+        from choreo_cli.cli.console import format_precheck_warnings
+
+        for line in format_precheck_warnings(summary):
+            console.error(line, prefix=False)
         return summary.exit_code
 
     def _clean_line(self) -> bytes | None:

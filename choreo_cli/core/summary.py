@@ -12,10 +12,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from choreo_cli.core.exit_codes import ExitCode
 from choreo_cli.core.timings import StepTimes
+from choreo_cli.errors import Skip, StepTimeout
 
 if TYPE_CHECKING:
     from choreo_cli.core.budget import Halt
     from choreo_cli.core.result import SkipPattern
+
+# A group of errors or of precheck exceptions: [count, first line (None: none known)].
+_Group = list[Any]
 
 STATUSES = ("succeeded", "failed", "cancelled", "invalid")
 STEP_COUNTS = ("ran", "skipped", "failed", "cancelled", "would_run")
@@ -33,9 +37,13 @@ class SummarizedResult(Protocol):
     status: str
     error: Any
     clean: bool
+    line: int | None
 
     @property
     def errors(self) -> Any: ...
+
+    @property
+    def attempts(self) -> dict[str, int]: ...
 
     @property
     def steps(self) -> dict[str, str]: ...
@@ -86,7 +94,9 @@ class RunSummary:
         #: Why the run stopped early (--fail-fast, a failure budget: exit 3), or None.
         self.halted: Halt | None = None
         #: How long each step's prechecks and jobs took (see core/timings.py).
-        self.times = StepTimes()
+        self._times = StepTimes()
+        # Where the times of a run still going are read (the executor's), or None.
+        self._times_source: Callable[[], StepTimes] | None = None
         self._counts = dict.fromkeys(STATUSES, 0)
         self._steps: dict[str, dict[str, int]] = {
             name: dict.fromkeys(STEP_COUNTS, 0) for name in step_names
@@ -98,12 +108,20 @@ class RunSummary:
         # The last Result counted by pattern, and its pattern's entry: the fused loop and
         # the workers stand for each record of a pattern by one Result.
         self._last: tuple[Any, list[Any]] | None = None
+        # Per step: attempts of its job past the first; the exceptions other than Skip and
+        # Cancel its precheck raised, by type name. Few keys each, whatever the input size.
+        self._retries: dict[str, int] = {}
+        self._precheck_errors: dict[str, dict[str, _Group]] = {}
+        # The same, for those treated as a skip only (not failing their record).
+        self._precheck_skips: dict[str, dict[str, _Group]] = {}
+        # The errors that ended records, by (step, phase, type), in the order first seen.
+        self._errors: dict[tuple[str | None, str | None, str], _Group] = {}
 
     # -- feeding --------------------------------------------------------------------------
 
     def add(self, result: SummarizedResult) -> None:
         """Count one result."""
-        if result.clean or (result.status == "succeeded" and not result.errors):
+        if result.clean:
             if self._clean_steps is None:
                 # The same for every clean record of the run: "succeeded" (or "would_run").
                 self.add_clean(1, result.steps)
@@ -112,10 +130,26 @@ class RunSummary:
             return
         last = self._last
         if last is not None and last[0] is result:
+            # A stand-in for records of a pattern of plain Skips (no retries, no errors).
             last[1][0] += 1
             return
+        attempts = result.attempts
+        if attempts:
+            self._count_retries(attempts)
         status = result.status
+        errors = result.errors
         if status == "succeeded":
+            if not errors:  # ran every step: retried, but without an error
+                if self._clean_steps is None:
+                    self.add_clean(1, result.steps)
+                else:
+                    self._clean += 1
+                return
+            # Every error of a succeeded record is its prechecks' (each skipped a job).
+            for entry in errors:
+                exc = entry.exception
+                if type(exc) is not Skip and not isinstance(exc, Skip):
+                    self._count_precheck_error(entry.step, entry.type, result.line, skipped=True)
             # Ran every step, some jobs skipped: counted per pattern (the step outcomes
             # follow from it).
             key = result.skip_pattern
@@ -133,14 +167,21 @@ class RunSummary:
                 return
         self._counts[status] += 1
         error = result.error
-        for name, outcome in result.steps.items():
+        steps = result.steps
+        self._count_error(error, result.line)
+        if errors and status != "succeeded":
+            self._count_precheck_errors(errors, steps, result.line)
+        for name, outcome in steps.items():
             if outcome == "not_run":
                 continue
             counts = self._step(name)
             if outcome == "succeeded":
                 counts["ran"] += 1
             elif outcome == "failed":
-                counts["ran"] += 1
+                # A precheck that failed the step (precheck_errors: fail, a timeout) did
+                # not call the job.
+                if error is None or error.step != name or error.phase != "precheck":
+                    counts["ran"] += 1
                 counts["failed"] += 1
             elif outcome == "skipped":
                 counts["skipped"] += 1
@@ -150,6 +191,49 @@ class RunSummary:
                     counts["ran"] += 1
             elif outcome == "would_run":
                 counts["would_run"] += 1
+
+    def _count_retries(self, attempts: dict[str, int]) -> None:
+        retries = self._retries
+        for name, count in attempts.items():
+            if count > 1:
+                retries[name] = retries.get(name, 0) + count - 1
+
+    def _count_precheck_errors(
+        self, errors: Iterable[Any], steps: dict[str, str], line: int | None
+    ) -> None:
+        """The precheck exceptions other than Skip or Cancel of a record that did not
+        succeed: those that skipped a job, and the one that failed it (precheck_errors:
+        fail); a timeout, Cancel or a record type mismatch is not one."""
+        for entry in errors:
+            if entry.phase != "precheck":
+                continue
+            exc = entry.exception
+            outcome = steps.get(entry.step)
+            if outcome == "skipped":
+                if isinstance(exc, Skip):
+                    continue
+            elif outcome != "failed" or isinstance(exc, StepTimeout):
+                continue
+            self._count_precheck_error(entry.step, entry.type, line, skipped=outcome == "skipped")
+
+    def _count_precheck_error(
+        self, step: str, kind: str, line: int | None, *, skipped: bool
+    ) -> None:
+        tables = (
+            (self._precheck_errors, self._precheck_skips) if skipped else (self._precheck_errors,)
+        )
+        for table in tables:
+            by_type = table.get(step)
+            if by_type is None:
+                by_type = table[step] = {}
+            _count_group(by_type, kind, line)
+
+    def _count_error(self, error: Any, line: int | None) -> None:
+        """The error that ended a record, in its group (step, phase, type)."""
+        if error is None:
+            return
+        phase = error.phase if error.phase in ("precheck", "job") else None
+        _count_group(self._errors, (error.step, phase, error.type), line)
 
     def add_clean(self, count: int, steps: dict[str, str]) -> None:
         """Count ``count`` results that ran every step without an error (``steps``: their
@@ -200,7 +284,23 @@ class RunSummary:
 
     def add_times(self, times: StepTimes) -> None:
         """Add the call durations a worker timed (see core/timings.py)."""
-        self.times.merge(times)
+        self._times.merge(times)
+
+    def watch_times(self, source: Callable[[], StepTimes] | None) -> None:
+        """Read the call times from ``source`` while the run goes on (for a summary read
+        before the end, such as the periodic metrics); None: no longer."""
+        self._times_source = source
+
+    @property
+    def times(self) -> StepTimes:
+        """How long each step's prechecks and jobs took (see core/timings.py)."""
+        source = self._times_source
+        if source is None:
+            return self._times
+        times = StepTimes()
+        times.merge(self._times)
+        times.merge(source())
+        return times
 
     def record_usage_error(self, message: str) -> None:
         """The command line, the pipeline or the input was unusable: no record ran (exit 2)."""
@@ -240,6 +340,46 @@ class RunSummary:
             for name, outcome in outcomes.items():
                 steps[name][_SUCCEEDED_COUNTS[outcome]] += count
         return steps
+
+    @property
+    def retries(self) -> dict[str, int]:
+        """Step name -> attempts of its job past the first, for the steps that retried."""
+        return dict(self._retries)
+
+    @property
+    def precheck_errors(self) -> dict[str, dict[str, dict[str, int | None]]]:
+        """Step name -> exception type -> ``{count, first_line}``: the prechecks that raised
+        something other than Skip or Cancel, for the steps that have some."""
+        return {
+            step: {kind: _group_json(group) for kind, group in by_type.items()}
+            for step, by_type in self._precheck_errors.items()
+        }
+
+    @property
+    def precheck_skips(self) -> list[tuple[str, str, int, int | None]]:
+        """The precheck exceptions other than Skip or Cancel that were treated as a skip
+        (``precheck_errors: skip``, the default), each a likely bug: (step, exception
+        type, records, first line or None), in pipeline order, then as first seen."""
+        order = {name: i for i, name in enumerate(self._steps)}
+        found = sorted(
+            self._precheck_skips.items(), key=lambda item: order.get(item[0], len(order))
+        )
+        return [
+            (step, kind, group[0], group[1])
+            for step, by_type in found
+            for kind, group in by_type.items()
+        ]
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """The errors that ended records (failed, cancelled, invalid), grouped by step,
+        phase and type: ``{step, phase, type, count, first_line}``, the most frequent first
+        (ties: the first seen first)."""
+        groups = sorted(self._errors.items(), key=lambda item: -item[1][0])
+        return [
+            {"step": step, "phase": phase, "type": kind, **_group_json(group)}
+            for (step, phase, kind), group in groups
+        ]
 
     @property
     def elapsed(self) -> float:
@@ -285,6 +425,8 @@ class RunSummary:
             except ValueError:
                 interrupted = str(self.signal)
         elapsed = self.elapsed
+        precheck_errors = self.precheck_errors
+        times = self.times
         return {
             "pipeline": self.pipeline,
             "pipeline_sha256": self.pipeline_sha256,
@@ -294,7 +436,12 @@ class RunSummary:
             "ended_at": format_utc(self.started_at + elapsed),
             "records": {"total": self.total, **self.counts, "resumed": self.resumed},
             "steps": {
-                name: {**counts, "time": self.times.to_json(name)}
+                name: {
+                    **counts,
+                    "retries": self._retries.get(name, 0),
+                    "precheck_errors": precheck_errors.get(name, {}),
+                    "time": times.to_json(name),
+                }
                 for name, counts in self.steps.items()
             },
             "wall_time": round(elapsed, 6),
@@ -307,6 +454,7 @@ class RunSummary:
             "exit_code": int(self.exit_code),
             "error": self.error,
             "limits": self.limits,
+            "errors": self.errors,
         }
 
     def write_json(self, path: str | Path) -> None:
@@ -319,6 +467,22 @@ class RunSummary:
         if counts is None:
             counts = self._steps[name] = dict.fromkeys(STEP_COUNTS, 0)
         return counts
+
+
+def _count_group(groups: dict[Any, _Group], key: Any, line: int | None) -> None:
+    """One more record in ``groups[key]``; its first line is the lowest one seen (records
+    can end out of input order)."""
+    group = groups.get(key)
+    if group is None:
+        groups[key] = [1, line]
+        return
+    group[0] += 1
+    if line is not None and (group[1] is None or line < group[1]):
+        group[1] = line
+
+
+def _group_json(group: _Group) -> dict[str, int | None]:
+    return {"count": group[0], "first_line": group[1]}
 
 
 def format_utc(timestamp: float) -> str:

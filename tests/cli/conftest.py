@@ -49,6 +49,16 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return parse_result_lines(path.read_bytes())
 
 
+def untimed(summary: dict[str, Any]) -> dict[str, Any]:
+    """A --summary-json summary without what differs from run to run (the clock, the
+    call timings): for comparing two runs' figures."""
+    for timed in ("wall_time", "records_per_second", "started_at", "ended_at"):
+        summary.pop(timed, None)
+    for step in summary.get("steps", {}).values():
+        step.pop("time", None)
+    return summary
+
+
 def choreo_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a `choreo` subprocess: the caller's, minus test variables, plus ``env``."""
     base = {k: v for k, v in os.environ.items() if k not in TEST_VARIABLES}

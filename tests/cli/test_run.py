@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.cli.conftest import untimed
 
 RunChoreo = Callable[..., Any]  # the run_choreo fixture of conftest.py: -> Run
 WritePipeline = Callable[..., Path]  # the write_pipeline fixture of conftest.py
@@ -623,9 +626,16 @@ def test_summary_on_stderr_has_the_counts(statuses: Path, run_choreo: RunChoreo)
     assert run.code == 1
     lines = run.stderr.splitlines()
     assert lines[0] == "records: 7 (succeeded 3, failed 1, cancelled 1, invalid 2)"
-    assert lines[1].split() == ["step", "ran", "skipped", "failed", "cancelled"]
-    assert lines[2].split() == ["check", "4", "1", "1", "1"]
-    assert lines[3].split() == ["second", "3", "0", "0", "0"]
+    # Then the time spent in each step's calls, and its job's p50, p95 and longest call.
+    assert lines[1].split() == [
+        "step", "ran", "skipped", "failed", "cancelled", "time", "job", "p50", "job", "p95",
+        "job", "max",
+    ]  # fmt: skip
+    assert lines[2].split()[:5] == ["check", "4", "1", "1", "1"]
+    assert lines[3].split()[:5] == ["second", "3", "0", "0", "0"]
+    for line in lines[2:4]:
+        cells = re.split(r"\s{2,}", line.strip())[5:]
+        assert len(cells) == 4 and all(re.fullmatch(r"[\d.]+ (µs|ms|s)", c) for c in cells), line
     assert lines[4].startswith("wall time ") and lines[4].endswith(" records/s")
     assert len(lines) == 5
 
@@ -649,7 +659,12 @@ def test_summary_json(statuses: Path, run_choreo: RunChoreo, tmp_path: Path) -> 
         "failed": 1,
         "cancelled": 1,
         "would_run": 0,
+        "retries": 0,
+        "precheck_errors": {},
+        "time": summary["steps"]["check"]["time"],
     }
+    job = summary["steps"]["check"]["time"]["job"]
+    assert job["calls"] == job["timed"] == 4 and job["max"] > 0
     assert summary["steps"]["second"]["ran"] == 3
     assert list(summary["steps"]) == ["check", "second"]
     assert summary["exit_code"] == 1
@@ -672,8 +687,7 @@ def test_one_worker_writes_and_counts_exactly_what_two_workers_do(
         args = ["run", "pipeline.yaml", "-w", workers, "--summary-json", summary, "-q"]
         run = run_choreo([*args, "--rejects", rejects], input=data)
         figures = json.loads(summary.read_text(encoding="utf-8"))
-        for timed in ("wall_time", "records_per_second", "started_at", "ended_at"):
-            del figures[timed]
+        untimed(figures)
         runs[workers] = (run.code, run.stdout, figures, rejects.read_bytes())
     assert runs["1"] == runs["2"]
     assert runs["1"][2]["records"]["total"] == 28

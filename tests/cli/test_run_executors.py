@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.cli.conftest import untimed
+
 RunChoreo = Callable[..., Any]  # the run_choreo fixture of conftest.py: -> Run
 WritePipeline = Callable[..., Path]  # the write_pipeline fixture of conftest.py
 StartChoreo = Callable[..., "subprocess.Popen[bytes]"]  # start_choreo fixture of conftest.py
@@ -139,8 +141,7 @@ def test_process_and_dask_runs_give_the_thread_runs_lines_counts_and_rejects(
             json.loads((tmp_path / f"{name}.json").read_text()) for name in ("thread", executor)
         ]
         for summary in summaries:
-            for timed in ("wall_time", "records_per_second", "started_at", "ended_at"):
-                del summary[timed]
+            untimed(summary)
         assert summaries[0] == summaries[1], executor
         rejects = [(tmp_path / f"{name}.rejects").read_bytes() for name in ("thread", executor)]
         assert rejects[0] == rejects[1], executor

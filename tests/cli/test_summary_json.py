@@ -92,9 +92,17 @@ def test_the_summary_fits_its_schema_and_counts_the_same_under_every_executor(
             "total": 5, "succeeded": 3, "failed": 1, "cancelled": 0, "invalid": 1, "resumed": 0
         }  # fmt: skip
         assert counts_of(summary["steps"]) == counts_of(summaries["thread"]["steps"])
+        # Timings from every executor's workers: a few records, each timed.
+        for figures in summary["steps"].values():
+            job = figures["time"]["job"]
+            assert job["calls"] == job["timed"] == figures["ran"]
+            assert 0 <= job["p50"] <= job["p95"] <= job["max"] <= job["total"]
+            assert job["max"] > 0
     assert counts_of(summaries["thread"]["steps"]) == {
-        "create": {"ran": 3, "skipped": 1, "failed": 1, "cancelled": 0, "would_run": 0},
-        "notify": {"ran": 3, "skipped": 0, "failed": 0, "cancelled": 0, "would_run": 0},
+        "create": {"ran": 3, "skipped": 1, "failed": 1, "cancelled": 0, "would_run": 0}
+        | {"retries": 0, "precheck_errors": {}},
+        "notify": {"ran": 3, "skipped": 0, "failed": 0, "cancelled": 0, "would_run": 0}
+        | {"retries": 0, "precheck_errors": {}},
     }
 
 

@@ -114,6 +114,8 @@ def test_to_json_has_the_figures_and_is_json() -> None:
                 "failed": 0,
                 "cancelled": 0,
                 "would_run": 0,
+                "retries": 0,
+                "precheck_errors": {},
                 "time": {"precheck": None, "job": None},
             }
         },
@@ -127,6 +129,7 @@ def test_to_json_has_the_figures_and_is_json() -> None:
         "exit_code": 0,
         "error": None,
         "limits": {},
+        "errors": [],
     }
 
 
