@@ -174,7 +174,7 @@ WRITE_RESULTS = textwrap.dedent(
     import contextlib, sys
     from pathlib import Path
     from choreo_cli.cli.run_options import RunOptions
-    from choreo_cli.cli.run_session import build_writer
+    from choreo_cli.cli.run_setup import build_writer
     from choreo_cli.cli.streams import Streams
     from choreo_cli.core.coordinator import Coordinator
     result = Coordinator().run(1)
