@@ -115,7 +115,7 @@ def build_families(
     )
     duration = HistogramMetricFamily(
         "choreo_step_duration_seconds",
-        "How long each call of a step's precheck or job took (each attempt of a retried job).",
+        "How long each call of a step's precheck or job took (a retried job's attempts, and its waits for limits, together; fast calls sampled).",
         labels=["pipeline", "step", "phase"],
     )
     retries = CounterMetricFamily(
