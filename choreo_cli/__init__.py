@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from choreo_cli.lazy import lazy_exports
 
@@ -79,8 +79,22 @@ __all__ = [
     "StepDefinitionError",
     "StepTimeout",
     "UnassignableInput",
+    "__version__",
     "load_pipeline",
 ]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+_export, _names = lazy_exports(__name__, _EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported on first use; ``__version__``: the installed version."""
+    if name == "__version__":
+        from choreo_cli.version import get_version
+
+        return get_version()
+    return _export(name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*_names(), "__version__"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Python 3.10+ only: the stdlib importlib.metadata offers the API importlib-metadata would.
+# The stdlib importlib.metadata (Python 3.10+, which choreo requires).
 from importlib.metadata import PackageNotFoundError, version
 
 DISTRIBUTION = "choreo-cli"
