@@ -19,8 +19,8 @@ the longest call measured.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Iterator
 from random import randint
 from typing import Any, Protocol
 
@@ -76,25 +76,6 @@ class PhaseTimes:
         self.timed += 1
         if duration > self.max:
             self.max = duration
-
-    def add_many(self, durations: Iterable[float]) -> None:
-        """Calls that took ``durations`` seconds each (a worker's buffer, folded)."""
-        ordered = sorted(durations)
-        total = len(ordered)
-        if not total:
-            return
-        counts, start = self.counts, 0
-        for i, bound in enumerate(BOUNDS):
-            end = bisect_right(ordered, bound, start)  # the durations <= bound
-            counts[i] += end - start
-            start = end
-            if start == total:
-                break
-        counts[-1] += total - start
-        self.timed += total
-        self.total += sum(ordered)
-        if ordered[-1] > self.max:
-            self.max = ordered[-1]
 
     def merge(self, other: PhaseTimes) -> None:
         """Add the calls of ``other`` (another worker's) to these."""

@@ -18,22 +18,11 @@ from choreo_cli.errors import Skip
 durations = st.lists(st.floats(min_value=0, max_value=2000, allow_nan=False), max_size=200)
 
 
-@given(durations)
-def test_a_buffer_folded_counts_what_adding_each_call_counts(values: list[float]) -> None:
-    one, many = PhaseTimes(), PhaseTimes()
-    for value in values:
-        one.add(value)
-    many.add_many(values)
-    assert one.counts == many.counts
-    assert (one.timed, one.calls) == (many.timed, many.calls) == (len(values), len(values))
-    assert one.max == many.max == max(values, default=0.0)
-    assert one.total == pytest.approx(many.total) == pytest.approx(sum(values))
-
-
 @given(durations.filter(bool), st.sampled_from([0.5, 0.95]))
 def test_a_quantile_lies_in_the_bucket_of_the_true_one(values: list[float], q: float) -> None:
     times = PhaseTimes()
-    times.add_many(values)
+    for value in values:
+        times.add(value)
     ordered = sorted(values)
     rank = max(1, int(-(-q * len(ordered) // 1)))  # the smallest value with q of the calls
     true = ordered[rank - 1]
