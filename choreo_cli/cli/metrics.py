@@ -59,25 +59,17 @@ class Snapshot:
 
 def take_snapshot(summary: RunSummary, *, final: bool) -> Snapshot:
     """The summary's figures now. Safe from another thread than the run loop's: the summary
-    reads what the loop changes through copies (see ``RunSummary.to_json``); should a dict
-    still change under it, it is read again."""
-    for attempt in range(3):
-        try:
-            figures = summary.to_json()
-            buckets = {}
-            for (step, phase), times in list(summary.times.phases.items()):
-                counts = dict(times.cumulative())
-                # The +Inf count from the same copy as the others: monotonic le counts.
-                pairs = [(bound, counts[bound]) for bound in HISTOGRAM_BOUNDS]
-                pairs.append((float("inf"), counts[float("inf")]))
-                buckets[step, phase] = (pairs, times.total)
-            return Snapshot(
-                figures=figures, started=summary.started_at, buckets=buckets, final=final
-            )
-        except (RuntimeError, KeyError):  # a dict changed size while it was read
-            if final or attempt == 2:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    reads what the loop changes through copies (see ``RunSummary``), and ``summary.times``
+    is a merged copy while the run goes on."""
+    figures = summary.to_json()
+    buckets = {}
+    for (step, phase), times in list(summary.times.phases.items()):
+        counts = dict(times.cumulative())
+        # The +Inf count from the same copy as the others: monotonic le counts.
+        pairs = [(bound, counts[bound]) for bound in HISTOGRAM_BOUNDS]
+        pairs.append((float("inf"), counts[float("inf")]))
+        buckets[step, phase] = (pairs, times.total)
+    return Snapshot(figures=figures, started=summary.started_at, buckets=buckets, final=final)
 
 
 def build_families(

@@ -59,6 +59,10 @@ class RunSummary:
     dry run): such records are only counted, and folded into the per-step figures when
     they are read, so the hot loop never builds ``result.steps`` for them.
 
+    What reads it may run on another thread while the loop feeds it (the periodic
+    metrics): the reading side iterates copies of the dicts the loop grows, each copy
+    taken in one call (``list(d.items())``), never the dicts themselves.
+
     >>> summary = RunSummary(["create"])
     >>> summary.finish()
     >>> summary.counts["succeeded"], int(summary.exit_code)
@@ -326,17 +330,17 @@ class RunSummary:
 
     @property
     def _patterned(self) -> int:
-        return sum(count for count, _ in self._patterns.values())
+        return sum(count for count, _ in list(self._patterns.values()))
 
     @property
     def steps(self) -> dict[str, dict[str, int]]:
         """Step name -> {ran, skipped, failed, cancelled, would_run}, in pipeline order."""
-        steps = {name: dict(counts) for name, counts in self._steps.items()}
+        steps = {name: dict(counts) for name, counts in list(self._steps.items())}
         if self._clean and self._clean_steps is not None:
             for name, outcome in self._clean_steps.items():
                 key = "would_run" if outcome == "would_run" else "ran"
                 steps[name][key] += self._clean
-        for count, outcomes in self._patterns.values():
+        for count, outcomes in list(self._patterns.values()):
             for name, outcome in outcomes.items():
                 steps[name][_SUCCEEDED_COUNTS[outcome]] += count
         return steps
@@ -351,8 +355,8 @@ class RunSummary:
         """Step name -> exception type -> ``{count, first_line}``: the prechecks that raised
         something other than Skip or Cancel, for the steps that have some."""
         return {
-            step: {kind: _group_json(group) for kind, group in by_type.items()}
-            for step, by_type in self._precheck_errors.items()
+            step: {kind: _group_json(group) for kind, group in list(by_type.items())}
+            for step, by_type in list(self._precheck_errors.items())
         }
 
     @property
@@ -360,14 +364,14 @@ class RunSummary:
         """The precheck exceptions other than Skip or Cancel that were treated as a skip
         (``precheck_errors: skip``, the default), each a likely bug: (step, exception
         type, records, first line or None), in pipeline order, then as first seen."""
-        order = {name: i for i, name in enumerate(self._steps)}
+        order = {name: i for i, name in enumerate(list(self._steps))}
         found = sorted(
             self._precheck_skips.items(), key=lambda item: order.get(item[0], len(order))
         )
         return [
             (step, kind, group[0], group[1])
             for step, by_type in found
-            for kind, group in by_type.items()
+            for kind, group in list(by_type.items())
         ]
 
     @property
