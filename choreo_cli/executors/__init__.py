@@ -37,7 +37,10 @@ __all__ = [
     "build_executor",
 ]
 
-DASK_INSTALL = "pip install 'choreo-cli[dask]'"
+# What the `dask` extra adds. choreo is installed from a clone or a git URL (it is not on
+# PyPI), so the advice installs the extra's requirement itself into the environment that
+# runs choreo, however choreo got there (a venv, pipx: `pipx inject choreo-cli ...`).
+DASK_REQUIREMENT = "dask[distributed]>=2024.1"
 
 
 def _thread(pipeline: Pipeline, options: dict[str, Any]) -> Executor:
@@ -67,8 +70,12 @@ def _dask(pipeline: Pipeline, options: dict[str, Any]) -> Executor:
     try:
         import distributed  # noqa: F401
     except ImportError:
+        import shlex
+        import sys
+
         raise ExecutorUnavailable(
-            f"the dask executor needs dask.distributed, which is not installed: {DASK_INSTALL}"
+            "the dask executor needs dask.distributed, which is not installed in choreo's "
+            f"environment: {shlex.quote(sys.executable)} -m pip install '{DASK_REQUIREMENT}'"
         ) from None
     from choreo_cli.executors.dask import DaskExecutor
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -528,8 +530,8 @@ def test_the_dask_executor_without_dask_says_how_to_install_it(
     )
     assert run.code == 2
     assert run.stderr == (
-        "error: the dask executor needs dask.distributed, which is not installed: "
-        "pip install 'choreo-cli[dask]'\n"
+        "error: the dask executor needs dask.distributed, which is not installed in choreo's "
+        f"environment: {shlex.quote(sys.executable)} -m pip install 'dask[distributed]>=2024.1'\n"
     )
 
 
