@@ -17,6 +17,8 @@ the throughput: it is paid once per run, not per record. The library-level figur
 (run_many without JSON) are printed too, for the cost per record in the parent.
 
     python bench/bench_executors.py [--cpu-records N] [--trivial-records N] [--rounds R]
+
+A figure below its target says MISSED on its line; the exit status is 0 all the same.
 """
 
 from __future__ import annotations
@@ -196,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             results.extend(trivial_part(root, trivial, args))
         if "io" in parts:
             results.extend(io_part(nap, async_nap, args))
-    return 0 if all(results) else 1
+    missed = results.count(False)
+    if missed:
+        print(f"{missed} of {len(results)} figures MISSED their target")
+    return 0  # a bench reports its figures; it does not gate
 
 
 def cpu_part(cpu: Path, loops: int, args: argparse.Namespace) -> list[bool]:
