@@ -29,8 +29,9 @@ class ChoreoError(Exception):
 class Skip(Exception):
     """Raised by a precheck to skip its job; ``data`` is kept as the step's precheck data.
 
-    >>> def statement_exists(ctx, record):
-    ...     raise Skip("statement exists", data=42)
+    Examples:
+        >>> def statement_exists(ctx, record):
+        ...     raise Skip("statement exists", data=42)
     """
 
     def __init__(self, message: str = "", *, data: Any = None) -> None:

@@ -17,10 +17,11 @@ if TYPE_CHECKING:
 class DataBag:
     """What prechecks and jobs returned for one record, by step name (case-insensitive).
 
-    >>> bag = DataBag()
-    >>> bag.set_job("Create Statement", 7)
-    >>> bag.job("create statement"), bag.has_job("CREATE STATEMENT")
-    (7, True)
+    Examples:
+        >>> bag = DataBag()
+        >>> bag.set_job("Create Statement", 7)
+        >>> bag.job("create statement"), bag.has_job("CREATE STATEMENT")
+        (7, True)
     """
 
     __slots__ = ("_job", "_names", "_pre")
@@ -216,9 +217,10 @@ class _RunFlags:
 class Context:
     """The ``ctx`` every step callable receives.
 
-    >>> def create_line(ctx, record):
-    ...     statement_id = ctx.bag.job("create statement") or ctx.bag.precheck("create statement")
-    ...     ctx.log.info("line %s of %s", ctx.line, statement_id)
+    Examples:
+        >>> def create_line(ctx, record):
+        ...     statement_id = ctx.bag.job("create statement") or ctx.bag.precheck("create statement")
+        ...     ctx.log.info("line %s of %s", ctx.line, statement_id)
     """
 
     __slots__ = (

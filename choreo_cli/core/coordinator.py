@@ -39,10 +39,11 @@ T = TypeVar("T")
 class Coordinator:
     """Runs steps over records: ``run(record)`` for one, ``run_many(records)`` for a stream.
 
-    >>> coordinator = Coordinator()
-    >>> coordinator.add_step(Step(name="double", job=lambda ctx, record: record * 2))
-    >>> coordinator.run(21).bag.job("double")
-    42
+    Examples:
+        >>> coordinator = Coordinator()
+        >>> coordinator.add_step(Step(name="double", job=lambda ctx, record: record * 2))
+        >>> coordinator.run(21).bag.job("double")
+        42
     """
 
     def __init__(

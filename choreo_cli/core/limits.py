@@ -121,10 +121,11 @@ class RateLimit(Limit):
     this worker's equal share of one shared by that many processes (rate and burst
     divided; a burst of at least 1, or no call could ever start).
 
-    >>> clock = iter([0.0, 0.0, 0.0]).__next__
-    >>> bucket = RateLimit("api", rate=2.0, burst=1, clock=clock)
-    >>> bucket.reserve(), bucket.reserve()
-    (0.0, 0.5)
+    Examples:
+        >>> clock = iter([0.0, 0.0, 0.0]).__next__
+        >>> bucket = RateLimit("api", rate=2.0, burst=1, clock=clock)
+        >>> bucket.reserve(), bucket.reserve()
+        (0.0, 0.5)
     """
 
     def __init__(
@@ -217,11 +218,12 @@ class ConcurrencyLimit(Limit):
     ``workers``: this worker's equal share of a limit shared by that many processes
     (at least 1).
 
-    >>> limit = ConcurrencyLimit("db", concurrency=1)
-    >>> limit.try_enter(), limit.try_enter()
-    (True, False)
-    >>> limit.leave(); limit.try_enter()
-    True
+    Examples:
+        >>> limit = ConcurrencyLimit("db", concurrency=1)
+        >>> limit.try_enter(), limit.try_enter()
+        (True, False)
+        >>> limit.leave(); limit.try_enter()
+        True
     """
 
     def __init__(

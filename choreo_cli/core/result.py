@@ -50,8 +50,9 @@ def exception_message(exc: BaseException) -> str:
 class ExecutionError:
     """One error raised while running a record: which step, which phase, what exception.
 
-    >>> ExecutionError("create", "job", ValueError("bad amount")).to_json()
-    {'step': 'create', 'phase': 'job', 'type': 'ValueError', 'message': 'bad amount'}
+    Examples:
+        >>> ExecutionError("create", "job", ValueError("bad amount")).to_json()
+        {'step': 'create', 'phase': 'job', 'type': 'ValueError', 'message': 'bad amount'}
     """
 
     step: str | None
@@ -156,8 +157,9 @@ class Result:
     ) -> Result:
         """A record that could not be read (a bad JSON line): no step ran.
 
-        >>> Result.invalid(index=0, line=1, exception=ValueError("not JSON"), names=("a",)).steps
-        {'a': 'not_run'}
+        Examples:
+            >>> Result.invalid(index=0, line=1, exception=ValueError("not JSON"), names=("a",)).steps
+            {'a': 'not_run'}
         """
         error = ExecutionError(None, "input", exception)
         bag = DataBag({n.casefold(): n for n in names})
@@ -179,8 +181,9 @@ class Result:
     ) -> Result:
         """A record whose run raised inside choreo itself (a defect): failed, no step named.
 
-        >>> Result.crashed(index=3, line=None, value={}, exception=RuntimeError("bug"), names=()).status
-        'failed'
+        Examples:
+            >>> Result.crashed(index=3, line=None, value={}, exception=RuntimeError("bug"), names=()).status
+            'failed'
         """
         error = ExecutionError(None, None, exception)
         bag = DataBag({n.casefold(): n for n in names})
@@ -200,8 +203,9 @@ class Result:
         """A Result standing, in counts, for every succeeded record whose precheck skipped
         the jobs of ``steps`` with Skip (no index, line or message of its own).
 
-        >>> Result.skipped_pattern(("b",), names=("a", "b")).steps
-        {'a': 'succeeded', 'b': 'skipped'}
+        Examples:
+            >>> Result.skipped_pattern(("b",), names=("a", "b")).steps
+            {'a': 'succeeded', 'b': 'skipped'}
         """
         from choreo_cli.errors import Skip
 
@@ -258,8 +262,9 @@ class Result:
     def skip_pattern(self) -> SkipPattern:
         """Which steps' jobs a precheck skipped, as a ``SkipPattern`` (bit i: step i).
 
-        >>> Result.skipped_pattern(("b",), names=("a", "b")).skip_pattern
-        2
+        Examples:
+            >>> Result.skipped_pattern(("b",), names=("a", "b")).skip_pattern
+            2
         """
         pattern = 0
         for i in self._skipped or ():

@@ -12,8 +12,9 @@ class RetryPolicy:
     The wait before retry ``n`` (1-based) is ``delay * backoff ** (n - 1)``, at most
     ``max_delay``.
 
-    >>> RetryPolicy(attempts=3, on=(ConnectionError,)).attempts
-    3
+    Examples:
+        >>> RetryPolicy(attempts=3, on=(ConnectionError,)).attempts
+        3
     """
 
     attempts: int = 3

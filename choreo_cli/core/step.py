@@ -22,9 +22,10 @@ class Step:
     waits for before it starts (every attempt of a retried job); a limit object shared by
     several steps is one limit for all of them.
 
-    >>> def create(ctx, record): return record["id"]
-    >>> Step(name="create", job=create).name
-    'create'
+    Examples:
+        >>> def create(ctx, record): return record["id"]
+        >>> Step(name="create", job=create).name
+        'create'
     """
 
     name: str

@@ -66,15 +66,16 @@ def run_lines(
     Iterating the generator is one run of the coordinator: an interruption ends with it
     (see ``Coordinator.interrupt``).
 
-    >>> from choreo_cli import Coordinator, Step
-    >>> coordinator = Coordinator()
-    >>> coordinator.add_step(Step(name="double", job=lambda ctx, record: record * 2))
-    >>> out = []
-    >>> list(run_lines(coordinator, [[b"1", b"x"]], clean_line=b"%d:%d ", put=out.append,
-    ...                emit=lambda result: out.append(result.status)))
-    [1]
-    >>> out
-    [b'0:1 ', 'invalid']
+    Examples:
+        >>> from choreo_cli import Coordinator, Step
+        >>> coordinator = Coordinator()
+        >>> coordinator.add_step(Step(name="double", job=lambda ctx, record: record * 2))
+        >>> out = []
+        >>> list(run_lines(coordinator, [[b"1", b"x"]], clean_line=b"%d:%d ", put=out.append,
+        ...                emit=lambda result: out.append(result.status)))
+        [1]
+        >>> out
+        [b'0:1 ', 'invalid']
     """
     if coordinator.workers != 1:
         raise ValueError("run_lines runs one record at a time: it needs workers == 1")

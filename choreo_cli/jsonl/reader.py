@@ -72,9 +72,10 @@ class JsonlReader:
     any other; its number is ``unterminated_line``, set (and ``on_unterminated`` called
     with it) before the line is handed over, so before any result of it exists.
 
-    >>> import io
-    >>> [item.value for item in JsonlReader(io.BytesIO(b'{"id": 1}\\n\\n[2]\\n'))]
-    [{'id': 1}, [2]]
+    Examples:
+        >>> import io
+        >>> [item.value for item in JsonlReader(io.BytesIO(b'{"id": 1}\\n\\n[2]\\n'))]
+        [{'id': 1}, [2]]
     """
 
     def __init__(

@@ -27,9 +27,10 @@ def load_pipeline(
     An unset ``${VAR}`` without a default is an error here. The file's ``python_path``
     directories stay at the front of ``sys.path``.
 
-    >>> pipeline = load_pipeline("pipeline.yaml", overrides={"currency": "USD"})  # doctest: +SKIP
-    >>> pipeline.values["currency"]  # doctest: +SKIP
-    'USD'
+    Examples:
+        >>> pipeline = load_pipeline("pipeline.yaml", overrides={"currency": "USD"})  # doctest: +SKIP
+        >>> pipeline.values["currency"]  # doctest: +SKIP
+        'USD'
     """
     from choreo_cli.pipeline.reader import PipelineReader
 
