@@ -108,9 +108,10 @@ class ResourceDefinition:
 class Pipeline:
     """A loaded pipeline file; ``coordinator()`` turns it into a ready Coordinator.
 
-    >>> pipeline = load_pipeline("pipeline.yaml")  # doctest: +SKIP
-    >>> with pipeline.coordinator(workers=4) as coordinator:  # doctest: +SKIP
-    ...     results = list(coordinator.run_many(records))
+    Examples:
+        >>> pipeline = load_pipeline("pipeline.yaml")  # doctest: +SKIP
+        >>> with pipeline.coordinator(workers=4) as coordinator:  # doctest: +SKIP
+        ...     results = list(coordinator.run_many(records))
     """
 
     path: Path
