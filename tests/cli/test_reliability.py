@@ -738,7 +738,7 @@ def _signal_run(
         if line["status"] != "succeeded":
             assert line["status"] == "cancelled", context
             assert line["error"]["type"] == "Interrupted", context
-    assert f"records: {len(lines)} (".encode() in stderr, context
+    assert f"records: {len(lines):,} (".encode() in stderr, context
 
 
 @pytest.mark.parametrize("seed", range(SIGNAL_ITERATIONS))

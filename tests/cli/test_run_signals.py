@@ -174,7 +174,7 @@ def test_signal_from_outside_mid_run_leaves_no_hole(
         if line["status"] != "succeeded":
             assert line["status"] == "cancelled"
             assert line["error"]["type"] == "Interrupted"
-    assert f"records: {len(lines)} (".encode() in stderr
+    assert f"records: {len(lines):,} (".encode() in stderr
     assert (tmp_path / "torn-down").exists()
 
 
