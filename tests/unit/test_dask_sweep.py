@@ -84,13 +84,16 @@ def test_a_folder_already_gone_is_fine(private_tmp: Path) -> None:
     sweep(private_tmp / "choreo-dask-gone")
 
 
+# A worker of the run: makes its files, says so, and sweeps at the instant it is sent.
 END_A_RUN = """
 import sys, time
 from choreo_cli.executors.dask_attempts import ProgressFile
 
 progress = ProgressFile(sys.argv[1], "tcp://127.0.0.1:1")
 progress.slot()
-while time.time() < float(sys.argv[2]):
+print("ready", flush=True)
+start = float(sys.stdin.readline())
+while time.time() < start:
     pass
 progress.remove()
 """
@@ -117,12 +120,28 @@ def test_workers_sweeping_at_the_same_moment_leave_no_folder(private_tmp: Path) 
             pid = _dead_pid()
             for name in (str(pid), f"{pid}.0", f"{pid}.1"):
                 (folder / name).write_bytes(b"")
-        start = str(time.time() + 0.5)
         workers = [
-            subprocess.Popen([sys.executable, "-c", END_A_RUN, run_id, start], env=env)
+            subprocess.Popen(
+                [sys.executable, "-c", END_A_RUN, run_id],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             for _ in range(3)
         ]
+        # The moment of the sweep is set once all three have their files (a start-up slowed
+        # by a loaded machine past a moment set in advance found the folder swept already).
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+        start = f"{time.time() + 0.2}\n"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(start)
+            worker.stdin.close()
         for worker in workers:
             assert worker.wait(30) == 0
+            assert worker.stdout is not None
+            worker.stdout.close()
         left += folder.exists()
     assert left == 0
