@@ -1,24 +1,81 @@
 # Set-up, checks and runs. Only Python 3.10+ and make are needed: everything else goes in .venv.
+# `make` alone lists the targets; `make PYTHON=python3.12 demo` makes .venv with that Python.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 # Test processes: one per core and one more (the suite mostly waits on the commands it
 # runs: 3 processes on 2 cores finish it about 12% sooner than 2, and it stays green).
 TEST_JOBS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1)' 2>/dev/null || echo 2)
+# What the messages below suggest running again: the goals given, or demo.
+AGAIN := $(or $(MAKECMDGOALS),demo)
 
-.PHONY: demo demo-api test lint fmt typecheck unit pipelines chaos bench wheel-check clean
+.DEFAULT_GOAL := help
+# No recipe line is echoed: each target prints what it has to say.
+.SILENT:
+.PHONY: help venv demo demo-api test lint fmt typecheck unit pipelines chaos bench docs wheel-check clean
+
+## help: list the targets (what `make` alone does)
+help:
+	echo "make TARGET (Python 3.10 or newer as PYTHON, now $(PYTHON); everything goes in $(VENV)/):"
+	awk '/^## [a-z-]+: / { sub(/^## /, ""); name = $$0; sub(/:.*/, "", name); \
+	  text = $$0; sub(/^[^:]*: /, "", text); printf "  %-12s %s\n", name, text }' $(firstword $(MAKEFILE_LIST))
+
+# Go on when the Python $(1) runs and is 3.10 or newer; else say so, naming it $(2), suggest
+# running $(3)`make PYTHON=<a Python found here> <the same goals>`, and exit 1.
+define need_python
+ver=$$($(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || ver=; \
+case "$$ver" in [0-9].[0-9]|[0-9].[0-9][0-9]) ;; *) ver=;; esac; \
+if [ -z "$$ver" ] || [ "$${ver%%.*}" -lt 3 ] || { [ "$${ver%%.*}" -eq 3 ] && [ "$${ver#*.}" -lt 10 ]; }; then \
+  if [ -z "$$ver" ]; then ver="not a Python that runs"; fi; \
+  try=; for p in python3.13 python3.12 python3.11 python3.10; do \
+    if $$p -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then try=$$p; break; fi; \
+  done; \
+  echo "choreo needs Python 3.10 or newer; $(2) is $$ver" >&2; \
+  if [ -n "$$try" ]; then echo "run $(3)\`make PYTHON=$$try $(AGAIN)\`" >&2; \
+  else echo "install Python 3.10 or newer, then run $(3)\`make PYTHON=/path/to/python3.x $(AGAIN)\`" >&2; fi; \
+  exit 1; \
+fi
+endef
+
+# pip install -e $(1) into .venv. When it fails before choreo was ever installed there, the
+# half-made .venv goes, so that the next make starts afresh.
+define install
+$(PIP) -e '$(1)' || { \
+  if [ ! -e $(VENV)/.installed ]; then rm -rf $(VENV); \
+    echo "make: pip could not install $(1) with $(PY): removed the half-made $(VENV)" >&2; \
+  else echo "make: pip could not install $(1) with $(PY) ($(VENV) is left as it was)" >&2; fi; \
+  exit 1; }
+endef
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	if [ -e $(VENV) ]; then \
+	  echo "$(VENV) exists but has no python that runs (made by a Python since moved or removed?)" >&2; \
+	  echo "run \`make clean\` then \`make PYTHON=python3.x $(AGAIN)\` with Python 3.10 or newer" >&2; \
+	  exit 1; \
+	fi
+	$(call need_python,$(PYTHON),PYTHON=$(PYTHON),)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "make: \`$(PYTHON) -m venv $(VENV)\` failed (Debian and Ubuntu: apt install python3-venv); removed $(VENV)" >&2; \
+	  exit 1; }
 
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+# Every target using .venv checks first that its python runs and is 3.10 or newer (a .venv
+# made by an older Python says what to do, instead of failing later in pip or choreo).
+venv: $(PY)
+	$(call need_python,$(PY),$(PY),\`make clean\` then )
+
+$(VENV)/.installed: pyproject.toml | venv
+	$(call install,.)
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml | venv
+	$(call install,.[dev])
 	touch $(VENV)/.installed $@
+
+$(VENV)/.installed-docs: pyproject.toml | venv
+	$(call install,.[dev,docs])
+	touch $(VENV)/.installed $(VENV)/.installed-dev $@
 
 ## demo: install and run the statements sample pipeline into an SQLite database
 demo: $(VENV)/.installed
@@ -28,8 +85,8 @@ demo: $(VENV)/.installed
 	  echo "run 'make demo' again: the second run skips everything already loaded"; \
 	  test $$status -le 1
 
-$(VENV)/.installed-api: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[sample-api]'
+$(VENV)/.installed-api: pyproject.toml | venv
+	$(call install,.[sample-api])
 	touch $(VENV)/.installed $@
 
 ## demo-api: run the api sample (8 workers, rate-limited) against its own local server, and print the server's count of 429s
@@ -54,13 +111,16 @@ demo-api: $(VENV)/.installed-api
 ## test: lint, type-check and run the whole test suite (what CI runs)
 test: $(VENV)/.installed-dev lint typecheck unit pipelines
 
+## lint: ruff check and ruff format --check
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check choreo_cli tests bench
 	$(BIN)/ruff format --check choreo_cli tests bench
 
+## typecheck: mypy --strict on choreo_cli
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
+## unit: the pytest suite (in parallel) and the docstrings' examples
 unit: $(VENV)/.installed-dev
 	@# Bytecode for the package first: the suite starts choreo hundreds of times, and with
 	@# PYTHONDONTWRITEBYTECODE set (as on the CI machines) each start compiles it again (~0.1 s).
@@ -72,6 +132,7 @@ unit: $(VENV)/.installed-dev
 pipelines: $(VENV)/.installed-dev
 	$(BIN)/choreo test sample_pipelines
 
+## fmt: format the code and apply ruff's fixes
 fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff format choreo_cli tests bench
 	$(BIN)/ruff check --fix choreo_cli tests bench
@@ -80,15 +141,38 @@ fmt: $(VENV)/.installed-dev
 chaos: $(VENV)/.installed-dev
 	CHOREO_CHAOS=1 $(BIN)/pytest -q -p no:cacheprovider -m slow
 
-## bench: speed and memory figures, as ratios against baselines measured in the same run
+## bench: every bench/ script, quick sizes (5-10 min on 2 cores); a figure below its target says MISSED
 bench: $(VENV)/.installed-dev
-	$(PY) bench/bench_coordinator.py
-	$(PY) bench/bench_run.py
-	$(PY) bench/bench_validate.py
-	$(PY) bench/bench_executors.py
+	crashed=; \
+	run() { echo "== bench/$$*"; $(PY) bench/"$$@" || crashed="$$crashed $$1"; echo; }; \
+	run bench_coordinator.py $(BENCH_COORDINATOR); \
+	run bench_run.py $(BENCH_RUN); \
+	run bench_timeout.py $(BENCH_TIMEOUT); \
+	run bench_executors.py $(BENCH_EXECUTORS); \
+	run bench_limits.py $(BENCH_LIMITS); \
+	run bench_long_line.py $(BENCH_LONG_LINE); \
+	run bench_validate.py $(BENCH_VALIDATE); \
+	run bench_test.py $(BENCH_TEST); \
+	if [ -n "$$crashed" ]; then echo "bench: did not finish:$$crashed" >&2; exit 1; fi; \
+	echo "bench: all 8 scripts ran (each prints ok or MISSED against its targets; a miss is no error)"
+
+# The sizes `make bench` gives each script (each one's --help shows its own, larger,
+# defaults: `make bench BENCH_RUN=` runs bench_run.py with them).
+BENCH_COORDINATOR ?= --records 200000 --rounds 3
+BENCH_RUN         ?= --records 200000 --rounds 3
+BENCH_TIMEOUT     ?= --records 100000 --rounds 3
+BENCH_EXECUTORS   ?= --cpu-records 4000 --trivial-records 200000 --io-records 1000 --rounds 1
+BENCH_LIMITS      ?= --seconds 4
+BENCH_LONG_LINE   ?= --line-mib 100
+BENCH_VALIDATE    ?= --runs 5
+BENCH_TEST        ?= --runs 5
+
+## docs: build the documentation site into site/ (mkdocs, strict: a warning fails it)
+docs: $(VENV)/.installed-docs
+	$(BIN)/mkdocs build --strict --site-dir site
 
 ## wheel-check: build the wheel, install it in a fresh venv, run `choreo schema` and `choreo init` from it
-wheel-check: $(PY)
+wheel-check: | venv
 	rm -f dist/choreo_cli-*.whl
 	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
@@ -102,5 +186,6 @@ wheel-check: $(PY)
 	  "$$tmp/venv/bin/choreo" run pipeline.yaml -i records.jsonl -o /dev/null && \
 	  echo "wheel-check: choreo init from the wheel writes a pipeline that validates, passes its tests and runs"
 
+## clean: remove .venv, the builds, the docs site and the tools' caches
 clean:
-	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) dist build site .pytest_cache .mypy_cache .ruff_cache
