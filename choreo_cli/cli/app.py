@@ -8,16 +8,14 @@ from typing import TYPE_CHECKING, ParamSpec
 
 import typer
 
-from choreo_cli.cli.init_cmd import init
-from choreo_cli.cli.run import run
-from choreo_cli.cli.schema_cmd import schema
-from choreo_cli.cli.show import show
+from choreo_cli.cli import init_cmd, run, schema_cmd, show, test_cmd, validate
 from choreo_cli.cli.streams import streams_of
-from choreo_cli.cli.test_cmd import pipeline_tests
-from choreo_cli.cli.validate import validate
+from choreo_cli.cli.usage import CONTEXT_SETTINGS, ChoreoCommand, ChoreoGroup
 from choreo_cli.core.exit_codes import ExitCode
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from choreo_cli.cli.streams import Streams
 
 P = ParamSpec("P")
@@ -29,6 +27,15 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    # Plain help and usage errors in choreo's words, for the group and every command.
+    cls=ChoreoGroup,
+    context_settings=CONTEXT_SETTINGS,
+    epilog="""\b
+Examples:
+  choreo init my-load && cd my-load
+  choreo validate pipeline.yaml && choreo test
+  choreo run pipeline.yaml -i records.jsonl -o results.jsonl
+""",
 )
 
 
@@ -70,12 +77,24 @@ def _exits(command: Callable[P, ExitCode]) -> Callable[P, None]:
     return run_command
 
 
-app.command("run")(_exits(run))
-app.command("validate")(_exits(validate))
-app.command("schema")(_exits(schema))
-app.command("show")(_exits(show))
-app.command("test")(_exits(pipeline_tests))
-app.command("init")(_exits(init))
+def _register(name: str, command: Callable[P, ExitCode], module: ModuleType) -> None:
+    """Add ``command`` to the app as ``choreo NAME``, with the short help and examples
+    its module gives (``SHORT_HELP``, ``EXAMPLES``)."""
+    app.command(
+        name,
+        cls=ChoreoCommand,
+        context_settings=CONTEXT_SETTINGS,
+        short_help=module.SHORT_HELP,
+        epilog=module.EXAMPLES,
+    )(_exits(command))
+
+
+_register("run", run.run, run)
+_register("validate", validate.validate, validate)
+_register("schema", schema_cmd.schema, schema_cmd)
+_register("show", show.show, show)
+_register("test", test_cmd.pipeline_tests, test_cmd)
+_register("init", init_cmd.init, init_cmd)
 
 
 def main(streams: Streams) -> None:

@@ -33,6 +33,15 @@ _YAML_WORDS = frozenset({"null", "true", "false", "yes", "no", "on", "off", "y",
 # byte order mark, lone surrogates (json.dumps escapes the C0 controls itself).
 _UNSAFE_IN_QUOTES = "[\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff]"
 
+# The line of `choreo --help`'s command list, and the end of this command's --help (\b
+# keeps the lines as they are).
+SHORT_HELP = "Write a starter pipeline, its steps and its tests."
+EXAMPLES = """\b
+Examples:
+  choreo init my-load
+  choreo init . --name orders
+"""
+
 
 class StarterFile(NamedTuple):
     """One file of the starter pipeline: its name in the directory and its text.

@@ -11,7 +11,17 @@ import typer
 from choreo_cli.cli.run_options import MAX_LINE_BYTES, MAX_WORKERS, RunOptions
 from choreo_cli.core.exit_codes import ExitCode
 
-__all__ = ["ExecutorName", "RunOptions", "run"]
+__all__ = ["EXAMPLES", "SHORT_HELP", "ExecutorName", "RunOptions", "run"]
+
+# The line of `choreo --help`'s command list, and the end of `choreo run --help` (\b keeps
+# the lines as they are).
+SHORT_HELP = "Run a pipeline over every record of a JSON Lines input."
+EXAMPLES = """\b
+Examples:
+  choreo run pipeline.yaml -i records.jsonl -o results.jsonl
+  choreo run pipeline.yaml -i records.jsonl --dry-run
+  cat records.jsonl | choreo run pipeline.yaml -w 16 --unordered --rejects rejects.jsonl
+"""
 
 
 class ExecutorName(str, enum.Enum):

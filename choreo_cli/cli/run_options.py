@@ -4,9 +4,11 @@ and a quick reading of plain command lines.
 typer (with the pydantic models it builds to check option values) takes about 0.2 s to
 start, as long as choreo takes for 300,000 trivial records. A `choreo run` command line
 made only of known options with plainly valid values is read here instead; anything
-else (--help, a value to check or refuse, an option written another way) is left to
-typer, which stays the definition of the command: its help, its messages, its checks.
-tests/unit/test_run_options.py holds the two to the same result for any command line.
+else (-h or --help, a value to check or refuse, an option written another way) is left
+to typer, which stays the definition of the command: its help, its messages (in
+choreo's words, cli/usage.py), its checks. So a bad value gets the same message however
+it is written. tests/unit/test_run_options.py holds the two to the same result for any
+command line; tests/cli/test_help.py, every bad value to typer's message.
 """
 
 from __future__ import annotations

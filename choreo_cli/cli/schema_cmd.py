@@ -8,6 +8,15 @@ import typer
 
 from choreo_cli.core.exit_codes import ExitCode
 
+# The line of `choreo --help`'s command list, and the end of this command's --help (\b
+# keeps the lines as they are).
+SHORT_HELP = "Print the pipeline file's JSON Schema, for an editor."
+EXAMPLES = """\b
+Examples:
+  choreo schema > pipeline.schema.json
+  choreo schema --result > result.schema.json
+"""
+
 
 def schema(
     ctx: typer.Context,
@@ -44,7 +53,9 @@ def schema(
     chosen = [name for name, given in flags if given]
     if len(chosen) > 1:
         names = ", ".join(f"--{name}" for name in chosen)
-        streams.stderr.write(f"choreo schema: give one of {names}, not more\n")
+        from choreo_cli.cli.console import build_console
+
+        build_console(streams).error(f"give one of {names}, not more — see choreo schema --help")
         return ExitCode.USAGE
     streams.write_stdout(read_schema_text(chosen[0] if chosen else "pipeline"))
     return ExitCode.OK

@@ -16,6 +16,15 @@ if TYPE_CHECKING:
     from choreo_cli.pipeline.definitions import CallDefinition, Pipeline
     from choreo_cli.pipeline.limits import LimitDefinition
 
+# The line of `choreo --help`'s command list, and the end of this command's --help (\b
+# keeps the lines as they are).
+SHORT_HELP = "Print a pipeline's steps as a table, or as JSON."
+EXAMPLES = """\b
+Examples:
+  choreo show pipeline.yaml
+  choreo show pipeline.yaml --format json
+"""
+
 
 class ShowFormat(str, Enum):
     """How `choreo show` prints the pipeline."""

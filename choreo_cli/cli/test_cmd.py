@@ -14,6 +14,16 @@ if TYPE_CHECKING:
     from choreo_cli.cli.streams import Streams
     from choreo_cli.testing.outcomes import FileOutcome
 
+# The line of `choreo --help`'s command list, and the end of this command's --help (\b
+# keeps the lines as they are).
+SHORT_HELP = "Run the tests of pipeline test files (*.test.yaml)."
+EXAMPLES = """\b
+Examples:
+  choreo test
+  choreo test pipeline.test.yaml -k welcomed -q
+  choreo test tests/ --format junit > test-report.xml
+"""
+
 
 class TestFormat(str, Enum):
     """How `choreo test` writes its report."""

@@ -13,6 +13,16 @@ if TYPE_CHECKING:
     from choreo_cli.cli.reporters import FileReport
     from choreo_cli.pipeline.problems import Problem
 
+# The line of `choreo --help`'s command list, and the end of this command's --help (\b
+# keeps the lines as they are).
+SHORT_HELP = "Check pipeline files and report every problem."
+EXAMPLES = """\b
+Examples:
+  choreo validate pipeline.yaml
+  choreo validate pipelines/ --format github
+  choreo validate --no-import --strict untrusted.yaml
+"""
+
 
 class ReportFormat(str, Enum):
     """How `choreo validate` writes its report."""

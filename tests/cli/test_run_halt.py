@@ -250,9 +250,14 @@ def test_bad_halt_and_max_workers_values_are_positioned_problems(
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--max-failures", "0%", "'0%' is not a percentage above 0% and at most 100%"),
-        ("--max-failures", "ten", "'ten' is not a number of records (at least 1) or a"),
-        ("--max-consecutive-failures", "0", "Input should be greater than or equal to 1"),
+        ("--max-failures", "0%", "--max-failures: '0%' is not a percentage above 0% and at"),
+        ("--max-failures", "ten", "--max-failures: 'ten' is not a number of records (at least"),
+        (
+            "--max-consecutive-failures",
+            "0",
+            "--max-consecutive-failures must be a whole number "
+            "of at least 1, not '0' — see choreo run --help",
+        ),
     ],
 )
 def test_bad_budget_options_are_usage_errors(
@@ -261,4 +266,4 @@ def test_bad_budget_options_are_usage_errors(
     write_pipeline(PIPELINE, STEPS)
     run = run_choreo(["run", "pipeline.yaml", option, value], input="")
     assert run.code == 2
-    assert f"Invalid value for '{option}': {message}" in run.stderr
+    assert run.stderr.startswith(f"error: {message}")

@@ -55,7 +55,9 @@ def test_schema_prints_each_schema_from_the_installed_command(flag: list[str], n
 def test_schema_takes_one_schema_flag_at_most() -> None:
     result = runner.invoke(app, ["schema", "--result", "--summary"])
     assert result.exit_code == 2
-    assert result.stderr == "choreo schema: give one of --result, --summary, not more\n"
+    assert result.stderr == (
+        "error: give one of --result, --summary, not more — see choreo schema --help\n"
+    )
 
 
 @pytest.fixture

@@ -139,7 +139,8 @@ def test_an_unreadable_file_is_that_files_problem(tmp_path: Path) -> None:
 def test_a_usage_error_exits_2(args: list[str], tmp_path: Path) -> None:
     done = _choreo(*args, cwd=tmp_path)
     assert done.returncode == 2
-    assert "Usage:" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert "see choreo validate --help" in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""
 
 
