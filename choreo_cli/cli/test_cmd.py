@@ -127,12 +127,14 @@ def run_tests(options: TestOptions, streams: Streams) -> ExitCode:
                 outcomes.append(problem)
                 continue
             outcomes.append(run_test_file(path, keyword=options.keyword, timeout=options.timeout))
-    updated = _update(outcomes, streams) if options.update else {}
+    if options.update:
+        updated = _update(outcomes, streams)
+        outcomes = [_as_updated(o, updated) for o in outcomes]
     reporter = REPORTERS[options.report_format](streams.stdout, quiet=options.quiet)
     reporter.report(outcomes)
     streams.stdout.flush()
     ran = [t for o in outcomes for t in o.tests]
-    typer.echo(_summary(outcomes, updated), file=streams.stderr)
+    typer.echo(_summary(outcomes), file=streams.stderr)
     if not all(o.usable for o in outcomes):
         return ExitCode.USAGE
     if options.keyword is not None and not ran:
@@ -143,9 +145,7 @@ def run_tests(options: TestOptions, streams: Streams) -> ExitCode:
             file=streams.stderr,
         )
         return ExitCode.USAGE
-    failed = [
-        t for o in outcomes for t in o.tests if not t.passed and (o.file, t.index) not in updated
-    ]
+    failed = [t for o in outcomes for t in o.tests if not t.passed]
     return ExitCode.FAILED if failed else ExitCode.OK
 
 
@@ -184,13 +184,13 @@ def _files_to_run(paths: tuple[str, ...]) -> list[tuple[str, FileOutcome | None]
     return found
 
 
-def _update(outcomes: list[FileOutcome], streams: Streams) -> dict[tuple[str, int], str]:
+def _update(outcomes: list[FileOutcome], streams: Streams) -> set[tuple[str, int]]:
     """Rewrite the expectations of the failing tests that ran; (file, test index) of each
     test updated."""
     from choreo_cli.cli.escapes import printable
     from choreo_cli.testing.update import TestUpdate, update_expectations
 
-    updated: dict[tuple[str, int], str] = {}
+    updated: set[tuple[str, int]] = set()
     for outcome in outcomes:
         updates = {
             t.index: TestUpdate(
@@ -213,24 +213,39 @@ def _update(outcomes: list[FileOutcome], streams: Streams) -> dict[tuple[str, in
                 file=streams.stderr,
             )
             continue
-        for t in outcome.tests:
-            if t.index in updates:
-                updated[(outcome.file, t.index)] = t.name
+        updated.update((outcome.file, index) for index in updates)
         count = len(updates)
         noun = "test" if count == 1 else "tests"
         typer.echo(f"{printable(outcome.file)}: updated {count} {noun}", file=streams.stderr)
     return updated
 
 
-def _summary(outcomes: list[FileOutcome], updated: dict[tuple[str, int], str]) -> str:
+def _as_updated(outcome: FileOutcome, updated: set[tuple[str, int]]) -> FileOutcome:
+    """The outcome as the file now stands: the tests whose expectations were rewritten
+    pass, marked updated."""
+    import dataclasses
+
+    if not any((outcome.file, t.index) in updated for t in outcome.tests):
+        return outcome
+    tests = tuple(
+        dataclasses.replace(t, failures=(), updated=True)
+        if (outcome.file, t.index) in updated
+        else t
+        for t in outcome.tests
+    )
+    return dataclasses.replace(outcome, tests=tests)
+
+
+def _summary(outcomes: list[FileOutcome]) -> str:
     tests = [t for o in outcomes for t in o.tests]
-    passed = sum(t.passed for t in tests)
-    failed = len(tests) - passed - len(updated)
+    updated = sum(t.updated for t in tests)
+    passed = sum(t.passed for t in tests) - updated
+    failed = len(tests) - passed - updated
     parts = [f"{passed} passed"]
     if failed:
         parts.append(f"{failed} failed")
     if updated:
-        parts.append(f"{len(updated)} updated")
+        parts.append(f"{updated} updated")
     unusable = sum(not o.usable for o in outcomes)
     if unusable:
         parts.append(f"{unusable} unusable test {'file' if unusable == 1 else 'files'}")

@@ -69,6 +69,7 @@ class JsonReporter(TestReporter):
             "counts": {
                 "passed": sum(t.passed for t in tests),
                 "failed": sum(not t.passed for t in tests),
+                "updated": sum(t.updated for t in tests),
                 "unusable_files": sum(not o.usable for o in outcomes),
             },
             "files": [
@@ -176,14 +177,17 @@ class JunitReporter(TestReporter):
 
 
 def counts_text(tests: Sequence[TestOutcome]) -> str:
-    """``3 passed, 1 failed`` (or ``no test selected``)."""
-    passed = sum(t.passed for t in tests)
-    failed = len(tests) - passed
+    """``3 passed, 1 failed`` (``, 1 updated`` after ``--update``; or ``no test selected``)."""
+    updated = sum(t.updated for t in tests)
+    passed = sum(t.passed for t in tests) - updated
+    failed = len(tests) - passed - updated
     if not tests:
         return "no test selected"
     parts = [f"{passed} passed"] if passed else []
     if failed:
         parts.append(f"{failed} failed")
+    if updated:
+        parts.append(f"{updated} updated")
     return ", ".join(parts)
 
 
@@ -216,6 +220,7 @@ def _test_json(test: TestOutcome) -> dict[str, Any]:
         "line": test.line,
         "column": test.column,
         "passed": test.passed,
+        "updated": test.updated,
         "duration": round(test.duration, 6),
         "exit_code": test.exit_code,
         "log": list(test.log),

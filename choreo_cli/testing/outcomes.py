@@ -57,6 +57,9 @@ class TestOutcome:
     # What choreo and the steps logged during the test (WARNING and above), one line each
     # (``LEVEL logger: message``): shown with a failure, kept quiet for a test that passed.
     log: tuple[str, ...] = ()
+    # ``choreo test --update`` rewrote this test's expectations to what happened: it passes
+    # against the file as it is now (its failures are what the rewrite changed: not shown).
+    updated: bool = False
 
     @property
     def passed(self) -> bool:

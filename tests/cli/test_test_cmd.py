@@ -131,7 +131,7 @@ def test_json_report() -> None:
     assert done.returncode == 1
     report = json.loads(done.stdout)
     assert report["passed"] is False
-    assert report["counts"] == {"passed": 1, "failed": 6, "unusable_files": 0}
+    assert report["counts"] == {"passed": 1, "failed": 6, "updated": 0, "unusable_files": 0}
     (file,) = report["files"]
     assert file["file"] == "failing.test.yaml" and file["usable"] is True
     tests = {t["name"]: t for t in file["tests"]}
@@ -360,6 +360,8 @@ def test_update_rewrites_the_expectations_of_failing_tests_only(tmp_path: Path) 
     assert done.stderr == (
         "failing/failing.test.yaml: updated 6 tests\n1 passed, 6 updated in 1 file\n"
     )
+    # The report is of the file as it now stands: what was rewritten is not a failure.
+    assert done.stdout == "failing/failing.test.yaml: 1 passed, 6 updated\n"
     updated = path.read_text(encoding="utf-8")
     # The passing test, the names and the inputs are left as they were.
     assert updated.endswith(
