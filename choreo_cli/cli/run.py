@@ -105,7 +105,13 @@ def run(
         ),
     ] = None,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Print nothing on stderr but errors.")
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No summary or progress on stderr: only warnings, errors and the notice "
+            "of a halt or an interruption.",
+        ),
     ] = False,
     summary_json: Annotated[
         Optional[Path],  # noqa: UP045
