@@ -14,7 +14,9 @@ Each page runs in a fresh folder holding a copy of ``sample_pipelines/``, top to
 - ``<!-- skip: next "why" -->`` before a block skips it (sybil's own directive).
 
 tests/docs/test_pages.py checks that no block escapes this: no ``sh``/``bash`` blocks, and
-every fenced block is of a known kind.
+every fenced block is of a known kind. A page's examples build on each other, so under
+pytest-xdist they must run in one process, in order: ``make test`` runs the suite with
+``--dist loadfile``.
 """
 
 from __future__ import annotations
@@ -200,3 +202,4 @@ pytest_collect_file = Sybil(
     setup=_setup,
     teardown=_teardown,
 ).pytest()
+
