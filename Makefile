@@ -39,6 +39,8 @@ if [ -z "$$ver" ] || [ "$${ver%%.*}" -lt 3 ] || { [ "$${ver%%.*}" -eq 3 ] && [ "
 fi
 endef
 
+comma := ,
+
 # pip install -e $(1) into .venv. When it fails before choreo was ever installed there, the
 # half-made .venv goes, so that the next make starts afresh.
 define install
@@ -74,7 +76,7 @@ $(VENV)/.installed-dev: pyproject.toml | venv
 	touch $(VENV)/.installed $@
 
 $(VENV)/.installed-docs: pyproject.toml | venv
-	$(call install,.[dev,docs])
+	$(call install,.[dev$(comma)docs])
 	touch $(VENV)/.installed $(VENV)/.installed-dev $@
 
 ## demo: install and run the statements sample pipeline into an SQLite database
@@ -171,7 +173,7 @@ BENCH_TEST        ?=
 
 ## docs: build the documentation site into site/ (mkdocs, strict: a warning fails it)
 docs: $(VENV)/.installed-docs
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site  # no banner about MkDocs 2
 
 ## wheel-check: build the wheel, install it in a fresh venv, run `choreo schema` and `choreo init` from it
 wheel-check: | venv
