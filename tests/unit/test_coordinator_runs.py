@@ -109,6 +109,8 @@ def test_an_input_that_raises_after_an_interruption_still_gets_every_result(
         if record == 0:
             coordinator.interrupt()
             gate.set()
+        else:  # on another worker: still in step a when the interruption comes
+            gate.wait(10)
         return record
 
     coordinator.add_step(Step(name="a", job=job))
