@@ -26,6 +26,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,15 @@ def _tidy(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
 
 
+def _as_from_a_terminal() -> None:
+    """In the command's process before it starts: SIGINT and SIGTERM act and nothing is
+    blocked, as for a command typed in a terminal, whatever the test process that runs the
+    page was left with (an ignored or blocked signal stays so in every child)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def _run_console(example: Example) -> str | None:
     page = _page(example)
     checker = doctest.OutputChecker()
@@ -128,6 +138,7 @@ def _run_console(example: Example) -> str | None:
             continue
         done = subprocess.run(
             ["bash", "-c", command],
+            preexec_fn=_as_from_a_terminal,
             cwd=page.cwd,
             env=page.env,
             stdin=subprocess.DEVNULL,
