@@ -115,8 +115,8 @@ test: $(VENV)/.installed-dev lint typecheck unit pipelines
 
 ## lint: ruff check and ruff format --check
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check choreo_cli tests bench
-	$(BIN)/ruff format --check choreo_cli tests bench
+	$(BIN)/ruff check choreo_cli tests bench conftest.py
+	$(BIN)/ruff format --check choreo_cli tests bench conftest.py
 
 ## typecheck: mypy --strict on choreo_cli
 typecheck: $(VENV)/.installed-dev
@@ -127,7 +127,8 @@ unit: $(VENV)/.installed-dev
 	@# Bytecode for the package first: the suite starts choreo hundreds of times, and with
 	@# PYTHONDONTWRITEBYTECODE set (as on the CI machines) each start compiles it again (~0.1 s).
 	$(PY) -m compileall -q choreo_cli > /dev/null
-	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_JOBS)  # pytest-xdist
+	@# --dist loadfile: a docs page's examples build on each other, so each file stays in one process.
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadfile  # pytest-xdist
 	$(BIN)/pytest -q -p no:cacheprovider --doctest-modules choreo_cli  # the docstrings' examples
 
 ## pipelines: the sample pipelines' own tests (their *.test.yaml files)
@@ -136,8 +137,8 @@ pipelines: $(VENV)/.installed-dev
 
 ## fmt: format the code and apply ruff's fixes
 fmt: $(VENV)/.installed-dev
-	$(BIN)/ruff format choreo_cli tests bench
-	$(BIN)/ruff check --fix choreo_cli tests bench
+	$(BIN)/ruff format choreo_cli tests bench conftest.py
+	$(BIN)/ruff check --fix choreo_cli tests bench conftest.py
 
 ## chaos: the long randomized and fault-injection runs (not part of `make test`)
 chaos: $(VENV)/.installed-dev
