@@ -74,7 +74,7 @@ def through_run_lines(
     return b"".join(out), raws, bags, sum(counts)
 
 
-@settings(derandomize=True, database=None, max_examples=200, deadline=None)
+@settings(derandomize=True, database=None, max_examples=100, deadline=None)
 @given(tables, LINES, st.sampled_from([1, 2, 1024]), st.booleans())
 def test_run_lines_writes_exactly_what_run_many_writes(
     table: Any, lines: list[bytes], max_lines: int, last_newline: bool
@@ -132,7 +132,7 @@ def summary_of(coordinator: Coordinator, data: bytes, *, max_lines: int | None) 
     return b"".join(out), summary.counts, summary.steps
 
 
-@settings(derandomize=True, database=None, max_examples=200, deadline=None)
+@settings(derandomize=True, database=None, max_examples=100, deadline=None)
 @given(tables, LINES, st.sampled_from([1, 2, 1024]), st.booleans())
 def test_run_lines_with_a_tally_writes_and_counts_what_run_many_does(
     table: Any, lines: list[bytes], max_lines: int, dry_run: bool

@@ -282,7 +282,7 @@ def twice(
             yield [fields(r) for r in results], log
 
 
-@settings(derandomize=True, database=None, max_examples=300, deadline=None)
+@settings(derandomize=True, database=None, max_examples=150, deadline=None)
 @given(pipelines, items)
 def test_run_and_run_many_on_one_worker_give_what_the_reference_gives(
     pipeline: PipelineShape, drawn: list[Any]
@@ -293,7 +293,7 @@ def test_run_and_run_many_on_one_worker_give_what_the_reference_gives(
         assert compiled == reference
 
 
-@settings(derandomize=True, database=None, max_examples=200, deadline=None)
+@settings(derandomize=True, database=None, max_examples=100, deadline=None)
 @given(pipelines, items)
 def test_run_many_on_the_thread_pool_gives_what_the_reference_gives(
     pipeline: PipelineShape, drawn: list[Any]
@@ -491,7 +491,7 @@ def through_run_lines(
     return Written(b"".join(out), counts, [fields(r) for r in emitted], calls.log)
 
 
-@settings(derandomize=True, database=None, max_examples=300, deadline=None)
+@settings(derandomize=True, database=None, max_examples=150, deadline=None)
 @given(
     pipelines,
     LINES,

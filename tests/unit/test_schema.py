@@ -392,7 +392,7 @@ _VALUES = st.recursive(
 _KEYS = ["version", "name", "workers", "python_path", "context", "resources", "steps", "defaults"]
 
 
-@settings(derandomize=True, max_examples=400, deadline=None)
+@settings(derandomize=True, max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from(_KEYS), _VALUES), max_size=4),
     st.lists(

@@ -91,7 +91,7 @@ def reference_steps(results: list[Any]) -> dict[str, dict[str, int]]:
     return steps
 
 
-@settings(max_examples=150, derandomize=True, deadline=None)
+@settings(max_examples=75, derandomize=True, deadline=None)
 @given(outcome_tables, st.booleans(), st.booleans())
 def test_lines_and_counts_equal_the_general_paths(
     table: list[list[tuple[str, str, str]]], dry_run: bool, with_lines: bool
