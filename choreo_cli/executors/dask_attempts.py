@@ -62,10 +62,19 @@ class ProgressFile:
 
     def __init__(self, run_id: str, address: str) -> None:
         directory = progress_dir(run_id)
-        directory.mkdir(mode=0o700, exist_ok=True)
         self.path = directory / str(os.getpid())
         size = _HEADER + _SLOTS * _SLOT.size
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        for attempt in range(3):
+            directory.mkdir(mode=0o700, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                break
+            except FileNotFoundError:
+                # Another worker's sweep removed the folder while it was still empty
+                # (between the mkdir and the open): make it again; once this file is in
+                # it, a sweep leaves it.
+                if attempt == 2:
+                    raise
         try:
             os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)

@@ -145,3 +145,23 @@ def test_workers_sweeping_at_the_same_moment_leave_no_folder(private_tmp: Path) 
             worker.stdout.close()
         left += folder.exists()
     assert left == 0
+
+
+def test_a_folder_swept_between_its_making_and_the_first_file_is_made_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker starting as another sweeps: the folder it just made is removed (it was
+    empty) before its file is in it; it makes the folder again instead of failing."""
+    run_id = uuid.uuid4().hex
+    real_open = os.open
+    swept = []
+
+    def open_after_a_sweep(path: str, *args: object, **kwargs: object) -> int:
+        if not swept:
+            swept.append(path)
+            progress_dir(run_id).rmdir()  # the other worker's sweep, in between
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dask_attempts.os, "open", open_after_a_sweep)
+    progress = ProgressFile(run_id, "tcp://127.0.0.1:1")
+    assert swept and progress.path.exists()
