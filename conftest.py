@@ -1,6 +1,8 @@
-"""The examples in README.md and docs/ run as tests (sybil), and their shown output is checked.
+"""The examples in README.md, docs/ and the samples' READMEs run as tests (sybil), and their
+shown output is checked.
 
-Each page runs in a fresh folder holding a copy of ``sample_pipelines/``, top to bottom:
+Each page runs in a fresh folder holding a copy of ``sample_pipelines/`` (a sample's README
+starts in its sample's folder), top to bottom:
 
 - a fenced block with a file name (```` ```python title="steps.py" ````, the attribute the
   docs theme shows as a caption) writes that file, relative to the page's current folder;
@@ -56,10 +58,17 @@ class Page:
     old_cwd: str
     old_path: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    started: bool = False
 
 
 def _page(example: Example) -> Page:
+    """The page's run; a sample's README starts in (the copy of) its sample's folder."""
     page: Page = example.namespace["__page__"]
+    if not page.started:
+        page.started = True
+        where = Path(example.document.path).resolve().parent
+        if where.parent == ROOT / "sample_pipelines":
+            page.cwd = page.root / "sample_pipelines" / where.name
     return page
 
 
@@ -209,7 +218,7 @@ def _python_in_page(document: Document) -> Iterator[Region]:
 
 pytest_collect_file = Sybil(
     parsers=[SkipParser(), _fenced, _python_in_page],
-    patterns=["README.md", "docs/*.md"],
+    patterns=["README.md", "docs/*.md", "sample_pipelines/*/README.md"],
     setup=_setup,
     teardown=_teardown,
 ).pytest()

@@ -13,7 +13,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "sample_pipelines").glob("*/README.md")),
+]
 FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})(.*)$", re.MULTILINE)
 # Blocks that are only shown: data and configuration formats, never commands.
 SHOWN = {"json", "text", "ini", "toml", "xml", "jsonl"}
