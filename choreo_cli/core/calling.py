@@ -14,6 +14,7 @@ import types
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from choreo_cli.core.limits import LimitWaitInterrupted, polling_sleep
 from choreo_cli.core.signatures import CallSpec, Mismatch, json_type_name
 from choreo_cli.core.watchdog import arm, disarm
 from choreo_cli.errors import Cancel, StepDefinitionError, StepTimeout, UnassignableInput
@@ -79,8 +80,6 @@ def limited_call(
 
 def enter_gate(gate: Gate, flags: _RunFlags) -> None:
     """Wait for a gate's limits; raise Abandoned when the run is interrupted meanwhile."""
-    from choreo_cli.core.limits import LimitWaitInterrupted
-
     try:
         gate.enter(flags.wait_interrupted)
     except LimitWaitInterrupted as exc:
@@ -89,8 +88,6 @@ def enter_gate(gate: Gate, flags: _RunFlags) -> None:
 
 async def aenter_gate(gate: Gate, flags: _RunFlags) -> None:
     """``enter_gate`` for an async callable: the loop goes on while it waits."""
-    from choreo_cli.core.limits import LimitWaitInterrupted, polling_sleep
-
     try:
         await gate.aenter(polling_sleep(lambda: flags.interrupted))
     except LimitWaitInterrupted as exc:

@@ -35,15 +35,17 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from choreo_cli.core.calling import awaited
+from choreo_cli.core.calling import Abandoned, awaited, enter_gate
 from choreo_cli.core.context import DataBag
 from choreo_cli.core.items import InvalidLine, Record
+from choreo_cli.core.limits import LimitWaitInterrupted
 from choreo_cli.core.timings import begin as begin_timed
 from choreo_cli.core.timings import note as note_time
 from choreo_cli.core.watchdog import lost
 from choreo_cli.errors import Skip
 
 if TYPE_CHECKING:
+    from choreo_cli.core.limits import Gate
     from choreo_cli.core.plan import Plan
     from choreo_cli.core.signatures import CallSpec
     from choreo_cli.core.watchdog import Timed
@@ -203,6 +205,9 @@ def base_namespace(plan: Plan) -> dict[str, Any]:
         "on_invalid": outcomes.invalid,
         "finish": outcomes.finish,
         "invoke": plan.invoke,
+        "enter_gate": enter_gate,
+        "LimitWaitInterrupted": LimitWaitInterrupted,
+        "Abandoned": Abandoned,
         "lost": lost,
     }
 
@@ -321,16 +326,18 @@ def record_lines(
         ]
         job_indent = ""
         if planned.pre is not None:
-            # A callable with limits waits for them on the general path.
+            # A plain callable with limits waits for them inline; any other, on the
+            # general path.
             gated = planned.pre_gate is not None
             call = _call(
                 namespace,
                 f"pre_{i}",
                 planned.pre,
                 f"step_{i}.pre",
-                general or gated,
+                general,
                 awaiting,
                 None if gated else plan.timed.get(id(planned.pre)),
+                planned.pre_gate,
             )
             noted: list[str] = []
             if timed_calls:
@@ -373,9 +380,10 @@ def record_lines(
             f"job_{i}",
             planned.job,
             f"step_{i}.job",
-            general or not inline,
+            general or planned.retry is not None,
             awaiting,
             plan.timed.get(id(planned.job)) if inline else None,
+            planned.job_gate,
         )
         noted = []
         if timed_calls:
@@ -426,15 +434,19 @@ def _call(
     general: bool,
     awaiting: bool = False,
     timed: Timed | None = None,
+    gate: Gate | None = None,
 ) -> list[str]:
     """The lines that call one callable and leave what it returned in ``v``.
 
     ``timed``: the deadline-slot token of a callable whose only reason for the general
     path is its step's timeout: a sync one is then called inline, between the two lines
-    that set and clear the worker's deadline slot (watchdog.py).
+    that set and clear the worker's deadline slot (watchdog.py). ``gate``: the limits the
+    callable waits for; a plain one (no conversion, timeout, retry or async) enters and
+    leaves them inline, around the call, as the general path does.
     """
     if not awaiting:
-        return _plain_call(namespace, slot, spec, spec_expr, general, timed)
+        return _plain_call(namespace, slot, spec, spec_expr, general, timed, gate)
+    general = general or gate is not None
     if spec.is_async:
         if general or spec.adapter is not None:
             return [f"v = await ainvoke({spec_expr}, ctx, value, worker)", "ctx = worker.ctx"]
@@ -459,7 +471,39 @@ def _plain_call(
     spec_expr: str,
     general: bool,
     timed: Timed | None = None,
+    gate: Gate | None = None,
 ) -> list[str]:
+    if gate is not None:
+        if general or spec.is_async or spec.adapter is not None:
+            return [f"v = invoke({spec_expr}, ctx, value, worker)", "ctx = worker.ctx"]
+        # The general path's limited_call, inline: wait (an interruption meanwhile raises
+        # Abandoned: the record is cancelled), call, leave.
+        namespace[slot] = spec.fn
+        args = "ctx, value" if spec.takes_record else "ctx"
+        if len(gate.limits) != 1:
+            namespace[f"{slot}_gate"] = gate
+            return [
+                f"enter_gate({slot}_gate, flags)",
+                "try:",
+                f"    v = {slot}({args})",
+                "finally:",
+                f"    {slot}_gate.leave()",
+            ]
+        # One limit (the usual case): its own enter and leave, bound once; a rate limit
+        # has nothing to leave.
+        (limit,) = gate.limits
+        namespace[f"{slot}_enter"] = limit.enter
+        namespace[f"{slot}_leave"] = limit.leave
+        namespace["wait_interrupted"] = namespace["flags"].wait_interrupted
+        enter = [
+            "try:",
+            f"    {slot}_enter(wait_interrupted)",
+            "except LimitWaitInterrupted as exc:",
+            "    raise Abandoned(str(exc)) from None",
+        ]
+        if not limit.holds:
+            return [*enter, f"v = {slot}({args})"]
+        return [*enter, "try:", f"    v = {slot}({args})", "finally:", f"    {slot}_leave()"]
     if timed is not None and not spec.is_async and spec.adapter is None:
         namespace[slot] = spec.fn
         namespace[f"{slot}_timed"] = timed

@@ -112,6 +112,10 @@ class Limit:
     def leave(self) -> None:
         """The call that entered has ended."""
 
+    #: True when ``leave`` gives something back (a concurrency slot); a rate limit's call
+    #: holds nothing once it started.
+    holds = False
+
 
 class RateLimit(Limit):
     """A token bucket: ``rate`` calls per second on average, ``burst`` of them at once.
@@ -226,6 +230,8 @@ class ConcurrencyLimit(Limit):
         True
     """
 
+    holds = True
+
     def __init__(
         self, name: str, *, concurrency: int, workers: int = 1, clock: Clock = monotonic
     ) -> None:
@@ -268,7 +274,10 @@ class ConcurrencyLimit(Limit):
 
     def leave(self) -> None:
         with self._lock:
-            self._release()
+            if self._waiters:
+                self._release()
+            else:  # nobody waits (the usual case): the slot is free again
+                self.inside -= 1
 
     def _release(self) -> None:
         if self._waiters:
@@ -279,6 +288,10 @@ class ConcurrencyLimit(Limit):
             self.inside -= 1
 
     def enter(self, sleep: Sleep) -> None:
+        with self._lock:  # a free slot, nobody waiting: the usual case, no wait set up
+            if self.inside < self.concurrency and not self._waiters:
+                self.inside += 1
+                return
         signal = threading.Lock()
         signal.acquire()
         waiter = self._queue(signal.release)
@@ -344,6 +357,9 @@ class Gate:
 
     def enter(self, sleep: Sleep) -> None:
         """Wait for every limit; on an interruption, leave the ones entered and raise."""
+        if len(self.limits) == 1:  # the usual case: nothing to leave if the wait fails
+            self.limits[0].enter(sleep)
+            return
         entered: list[Limit] = []
         try:
             for limit in self.limits:

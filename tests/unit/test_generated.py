@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from choreo_cli import Coordinator, RetryPolicy, Skip, Step
+from choreo_cli import ConcurrencyLimit, Coordinator, RateLimit, RetryPolicy, Skip, Step
 from choreo_cli.core.compiled import Generated, async_source, define, record_source
 from choreo_cli.core.outcomes import Outcomes
 from choreo_cli.core.plan import Plan
@@ -160,6 +160,25 @@ SHAPES: dict[str, Callable[[], Generated]] = {
         )
     ),
     "timings": lambda: record_source(plan_of(Step(name="fetch", job=fetch), timings=True)),
+    # Limits: one limit inline (a rate limit leaves nothing; a concurrency limit leaves its
+    # slot), two through the gate, a converted record on the general path.
+    "limits": lambda: record_source(
+        plan_of(
+            Step(
+                name="fetch",
+                precheck=check,
+                job=fetch,
+                precheck_limits=[RateLimit("api", rate=50)],
+                job_limits=[ConcurrencyLimit("db", concurrency=4)],
+            ),
+            Step(
+                name="store",
+                job=store,
+                job_limits=[RateLimit("api", rate=50), ConcurrencyLimit("db", concurrency=4)],
+            ),
+            Step(name="typed", job=typed_user, job_limits=[RateLimit("api", rate=50)]),
+        )
+    ),
 }
 
 

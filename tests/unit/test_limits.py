@@ -428,7 +428,7 @@ def test_a_coordinator_lists_its_limits_once_each_by_name() -> None:
     assert Coordinator().limits == ()
 
 
-def test_only_a_limited_callable_takes_the_general_call_path() -> None:
+def test_only_a_limited_callable_waits_and_a_plain_one_waits_inline() -> None:
     from choreo_cli.core.compiled import record_source
 
     coordinator = Coordinator(timings=False)
@@ -436,5 +436,6 @@ def test_only_a_limited_callable_takes_the_general_call_path() -> None:
         Step(name="push", job=echo, precheck=echo, job_limits=(RateLimit("api", rate=1),))
     )
     source = record_source(coordinator.plan).source
-    assert "v = pre_0(ctx, value)" in source  # the precheck has no limit: called inline
-    assert "v = invoke(step_0.job, ctx, value, worker)" in source
+    assert "pre_0_enter" not in source and "v = pre_0(ctx, value)" in source  # no limit
+    assert "    job_0_enter(wait_interrupted)\n" in source
+    assert "v = invoke(" not in source  # a plain callable: no general path for its limit
