@@ -12,13 +12,21 @@ Both run under the thread executor, then under the process executor (2 workers, 
 with half of each limit: the rate checks hold for the whole; the concurrency count is
 per process, so there it only checks each process's share of 2).
 
+3. Cost when no limit acts: the pipeline and records of `bench/bench_run.py` (two steps,
+   trivial prechecks and jobs, one worker), once as they are and once with a rate limit
+   on the first step and a concurrency limit on the second, both far above what the run
+   asks (10,000,000/s, concurrency 64): `choreo run` alternately, the median ratio of
+   wall times (target: at most 1.3x, as for `timeout:`).
+
     python bench/bench_limits.py [--seconds S] [--executors thread,process]
+                                 [--records N] [--rounds R]
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +35,8 @@ import time
 from pathlib import Path
 
 import orjson
+from bench_run import PIPELINE, timed, write_records
+from bench_run import STEPS as W1_STEPS
 
 STEPS = """
 import threading
@@ -96,6 +106,51 @@ def run(
     return [line["data"]["job"][step] for line in lines], wall
 
 
+IDLE_LIMITS = """limits:
+  api: {rate: 10000000/s, burst: 1000}
+  db: {concurrency: 64}
+"""
+IDLE_COST_TARGET = 1.3
+
+
+def idle_cost(records: int, rounds: int) -> bool:
+    """Print what limits that never act cost `choreo run` (module docstring, 3.); True
+    when within the target."""
+    limited_text = PIPELINE.replace("steps:\n", IDLE_LIMITS + "steps:\n", 1)
+    limited_text = limited_text.replace(
+        "job: steps:create\n", "job: steps:create\n    limit: api\n"
+    )
+    limited_text = limited_text.replace(
+        "job: steps:create_line\n", "job: steps:create_line\n    limit: db\n"
+    )
+    assert limited_text.count("limit: ") == 2, limited_text
+    choreo = str(Path(sys.executable).parent / "choreo")
+    with tempfile.TemporaryDirectory(prefix="choreo-bench-limits-") as folder:
+        root = Path(folder)
+        (root / "steps.py").write_text(W1_STEPS, encoding="utf-8")
+        plain, limited = root / "plain.yaml", root / "limited.yaml"
+        plain.write_text(PIPELINE, encoding="utf-8")
+        limited.write_text(limited_text, encoding="utf-8")
+        source = root / "records.jsonl"
+        write_records(source, records)
+        ratios, extra = [], []
+        for _ in range(rounds):
+            walls = [
+                timed([choreo, "run", str(pipeline), "-i", str(source), "-q"], root / "out").wall
+                for pipeline in (plain, limited)
+            ]
+            ratios.append(walls[1] / walls[0])
+            extra.append((walls[1] - walls[0]) / (2 * records) * 1e6)  # two limited calls
+    ratio = statistics.median(ratios)
+    ok = ratio <= IDLE_COST_TARGET
+    print(
+        f"choreo run, {records:,} records, limits that never act / none: {ratio:.2f}x "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f}; target <= {IDLE_COST_TARGET}x; about "
+        f"{statistics.median(extra):.1f} µs more per limited call) {'ok' if ok else 'MISSED'}"
+    )
+    return ok
+
+
 def busiest_second(starts: list[float]) -> int:
     """The most starts in any window of 1 second (each window opening at a start)."""
     starts = sorted(starts)
@@ -106,6 +161,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--executors", default="thread,process")
+    parser.add_argument("--records", type=int, default=300_000)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     missed = 0
     with tempfile.TemporaryDirectory(prefix="choreo-bench-limits-") as folder:
@@ -138,6 +195,7 @@ def main() -> None:
                 f"{highest} inside at once{' per process' if executor != 'thread' else ''} "
                 f"(at most {bound}), wall {wall:.1f} s {'ok' if ok else 'MISSED'}"
             )
+    missed += not idle_cost(args.records, args.rounds)
     if missed:
         print(f"{missed} figures MISSED their target")  # reported; the exit status stays 0
 
