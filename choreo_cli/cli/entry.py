@@ -20,7 +20,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection
     from types import FrameType
 
     from choreo_cli.cli.streams import Streams
@@ -103,27 +103,18 @@ def main() -> None:
         options = read_plain_run_args(sys.argv[2:])
         if options is not None:
             from choreo_cli.cli.run_session import execute
-            from choreo_cli.core.exit_codes import ExitCode
 
             _import_run_modules()
-            code = ExitCode.INTERRUPTED
-            try:
-                try:
-                    release_signals(before)
-                    code = execute(options, streams=streams)
-                finally:
-                    hold_signals()
-            except KeyboardInterrupt:
-                # Ctrl-C before the run's own handlers were installed (or after).
-                code = ExitCode.INTERRUPTED
-            except Exception as exc:
-                if not _caused_by_interrupt(exc):
-                    raise
-                # The same, raised in code that wraps what it catches (a class body
-                # turns it into "RuntimeError: Error calling __set_name__").
-                code = ExitCode.INTERRUPTED
-            end_at_once_on_signal(streams, before)
-            sys.exit(int(code))
+            _plain_command(lambda: execute(options, streams=streams), streams, before)
+    if sys.argv[1:2] == ["validate"] and "_CHOREO_COMPLETE" not in os.environ:
+        # The same for `choreo validate`, which pre-commit and CI run on every change.
+        from choreo_cli.cli.validate_files import check_files, read_plain_validate_args
+
+        checked = read_plain_validate_args(sys.argv[2:])
+        if checked is not None:
+            import yaml  # noqa: F401  (an extension module: imported while signals are held)
+
+            _plain_command(lambda: check_files(checked, streams), streams, before)
     from choreo_cli.cli.app import main as run_app
 
     try:
@@ -132,6 +123,30 @@ def main() -> None:
     finally:
         hold_signals()
         end_at_once_on_signal(streams, before)
+
+
+def _plain_command(command: Callable[[], int], streams: Streams, before: Collection[int]) -> None:
+    """Run a command read without typer, signals released, and exit with its code: 130
+    when Ctrl-C came before the command's own handlers were in place (or after them)."""
+    from choreo_cli.core.exit_codes import ExitCode
+
+    code: int = ExitCode.INTERRUPTED
+    try:
+        try:
+            release_signals(before)
+            code = command()
+        finally:
+            hold_signals()
+    except KeyboardInterrupt:
+        code = ExitCode.INTERRUPTED
+    except Exception as exc:
+        if not _caused_by_interrupt(exc):
+            raise
+        # The same, raised in code that wraps what it catches (a class body turns it
+        # into "RuntimeError: Error calling __set_name__").
+        code = ExitCode.INTERRUPTED
+    end_at_once_on_signal(streams, before)
+    sys.exit(int(code))
 
 
 # Standard modules a run imports before its own signal handlers are in place.

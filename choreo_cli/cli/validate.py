@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from choreo_cli.core.exit_codes import ExitCode
-
-if TYPE_CHECKING:
-    from choreo_cli.cli.reporters import FileReport
-    from choreo_cli.pipeline.problems import Problem
 
 # The line of `choreo --help`'s command list, and the end of this command's --help (\b
 # keeps the lines as they are).
@@ -71,75 +67,8 @@ def validate(
     A file named here is always checked. Exit 0 when every file is valid, 1 when one is
     not, 2 on a usage error.
     """
-    from choreo_cli.cli.reporters import REPORTERS, FileReport
     from choreo_cli.cli.streams import streams_of
-    from choreo_cli.pipeline.loader import check_pipeline
+    from choreo_cli.cli.validate_files import ValidateOptions, check_files
 
-    streams = streams_of(ctx)
-    reports = []
-    for path, empty_folder in _files_to_check(pipelines):
-        if empty_folder:
-            reports.append(FileReport(path, (_no_pipeline_in(path),)))
-        else:
-            problems = check_pipeline(path, import_code=not no_import, strict=strict)
-            reports.append(FileReport(path, tuple(problems)))
-    REPORTERS[report_format.value](streams.stdout).report(reports)
-    streams.stdout.flush()
-    typer.echo(_summary(reports), file=streams.stderr)
-    return ExitCode.OK if all(r.valid for r in reports) else ExitCode.FAILED
-
-
-def _files_to_check(paths: list[str]) -> list[tuple[str, bool]]:
-    """(path, is an empty folder) for each file to check, each file once, in command order.
-
-    A folder gives the pipeline files found in it; a folder with none gives itself, so
-    that it is reported rather than silently passing.
-    """
-    import os
-
-    from choreo_cli.pipeline.discover import find_pipeline_files
-
-    seen: set[str] = set()
-    found: list[tuple[str, bool]] = []
-    for path in paths:
-        if not os.path.isdir(path):
-            files = [path]
-        else:
-            files = find_pipeline_files(path)
-            if not files:
-                found.append((path, True))
-                continue
-        for file in files:
-            key = os.path.realpath(file)
-            if key not in seen:
-                seen.add(key)
-                found.append((file, False))
-    return found
-
-
-def _no_pipeline_in(folder: str) -> Problem:
-    from choreo_cli.pipeline.problems import Problem
-
-    return Problem(
-        folder,
-        1,
-        1,
-        "no pipeline file in this folder — searched for *.yaml and *.yml files with a "
-        "top-level 'steps:' key; name a file to check it whatever it holds",
-    )
-
-
-def _summary(reports: list[FileReport]) -> str:
-    errors = sum(p.is_error for r in reports for p in r.problems)
-    warnings = sum(not p.is_error for r in reports for p in r.problems)
-    files = len(reports)
-    noun = "file" if files == 1 else "files"
-    tail = f" ({_count(warnings, 'warning')})" if warnings else ""
-    if not errors:
-        return f"ok: {files} {noun} valid{tail}"
-    invalid = sum(not r.valid for r in reports)
-    return f"{_count(errors, 'error')} in {invalid} of {files} {noun}{tail}"
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    options = ValidateOptions(tuple(pipelines), report_format.value, no_import, strict)
+    return check_files(options, streams_of(ctx))
