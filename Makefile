@@ -127,8 +127,7 @@ unit: $(VENV)/.installed-dev
 	@# Bytecode for the package first: the suite starts choreo hundreds of times, and with
 	@# PYTHONDONTWRITEBYTECODE set (as on the CI machines) each start compiles it again (~0.1 s).
 	$(PY) -m compileall -q choreo_cli > /dev/null
-	@# --dist loadfile: a docs page's examples build on each other, so each file stays in one process.
-	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadfile  # pytest-xdist
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_JOBS)  # pytest-xdist
 	$(BIN)/pytest -q -p no:cacheprovider --doctest-modules choreo_cli  # the docstrings' examples
 
 ## pipelines: the sample pipelines' own tests (their *.test.yaml files)

@@ -16,9 +16,9 @@ starts in its sample's folder), top to bottom:
 - ``<!-- skip: next "why" -->`` before a block skips it (sybil's own directive).
 
 tests/docs/test_pages.py checks that no block escapes this: no ``sh``/``bash`` blocks, and
-every fenced block is of a known kind. A page's examples build on each other, so under
-pytest-xdist they must run in one process, in order: ``make test`` runs the suite with
-``--dist loadfile``.
+every fenced block is of a known kind. A page's examples build on each other, so a page
+is one test (its examples in order, the first failure named), whichever pytest-xdist
+process runs it.
 """
 
 from __future__ import annotations
@@ -32,13 +32,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import unittest
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from sybil import Document, Example, Region, Sybil
+from sybil.example import SybilFailure
 from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
 from sybil.parsers.markdown.lexers import FencedCodeBlockLexer
 
@@ -216,9 +219,50 @@ def _python_in_page(document: Document) -> Iterator[Region]:
         yield region
 
 
-pytest_collect_file = Sybil(
+PAGES = Sybil(
     parsers=[SkipParser(), _fenced, _python_in_page],
     patterns=["README.md", "docs/*.md", "sample_pipelines/*/README.md"],
     setup=_setup,
     teardown=_teardown,
-).pytest()
+)
+
+
+class PageExamples(pytest.Item):
+    """A page's examples as one test, run in order: they build on each other (files a
+    block writes, the folder a ``cd`` chose), so a page cannot be split between the
+    processes of pytest-xdist. The first example that fails fails the page, naming it."""
+
+    def __init__(self, *, document: Document, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.document = document
+
+    def runtest(self) -> None:
+        namespace = self.document.namespace
+        _setup(namespace)
+        try:
+            for example in self.document.examples():
+                try:
+                    example.evaluate()
+                except unittest.SkipTest:  # <!-- skip: next "why" -->: the reason is on the page
+                    continue
+        finally:
+            _teardown(namespace)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, SybilFailure):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo, style))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.path.name}: its examples"
+
+
+class PageFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        yield PageExamples.from_parent(self, name="examples", document=PAGES.parse(self.path))
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> PageFile | None:
+    if PAGES.should_parse(file_path):
+        return PageFile.from_parent(parent, path=file_path)
+    return None
