@@ -154,7 +154,7 @@ def _files_to_run(paths: tuple[str, ...]) -> list[tuple[str, FileOutcome | None]
     without test files or a missing path gives (path, its problem)."""
     import os
 
-    from choreo_cli.pipeline.discover import find_test_files
+    from choreo_cli.pipeline.discover import find_test_files, not_seen
     from choreo_cli.pipeline.problems import Problem
     from choreo_cli.testing.outcomes import FileOutcome
 
@@ -176,11 +176,7 @@ def _files_to_run(paths: tuple[str, ...]) -> list[tuple[str, FileOutcome | None]
             continue
         else:
             files = [path]
-        for file in files:
-            key = os.path.realpath(file)
-            if key not in seen:
-                seen.add(key)
-                found.append((file, None))
+        found.extend((file, None) for file in not_seen(files, seen))
     return found
 
 

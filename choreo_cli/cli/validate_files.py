@@ -94,7 +94,7 @@ def _files_to_check(paths: tuple[str, ...]) -> list[tuple[str, bool]]:
     """
     import os
 
-    from choreo_cli.pipeline.discover import find_pipeline_files
+    from choreo_cli.pipeline.discover import find_pipeline_files, not_seen
 
     seen: set[str] = set()
     found: list[tuple[str, bool]] = []
@@ -106,11 +106,7 @@ def _files_to_check(paths: tuple[str, ...]) -> list[tuple[str, bool]]:
             if not files:
                 found.append((path, True))
                 continue
-        for file in files:
-            key = os.path.realpath(file)
-            if key not in seen:
-                seen.add(key)
-                found.append((file, False))
+        found.extend((file, False) for file in not_seen(files, seen))
     return found
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from choreo_cli.pipeline.yaml_loader import MAX_BYTES, YamlLoadError, load_yaml
@@ -34,6 +34,21 @@ def find_pipeline_files(directory: str | os.PathLike[str]) -> list[str]:
     ['sample_pipelines/statements/pipeline.yaml']
     """
     return _find(directory, _is_pipeline_name)
+
+
+def not_seen(files: Iterable[str], seen: set[str]) -> Iterator[str]:
+    """The files not in ``seen`` yet, by real path (a file named twice, or through a
+    link, is checked once), each added to it.
+
+    >>> seen: set[str] = set()
+    >>> list(not_seen(["a.yaml", "./a.yaml", "b.yaml"], seen)), list(not_seen(["b.yaml"], seen))
+    (['a.yaml', 'b.yaml'], [])
+    """
+    for file in files:
+        key = os.path.realpath(file)
+        if key not in seen:
+            seen.add(key)
+            yield file
 
 
 def find_test_files(directory: str | os.PathLike[str]) -> list[str]:
