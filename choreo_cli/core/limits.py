@@ -274,10 +274,7 @@ class ConcurrencyLimit(Limit):
 
     def leave(self) -> None:
         with self._lock:
-            if self._waiters:
-                self._release()
-            else:  # nobody waits (the usual case): the slot is free again
-                self.inside -= 1
+            self._release()
 
     def _release(self) -> None:
         if self._waiters:
@@ -288,10 +285,8 @@ class ConcurrencyLimit(Limit):
             self.inside -= 1
 
     def enter(self, sleep: Sleep) -> None:
-        with self._lock:  # a free slot, nobody waiting: the usual case, no wait set up
-            if self.inside < self.concurrency and not self._waiters:
-                self.inside += 1
-                return
+        if self.try_enter():  # a free slot, nobody waiting: the usual case, no wait set up
+            return
         signal = threading.Lock()
         signal.acquire()
         waiter = self._queue(signal.release)
